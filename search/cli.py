@@ -1,0 +1,250 @@
+"""Command-line interface: a thin layer over the library.
+
+Exit codes: 0 ok, 1 failed run (no trial completed), 2 bad input, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from search.config import PARAM_NAMES, ConfigError, StudyConfig, load_config
+
+log = logging.getLogger("search")
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class BadInput(Exception):
+    """Raised inside a command for input errors that are not ConfigErrors."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    optuna.logging.set_verbosity(logging.WARNING if verbosity <= 0 else logging.INFO)
+
+
+def _quote(value: Any) -> str:
+    return json.dumps(value)  # JSON is YAML: strings stay strings
+
+
+def _config_from_args(args: argparse.Namespace) -> StudyConfig:
+    sets = list(args.set or [])
+    flag_fields = {
+        "study_name": "name",
+        "storage": "storage",
+        "n_trials": "search.n_trials",
+        "timeout_s": "search.timeout_s",
+    }
+    for attr, key in flag_fields.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            sets.append(f"{key}={_quote(value)}")
+    return load_config(args.config, sets)
+
+
+def _format_params(params: dict[str, Any]) -> str:
+    parts = []
+    for name in PARAM_NAMES:
+        if name in params:
+            v = params[name]
+            parts.append(f"{name}={v:.3g}" if isinstance(v, float) else f"{name}={v}")
+    return " ".join(parts)
+
+
+def _trial_line(trial: Any) -> str:
+    value = "-" if trial.value is None else f"{trial.value:.4f}"
+    seconds = trial.duration.total_seconds() if trial.duration is not None else 0.0
+    epochs = trial.user_attrs.get("epochs_run", "-")
+    extra = ""
+    if "pruned_at_epoch" in trial.user_attrs:
+        extra = f" pruned_at={trial.user_attrs['pruned_at_epoch']}"
+    elif "fail_reason" in trial.user_attrs:
+        extra = f" reason={trial.user_attrs['fail_reason']!r}"
+    elif "best_epoch" in trial.user_attrs:
+        extra = f" best_epoch={trial.user_attrs['best_epoch']}"
+    return (
+        f"trial {trial.number:>4} {trial.state.name:<8} value={value} "
+        f"{_format_params(trial.params)} epochs={epochs}{extra} {seconds:.1f}s"
+    )
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg = _config_from_args(args)
+    from search.space import grid_size
+
+    size = f", grid of {grid_size(cfg.search.space)}" if cfg.search.sampler.name == "grid" else ""
+    print(
+        f"ok: study {cfg.name!r} on {cfg.data.dataset}, {cfg.search.n_trials} trials, "
+        f"sampler {cfg.search.sampler.name}{size}, pruner {cfg.search.pruner.name}"
+    )
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _config_from_args(args)
+    from tqdm import tqdm
+
+    from search.artifacts import WeightStore
+    from search.objective import Objective
+    from search.study import (
+        best_trial,
+        finished_count,
+        make_storage,
+        mask_url,
+        open_study,
+        run_study,
+    )
+    from search.train import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise BadInput(f"--device: {exc}. Fix: use --device cpu or auto") from exc
+    log.info("study %s on %s, storage %s", cfg.name, device, mask_url(cfg.storage))
+    objective = Objective(cfg, device, WeightStore(cfg.artifacts_dir))
+    study = open_study(cfg, make_storage(cfg.storage), objective.data_attrs())
+    done = finished_count(study)
+    bar = tqdm(
+        total=cfg.search.n_trials,
+        initial=min(done, cfg.search.n_trials),
+        unit="trial",
+        desc=cfg.name,
+        disable=None,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
+
+    def on_trial(_study: Any, trial: Any) -> None:
+        bar.write(_trial_line(trial), file=sys.stdout)
+        sys.stdout.flush()
+        if trial.state.is_finished() and trial.state.name in ("COMPLETE", "PRUNED"):
+            bar.update(1)
+
+    started = time.perf_counter()
+    try:
+        run_study(study, objective, cfg, callbacks=[on_trial])
+    finally:
+        bar.close()
+    best = best_trial(study)
+    elapsed = time.perf_counter() - started
+    if best is None:
+        print(f"study {cfg.name}: no trial completed ({elapsed:.1f}s)")
+        return EXIT_FAILED
+    print(
+        f"study {cfg.name}: {finished_count(study)}/{cfg.search.n_trials} trials finished in "
+        f"{elapsed:.1f}s; best trial {best.number} value={best.value:.4f} "
+        f"{_format_params(best.params)}"
+    )
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import optuna
+
+    from search.study import best_trial, make_storage, mask_url, state_counts
+
+    storage = make_storage(args.storage, create=False, heartbeat=False)
+    names = sorted(optuna.get_all_study_names(storage))
+    if args.study_name:
+        if args.study_name not in names:
+            raise BadInput(
+                f"no study named {args.study_name!r} in {mask_url(args.storage)} "
+                f"(studies: {', '.join(names) or 'none'})"
+            )
+        names = [args.study_name]
+    if not names:
+        print(f"no studies in {mask_url(args.storage)}")
+        return EXIT_OK
+    states = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+    header = f"{'study':<24} " + " ".join(f"{s.lower():>8}" for s in states) + "  best"
+    print(header)
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=storage)
+        counts = state_counts(study.get_trials(deepcopy=False))
+        best = best_trial(study)
+        best_text = "-" if best is None else f"#{best.number} {best.value:.4f} {_format_params(best.params)}"
+        print(f"{name:<24} " + " ".join(f"{counts[s]:>8}" for s in states) + f"  {best_text}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="study config (YAML)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.epochs=2 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="search", description="Hyperparameter search for image-classification ConvNets."
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="create or resume a study and run its trials")
+    _add_config_args(p)
+    p.add_argument("--study-name", help="study name (default: the config's name)")
+    p.add_argument("--storage", help="storage URL (default: the config's storage)")
+    p.add_argument("--n-trials", type=int, help="total finished trials the study should reach")
+    p.add_argument("--timeout-s", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a config without running it")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("status", help="list studies: trials per state and the best trial")
+    p.add_argument("--storage", default=StudyConfig().storage, help="storage URL")
+    p.add_argument("--study-name", help="only this study")
+    p.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(-1 if args.quiet else args.verbose)
+    from search.data import DataError
+    from search.study import StorageError
+
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except (DataError, StorageError, BadInput) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_BAD_INPUT

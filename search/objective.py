@@ -1,0 +1,164 @@
+"""The Optuna objective: suggest → build → fit → report/prune → save best weights → user_attrs.
+
+Data are loaded, checked and moved to the device once per process, when the objective is built
+(before any study is touched, so a bad dataset or an input too small for the net never leaves a
+study behind). No training loop lives here: that is ``train.fit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from search.artifacts import WEIGHTS_ATTR, WeightStore
+from search.augment import AugmentSpec, BatchTransform, channel_stats
+from search.config import ConfigError, StudyConfig
+from search.data import Splits, load_splits
+from search.model import ConvNet, count_parameters, feature_hw, min_input_size
+from search.space import suggest
+from search.train import EpochMetrics, fit
+
+log = logging.getLogger(__name__)
+
+
+def check_input_size(in_shape: tuple[int, int, int], padding: int) -> None:
+    """ConfigError when images of ``in_shape`` are too small for the net with ``padding``."""
+    _, h, w = in_shape
+    if min(feature_hw(h, w, padding)) < 1:
+        need = min_input_size(padding)
+        raise ConfigError(
+            "model.padding",
+            padding,
+            f"the {h}x{w} input images are too small for this padding: the net needs at least "
+            f"{need}x{need} pixels",
+            f"use model.padding: 1, or data.image_size: {need} or more",
+        )
+
+
+def normalisation(cfg: StudyConfig, splits: Splits) -> tuple[list[float], list[float]]:
+    """The configured mean/std, or the training split's own per-channel statistics."""
+    channels = splits.in_shape[0]
+    if cfg.data.normalize is not None:
+        mean, std = list(cfg.data.normalize.mean), list(cfg.data.normalize.std)
+        if len(mean) != channels:
+            raise ConfigError(
+                "data.normalize",
+                {"mean": mean, "std": std},
+                f"{len(mean)} values given but the images have {channels} channel(s)",
+                f"give {channels} value(s) for mean and std",
+            )
+        return mean, std
+    return channel_stats(splits.train.images)
+
+
+def make_transform(cfg: StudyConfig, mean: list[float], std: list[float]) -> BatchTransform:
+    spec = AugmentSpec(**dataclasses.asdict(cfg.data.augment))
+    return BatchTransform(mean, std, spec, channels_last=cfg.train.channels_last)
+
+
+def build_model(
+    cfg: StudyConfig, params: dict[str, Any], in_shape: tuple[int, int, int], n_classes: int
+) -> ConvNet:
+    return ConvNet(
+        c1=int(params["c1"]),
+        c2=int(params["c2"]),
+        l1=int(params["l1"]),
+        in_shape=in_shape,
+        n_classes=n_classes,
+        padding=cfg.model.padding,
+        dropout=cfg.model.dropout,
+    )
+
+
+class Objective:
+    """Callable for ``study.optimize``; holds the process's data on the training device."""
+
+    def __init__(self, cfg: StudyConfig, device: torch.device, weights: WeightStore | None) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.weights = weights
+        splits = load_splits(cfg.data, cfg.seed, with_test=False)
+        check_input_size(splits.in_shape, cfg.model.padding)
+        self.in_shape = splits.in_shape
+        self.n_classes = splits.n_classes
+        self.classes = splits.classes
+        self.mean, self.std = normalisation(cfg, splits)
+        self.transform = make_transform(cfg, self.mean, self.std)
+        self.train = splits.train.to(device)
+        self.val = splits.val.to(device)
+
+    def data_attrs(self) -> dict[str, Any]:
+        """What the study records about its data (to rebuild the model and its input later)."""
+        return {
+            "in_shape": list(self.in_shape),
+            "classes": list(self.classes),
+            "mean": self.mean,
+            "std": self.std,
+            "n_train": len(self.train),
+            "n_val": len(self.val),
+        }
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        cfg = self.cfg
+        params = suggest(trial, cfg.search.space)
+        torch.manual_seed(cfg.seed + trial.number)
+        model = build_model(cfg, params, self.in_shape, self.n_classes)
+        trial.set_user_attr("n_params", count_parameters(model))
+        trial.set_user_attr("device", str(self.device))
+
+        def on_epoch(epoch: int, metrics: EpochMetrics) -> None:
+            trial.report(metrics.val_acc, epoch)
+            trial.set_user_attr("epochs_run", epoch)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at_epoch", epoch)
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} (val_acc {metrics.val_acc:.4f})")
+
+        result = fit(
+            model,
+            self.train,
+            self.val,
+            lr=float(params["lr"]),
+            batch_size=int(params["batch_size"]),
+            cfg=cfg.train,
+            transform=self.transform,
+            seed=cfg.seed + trial.number,
+            on_epoch=on_epoch,
+        )
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("epochs_run", result.epochs_run)
+        trial.set_user_attr("stop_reason", result.stop_reason)
+        trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
+        trial.set_user_attr("images_per_s", round(result.images_per_s, 1))
+        if cfg.train.compile:
+            trial.set_user_attr("compile_seconds", round(result.compile_seconds, 3))
+        if result.failed or result.best_state is None:
+            trial.set_user_attr("fail_reason", result.stop_reason)
+            log.warning("trial %d failed: %s", trial.number, result.stop_reason)
+            return float("nan")  # Optuna records a NaN objective as FAIL; the study goes on
+        self._keep_weights(trial, result.best_val_acc, result.best_state)
+        return result.best_val_acc
+
+    def _keep_weights(self, trial: optuna.Trial, value: float, state: dict[str, torch.Tensor]) -> None:
+        """Save this trial's best weights if it ranks in the top-k, and drop the ones it beats."""
+        k = self.cfg.search.keep_top_k
+        if self.weights is None or k == 0:
+            return
+        kept = [
+            (t.value, t.user_attrs[WEIGHTS_ATTR])
+            for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if WEIGHTS_ATTR in t.user_attrs
+            and t.value is not None
+            and self.weights.exists(t.user_attrs[WEIGHTS_ATTR])
+        ]
+        kept.sort(key=lambda vk: vk[0], reverse=True)
+        if len(kept) >= k and value <= kept[k - 1][0]:
+            return
+        artifact_id = self.weights.save(trial, state, f"trial-{trial.number}-best.pt")
+        trial.set_user_attr(WEIGHTS_ATTR, artifact_id)
+        ranked = sorted([*kept, (value, artifact_id)], key=lambda vk: vk[0], reverse=True)
+        self.weights.keep_top([a for _, a in ranked], k)
