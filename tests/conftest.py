@@ -1,0 +1,85 @@
+"""Shared fixtures: run the CLI as a user would, in a temporary working directory, on tiny data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR_SAMPLE = REPO.parent / "shared" / "data" / "cifar10-sample"
+
+
+def cli_env() -> dict[str, str]:
+    """Environment for CLI subprocesses: this checkout's package first, few threads, no colour."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 300, check: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m search ARGS`` in ``cwd``; with ``check``, assert the exit code."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "search", *args],
+        check=False,
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check is not None:
+        assert proc.returncode == check, (
+            f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    return proc
+
+
+def tiny_config(**sections: Any) -> dict[str, Any]:
+    """A study config that runs in seconds on digits; sections override top-level keys."""
+    cfg: dict[str, Any] = {
+        "name": "tiny",
+        "seed": 0,
+        "data": {"dataset": "digits"},
+        "model": {"padding": 1},
+        "train": {"epochs": 2, "patience": 2},
+        "search": {
+            "n_trials": 3,
+            "sampler": {"name": "random"},
+            "pruner": {"name": "none"},
+            "space": {
+                "c1": {"choices": [4, 8]},
+                "c2": {"choices": [8]},
+                "l1": {"choices": [16]},
+                "lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True},
+                "batch_size": {"choices": [64]},
+            },
+        },
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def write_config(path: Path, cfg: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working directory (storage/ lands inside it)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
