@@ -32,8 +32,15 @@ class WeightStore:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.store = FileSystemArtifactStore(str(self.root))
+        self._store: FileSystemArtifactStore | None = None
+
+    @property
+    def store(self) -> FileSystemArtifactStore:
+        """The Optuna artifact store; its directory is created on first use, not before."""
+        if self._store is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._store = FileSystemArtifactStore(str(self.root))
+        return self._store
 
     def save(self, study_or_trial: Any, state_dict: Mapping[str, torch.Tensor], filename: str) -> str:
         """Upload ``state_dict`` as ``filename`` attached to a trial or study; returns the artifact id."""

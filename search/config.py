@@ -340,10 +340,6 @@ def _check_spec(name: str, spec: ParamSpec, path: str) -> ParamSpec:
     for v in values:
         if v <= 0:
             raise ConfigError(path, spec.as_yaml(), f"{name} must be positive", "use values > 0")
-    if name == "lr":
-        for v in values:
-            if v >= 10:
-                raise ConfigError(path, spec.as_yaml(), "learning rate too large", "use values below 10")
     if spec.low is not None and spec.high is not None:
         if spec.low > spec.high:
             raise ConfigError(

@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import CIFAR_SAMPLE, cli_env, run_cli, tiny_config, write_config
+
+URL = "sqlite:///storage/studies.db"
+OPTUNA_CLI = str(Path(sys.executable).parent / "optuna")
+
+
+def _load(workdir: Path, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir}/storage/studies.db")
+
+
+def test_run_digits_end_to_end(workdir: Path) -> None:
+    cfg = write_config(workdir / "tiny.yaml", tiny_config())
+    proc = run_cli("run", str(cfg), "--device", "cpu", cwd=workdir, check=0)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("trial")]
+    assert len(lines) == 3 and all("COMPLETE" in line and "c1=" in line for line in lines)
+    assert "study tiny: 3/3 trials finished" in proc.stdout
+    study = _load(workdir)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    assert 0.0 < study.best_value <= 1.0
+    assert study.user_attrs["config"]["name"] == "tiny"
+    assert any((workdir / "storage" / "artifacts").iterdir())
+    assert list((workdir / "storage" / "data" / "cache").glob("digits-*.pt"))
+
+    # Optuna's own CLI reads the database
+    for command in (["trials"], ["best-trial"]):
+        out = subprocess.run(
+            [OPTUNA_CLI, *command, "--storage", URL, "--study-name", "tiny", "-f", "json"],
+            cwd=workdir,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)
+
+    # status lists the study with its counts and best trial
+    status = run_cli("status", cwd=workdir, check=0)
+    row = next(line for line in status.stdout.splitlines() if line.startswith("tiny"))
+    assert row.split()[1:5] == ["3", "0", "0", "0"] and f"#{study.best_trial.number}" in row
+
+    # re-running with a larger total runs only the remainder
+    proc = run_cli("run", str(cfg), "--n-trials", "4", "--device", "cpu", cwd=workdir, check=0)
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("trial")]) == 1
+    assert len(_load(workdir).trials) == 4
+
+
+@pytest.mark.skipif(not CIFAR_SAMPLE.is_dir(), reason="cifar10-sample not present")
+def test_run_imagefolder_cifar_sample(workdir: Path) -> None:
+    cfg = tiny_config(
+        name="sample",
+        data={"dataset": "imagefolder", "root": str(CIFAR_SAMPLE), "augment": {"hflip": True, "crop_pad": 2}},
+        model={"padding": 0},
+    )
+    path = write_config(workdir / "sample.yaml", cfg)
+    proc = run_cli("run", str(path), "--n-trials", "2", "--device", "cpu", cwd=workdir, check=0)
+    assert "study sample: 2/2 trials finished" in proc.stdout
+    study = _load(workdir, "sample")
+    assert study.user_attrs["data"]["in_shape"] == [3, 32, 32]
+    assert study.user_attrs["data"]["classes"][:2] == ["airplane", "automobile"]
+    # 20 % of each class (rounded per class) is held out as the test split and never reaches the study
+    counts = [len(list(d.iterdir())) for d in sorted(CIFAR_SAMPLE.iterdir()) if d.is_dir()]
+    held_out = sum(round(0.2 * n) for n in counts)
+    assert study.user_attrs["data"]["n_train"] + study.user_attrs["data"]["n_val"] == sum(counts) - held_out
+
+
+def test_cli_flags_override_the_config(workdir: Path) -> None:
+    cfg = write_config(workdir / "c.yaml", tiny_config())
+    run_cli(
+        "run",
+        str(cfg),
+        "--study-name",
+        "other",
+        "--storage",
+        "sqlite:///elsewhere.db",
+        "--n-trials",
+        "1",
+        "--set",
+        "train.epochs=1",
+        "--device",
+        "cpu",
+        cwd=workdir,
+        check=0,
+    )
+    study = optuna.load_study(study_name="other", storage=f"sqlite:///{workdir}/elsewhere.db")
+    assert len(study.trials) == 1 and study.trials[0].user_attrs["epochs_run"] == 1
+    assert study.user_attrs["config"]["train"]["epochs"] == 1
+    assert not (workdir / "storage" / "studies.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "train.epoch=2"], "train.epoch: unknown key"),
+        (["--set", "search.space.c1={low: 64, high: 8}"], r"search.space.c1: low \(64\) > high \(8\)"),
+        (["--set", "search.space.c1={choices: []}"], "choices: expected a non-empty list"),
+        (["--set", "search.sampler.name=bayes"], "unknown sampler"),
+        (["--set", "model.padding=0"], "the net needs at least 9x9 pixels"),
+        (["--device", "cuda:7"], "--device"),
+        (["--storage", "not-a-url"], "storage: not a database URL"),
+    ],
+)
+def test_bad_input_exits_2_and_creates_nothing(workdir: Path, args: list[str], message: str) -> None:
+    if args[0] == "--device":
+        import torch
+
+        if torch.cuda.device_count() > 7:
+            pytest.skip("this machine has a cuda:7")
+    cfg = write_config(workdir / "c.yaml", tiny_config())
+    proc = run_cli("run", str(cfg), *args, cwd=workdir, check=2)
+    assert proc.stderr.count("error:") == 1
+    assert message.replace("\\", "") in proc.stderr or __import__("re").search(message, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert not (workdir / "storage" / "studies.db").exists()
+    assert not (workdir / "storage" / "artifacts").exists()
+
+
+def test_validate(workdir: Path) -> None:
+    good = write_config(workdir / "good.yaml", tiny_config())
+    assert "ok: study 'tiny'" in run_cli("validate", str(good), cwd=workdir, check=0).stdout
+    bad = workdir / "bad.yaml"
+    bad.write_text("data:\n  dataset: imagenet\n")
+    proc = run_cli("validate", str(bad), cwd=workdir, check=2)
+    assert "data.dataset: unknown dataset (got 'imagenet')" in proc.stderr and "Fix:" in proc.stderr
+    assert not (workdir / "storage").exists()
+
+
+def test_status_without_storage_exits_2(workdir: Path) -> None:
+    proc = run_cli("status", cwd=workdir, check=2)
+    assert "no study storage" in proc.stderr
+    assert not (workdir / "storage").exists()
+
+
+def test_python_m_search_help(workdir: Path) -> None:
+    out = run_cli("--help", cwd=workdir, check=0).stdout
+    for command in ("run", "validate", "status"):
+        assert command in out

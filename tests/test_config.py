@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from search.config import (
+    DEFAULT_SPACE,
+    ConfigError,
+    ParamSpec,
+    StudyConfig,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    to_dict,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_valid_and_round_trip() -> None:
+    cfg = config_from_dict({})
+    assert cfg.data.dataset == "digits"
+    assert cfg.search.space["lr"] == DEFAULT_SPACE["lr"]
+    assert config_from_dict(to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "study_configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_bundled_configs_load_and_round_trip(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+    assert config_from_dict(to_dict(cfg)) == cfg
+
+
+def test_seed_grid_replica_matches_the_seed() -> None:
+    cfg = load_config(REPO / "study_configs" / "cifar10_grid.yaml")
+    space = cfg.search.space
+    assert space["c1"].choices == (48, 96) and space["c2"].choices == (96, 192)
+    assert space["l1"].choices == (256, 512)
+    assert space["lr"].value == pytest.approx(1e-3) and space["batch_size"].value == 512
+    assert (cfg.train.epochs, cfg.train.patience, cfg.model.padding) == (10, 3, 0)
+    assert cfg.search.sampler.name == "grid" and cfg.search.n_trials == 8
+
+
+def test_name_defaults_to_file_stem(tmp_path: Path) -> None:
+    p = tmp_path / "my-study.yaml"
+    p.write_text("seed: 3\n")
+    cfg = load_config(p)
+    assert (cfg.name, cfg.seed) == ("my-study", 3)
+
+
+def test_param_forms() -> None:
+    cfg = config_from_dict(
+        {
+            "search": {
+                "space": {
+                    "c1": 16,
+                    "c2": {"choices": [16, 32]},
+                    "l1": {"low": 32, "high": 128, "step": 32},
+                    "lr": {"low": "1e-4", "high": 1e-2, "log": True},  # PyYAML reads 1e-4 as text
+                }
+            }
+        }
+    )
+    space = cfg.search.space
+    assert space["c1"] == ParamSpec(value=16)
+    assert space["c2"].choices == (16, 32)
+    assert space["l1"].step == 32
+    assert space["lr"].low == pytest.approx(1e-4) and space["lr"].log
+    assert space["batch_size"] == DEFAULT_SPACE["batch_size"]  # unspecified: default
+
+
+BAD = [
+    ({"trian": {}}, "trian", "unknown key"),
+    ({"data": {"dataset": "imagenet"}}, "data.dataset", "digits, mnist"),
+    ({"data": {"val_fraction": 1.5}}, "data.val_fraction", "between 0 and 1"),
+    ({"data": {"augment": {"flip": True}}}, "data.augment.flip", "unknown key"),
+    ({"train": {"epochs": "ten"}}, "train.epochs", "expected an integer"),
+    ({"train": {"epochs": 0}}, "train.epochs", ">= 1"),
+    ({"train": {"amp": "yes"}}, "train.amp", "true or false"),
+    ({"model": {"padding": 5}}, "model.padding", "0, 1 or 2"),
+    ({"model": {"dropout": [0.1]}}, "model.dropout", "list of 2"),
+    ({"search": {"space": {"c1": {"low": 64, "high": 8}}}}, "search.space.c1", "low .64. > high .8."),
+    ({"search": {"space": {"c1": {"choices": []}}}}, "search.space.c1.choices", "non-empty"),
+    ({"search": {"space": {"c1": [8, 16]}}}, "search.space.c1", "choices"),
+    ({"search": {"space": {"c1": {"choices": [8, 8]}}}}, "search.space.c1.choices", "duplicate"),
+    ({"search": {"space": {"c1": {"low": 8}}}}, "search.space.c1", "missing high"),
+    ({"search": {"space": {"c1": {"choices": [8.5]}}}}, r"search.space.c1.choices\[0\]", "integer"),
+    ({"search": {"space": {"lr": {"low": 0, "high": 1e-2, "log": True}}}}, "search.space.lr", "positive"),
+    (
+        {"search": {"space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True, "step": 1e-4}}}},
+        "search.space.lr",
+        "exclusive",
+    ),
+    ({"search": {"space": {"depth": {"choices": [1]}}}}, "search.space.depth", "unknown parameter"),
+    ({"search": {"sampler": {"name": "bayes"}}}, "search.sampler.name", "tpe, random, grid"),
+    ({"search": {"pruner": {"name": "aggressive"}}}, "search.pruner.name", "median"),
+    ({"search": {"n_trials": -1}}, "search.n_trials", ">= 1"),
+    (
+        {"search": {"sampler": {"name": "grid"}, "space": {"lr": {"low": 1e-4, "high": 1e-2}}}},
+        "search.space.lr",
+        "finite set",
+    ),
+    ({"name": "../escape"}, "name", "safe study name"),
+    ({"name": "a/b"}, "name", "safe study name"),
+    ({"storage": "studies.db"}, "storage", "database URL"),
+    ({"finetune": {"lr_scale": 0}}, "finetune.lr_scale", r"\(0, 10\]"),
+]
+
+
+@pytest.mark.parametrize(("raw", "field", "message"), BAD, ids=[b[1] + ":" + b[2] for b in BAD])
+def test_bad_values_name_field_value_and_fix(raw: dict, field: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        config_from_dict(raw)
+    assert info.value.field.startswith(field.replace("\\", ""))
+    assert "Fix:" in str(info.value) and "got" in str(info.value)
+
+
+def test_overrides_parse_yaml_values() -> None:
+    raw = apply_overrides(
+        {"train": {"epochs": 10}},
+        [
+            "train.epochs=2",
+            "data.dataset=synthetic",
+            "search.space.lr=0.001",
+            "search.space.c1={choices: [4, 8]}",
+            "search.timeout_s=null",
+        ],
+    )
+    cfg = config_from_dict(raw)
+    assert cfg.train.epochs == 2 and cfg.data.dataset == "synthetic"
+    assert cfg.search.space["lr"].value == pytest.approx(1e-3)
+    assert cfg.search.space["c1"].choices == (4, 8)
+    assert cfg.search.timeout_s is None
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("train.epochs", "KEY=VALUE"),
+        ("=3", "KEY=VALUE"),
+        ("a..b=1", "KEY=VALUE"),
+        ("train.epochs.x=1", "is a value"),
+    ],
+)
+def test_bad_overrides(item: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides({"train": {"epochs": 10}}, [item])
+
+
+def test_override_typo_is_an_unknown_key(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("name: x\n")
+    with pytest.raises(ConfigError, match=r"train\.epoch: unknown key"):
+        load_config(p, ["train.epoch=2"])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("name: [unclosed\n", "invalid YAML at line"), ("- a\n- b\n", "top level must be a mapping")],
+)
+def test_bad_yaml(tmp_path: Path, text: str, message: str) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(p)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config("/nonexistent/study.yaml")
+
+
+def test_config_is_frozen() -> None:
+    cfg = StudyConfig()
+    with pytest.raises(AttributeError):
+        cfg.seed = 1  # type: ignore[misc]
