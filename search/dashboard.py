@@ -16,6 +16,7 @@ import errno
 import ipaddress
 import logging
 import os
+import re
 import select
 import signal
 import socket
@@ -242,6 +243,33 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop
 
 
+_ARTIFACT_PATH = re.compile(r"^/artifacts/\d+/(?:\d+/)?(?P<id>[0-9a-fA-F-]+)/?$")
+
+
+def missing_artifacts_as_404(app: Any, artifact_dir: Path) -> Any:
+    """WSGI middleware: a listed artifact whose file is gone answers 404 with a reason, not a 500.
+
+    Weights of trials beaten out of the study's top ``keep_top_k`` are deleted, but their
+    artifact entries stay in the study (the dashboard still lists them).
+    """
+
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
+        match = _ARTIFACT_PATH.match(environ.get("PATH_INFO", ""))
+        if match and not (artifact_dir / match["id"]).is_file():
+            body = (
+                b"Not found: this weights file was removed (the trial fell out of the study's "
+                b"top keep_top_k) or the dashboard runs with another --artifact-dir.\n"
+            )
+            start_response(
+                "404 Not Found",
+                [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
+        return app(environ, start_response)
+
+    return wrapped
+
+
 def open_dashboard(
     storage_url: str,
     *,
@@ -263,7 +291,8 @@ def open_dashboard(
     storage = make_storage(storage_url, create=False, heartbeat=False)
     artifacts = Path(artifact_dir)
     server = _bind(host, port)
-    server.set_app(optuna_dashboard.wsgi(storage, artifact_store=FileSystemArtifactStore(str(artifacts))))
+    app = optuna_dashboard.wsgi(storage, artifact_store=FileSystemArtifactStore(str(artifacts)))
+    server.set_app(missing_artifacts_as_404(app, artifacts))
     warning = exposure_warning(host, port)
     if warning:
         log.warning("%s", warning)

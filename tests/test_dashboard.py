@@ -33,6 +33,7 @@ from search.dashboard import (
     exposure_warning,
     is_all_interfaces,
     is_loopback,
+    missing_artifacts_as_404,
     open_dashboard,
 )
 from search.study import make_storage
@@ -374,6 +375,34 @@ def test_api_shows_what_each_trial_recorded(served: str, finished_study: Path) -
         out.write_bytes(resp.read())
     state = torch.load(out, weights_only=True)
     assert any(name.endswith("weight") for name in state)
+
+
+def test_removed_weights_answer_404_with_a_reason(served: str) -> None:
+    sid, detail = study_detail(served, "dash-done")
+    trial_id = detail["trials"][0]["trial_id"]
+    root = served.removesuffix("/dashboard")
+    gone = "00000000-0000-0000-0000-000000000000"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{root}/artifacts/{sid}/{trial_id}/{gone}", timeout=30)
+    assert err.value.code == 404
+    assert b"weights file was removed" in err.value.read()
+
+
+def test_missing_artifacts_middleware_passes_present_files_through(tmp_path: Path) -> None:
+    (tmp_path / "abc-1").write_bytes(b"w")
+    calls: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        calls.append(environ["PATH_INFO"])
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    wrapped = missing_artifacts_as_404(app, tmp_path)
+    statuses: list[str] = []
+    for path in ("/artifacts/1/2/abc-1", "/artifacts/1/abc-1", "/artifacts/1/2/abc-2", "/api/studies"):
+        wrapped({"PATH_INFO": path}, lambda status, headers: statuses.append(status))
+    assert statuses == ["200 OK", "200 OK", "404 Not Found", "200 OK"]
+    assert calls == ["/artifacts/1/2/abc-1", "/artifacts/1/abc-1", "/api/studies"]
 
 
 def test_browser_shows_trials_attrs_and_weights(served: str, tmp_path: Path) -> None:
