@@ -185,17 +185,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from search.dashboard import DashboardError, open_dashboard
+    import os
+
+    from search.dashboard import STORAGE_ENV, DashboardError, open_dashboard
     from search.study import mask_url
 
+    storage = args.storage or os.environ.get(STORAGE_ENV) or StudyConfig().storage
     try:
-        dashboard = open_dashboard(
-            args.storage, host=args.host, port=args.port, artifact_dir=args.artifact_dir
-        )
+        dashboard = open_dashboard(storage, host=args.host, port=args.port, artifact_dir=args.artifact_dir)
     except DashboardError as exc:
         raise BadInput(str(exc)) from exc
     print(dashboard.url, flush=True)
-    log.info("serving optuna-dashboard on %s (Ctrl-C to stop)", mask_url(args.storage))
+    log.info("serving optuna-dashboard on %s (Ctrl-C to stop)", mask_url(storage))
     dashboard.serve(watch_parent=args.exit_with_parent)
     return EXIT_OK  # Ctrl-C / SIGTERM is how a dashboard normally ends
 
@@ -277,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage (Ctrl-C to stop)")
-    p.add_argument("--storage", default=StudyConfig().storage, help="storage URL")
+    p.add_argument("--storage", help=f"storage URL (default {StudyConfig().storage})")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     p.add_argument(

@@ -41,6 +41,7 @@ DEFAULT_ARTIFACT_DIR = "storage/artifacts"
 ALL_INTERFACES = frozenset({"0.0.0.0", "::", ""})
 READY_TIMEOUT_S = 120.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STORAGE_ENV = "SEARCH_DASHBOARD_STORAGE"  # how a child dashboard gets the URL (kept out of `ps`)
 STOP_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.5
 
@@ -331,14 +332,13 @@ def background_dashboard(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
+    env[STORAGE_ENV] = storage_url  # not on the command line, where a password would be public
     cmd = [
         sys.executable,
         "-m",
         "search",
         "-q",
         "dashboard",
-        "--storage",
-        storage_url,
         "--host",
         host,
         "--port",
@@ -377,7 +377,10 @@ def _wait_for_url(proc: subprocess.Popen[str], timeout_s: float) -> str:
 
 def stop_process(proc: subprocess.Popen[Any], timeout_s: float = STOP_TIMEOUT_S) -> int:
     """SIGTERM ``proc``, wait, SIGKILL if it lingers; returns its exit code."""
-    if proc.poll() is None:
+    early = proc.poll()
+    if early not in (None, 0):
+        log.warning("optuna-dashboard (pid %d) had already exited with code %d", proc.pid, early)
+    if early is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=timeout_s)

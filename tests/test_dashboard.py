@@ -157,6 +157,18 @@ def rendered_text(url: str, screenshot: Path | None = None) -> str:
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom)))
 
 
+def child_cmdlines(pid: int) -> list[list[str]]:
+    """Command lines of the child processes of ``pid`` (Linux /proc)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append((proc / "cmdline").read_bytes().decode().split("\0"))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
 def study_detail(base: str, name: str) -> tuple[int, dict[str, Any]]:
     root = base.removesuffix("/dashboard")
     studies = get_json(f"{root}/api/studies")["study_summaries"]
@@ -478,6 +490,9 @@ def test_live_study_in_headless_chromium(workdir: Path) -> None:
         page = line.removeprefix("dashboard: ")
         assert re.fullmatch(rf"http://127\.0\.0\.1:{port}/dashboard/studies/\d+", page)
         base = page.split("/studies/")[0]
+        (child,) = [c for c in child_cmdlines(run.pid) if "dashboard" in c]
+        assert "--exit-with-parent" in child
+        assert not any("sqlite" in arg for arg in child)  # the storage URL travels in the environment
 
         def trial_with_curve() -> dict[str, Any] | None:
             _, detail = study_detail(base, "dash-live")
