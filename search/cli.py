@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 failed run (no trial completed), 2 bad input, 130 interrupte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -123,8 +124,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise BadInput(f"--device: {exc}. Fix: use --device cpu or auto") from exc
     log.info("study %s on %s, storage %s", cfg.name, device, mask_url(cfg.storage))
+    dashboard_port = args.dashboard_port if args.dashboard_port is not None else 8080
+    if args.dashboard or args.dashboard_port is not None:
+        from search.dashboard import (
+            DEFAULT_HOST,
+            DashboardError,
+            background_dashboard,
+            check_port,
+            study_url,
+        )
+
+        try:
+            check_port(DEFAULT_HOST, dashboard_port, "--dashboard-port")  # before anything is created
+        except DashboardError as exc:
+            raise BadInput(str(exc)) from exc
     objective = Objective(cfg, device, WeightStore(cfg.artifacts_dir))
-    study = open_study(cfg, make_storage(cfg.storage), objective.data_attrs())
+    storage = make_storage(cfg.storage)
+    study = open_study(cfg, storage, objective.data_attrs())
+    dashboard: contextlib.AbstractContextManager[str | None] = contextlib.nullcontext()
+    if args.dashboard or args.dashboard_port is not None:
+        dashboard = background_dashboard(cfg.storage, port=dashboard_port, artifact_dir=cfg.artifacts_dir)
     done = finished_count(study)
     bar = tqdm(
         total=cfg.search.n_trials,
@@ -143,10 +162,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             bar.update(1)
 
     started = time.perf_counter()
-    try:
-        run_study(study, objective, cfg, callbacks=[on_trial])
-    finally:
-        bar.close()
+    with dashboard as url:  # a background optuna-dashboard, stopped however the run ends
+        if url is not None:
+            page = study_url(url, storage.get_study_id_from_name(cfg.name))
+            bar.write(f"dashboard: {page}", file=sys.stdout)
+            sys.stdout.flush()
+        try:
+            run_study(study, objective, cfg, callbacks=[on_trial])
+        finally:
+            bar.close()
     best = best_trial(study)
     elapsed = time.perf_counter() - started
     if best is None:
@@ -158,6 +182,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{_format_params(best.params)}"
     )
     return EXIT_OK
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import os
+
+    from search.dashboard import STORAGE_ENV, DashboardError, open_dashboard
+    from search.study import mask_url
+
+    storage = args.storage or os.environ.get(STORAGE_ENV) or StudyConfig().storage
+    try:
+        dashboard = open_dashboard(storage, host=args.host, port=args.port, artifact_dir=args.artifact_dir)
+    except DashboardError as exc:
+        raise BadInput(str(exc)) from exc
+    print(dashboard.url, flush=True)
+    log.info("serving optuna-dashboard on %s (Ctrl-C to stop)", mask_url(storage))
+    dashboard.serve(watch_parent=args.exit_with_parent)
+    return EXIT_OK  # Ctrl-C / SIGTERM is how a dashboard normally ends
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -217,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=int, help="total finished trials the study should reach")
     p.add_argument("--timeout-s", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="serve optuna-dashboard on 127.0.0.1 while the study runs (stopped at the end)",
+    )
+    p.add_argument(
+        "--dashboard-port", type=int, metavar="P", help="port for --dashboard (default 8080; implies it)"
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a config without running it")
@@ -227,6 +276,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=StudyConfig().storage, help="storage URL")
     p.add_argument("--study-name", help="only this study")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage (Ctrl-C to stop)")
+    p.add_argument("--storage", help=f"storage URL (default {StudyConfig().storage})")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument(
+        "--artifact-dir",
+        default=StudyConfig().artifacts_dir,
+        help="trials' weights, downloadable from the dashboard (default storage/artifacts)",
+    )
+    p.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_dashboard)
     return parser
 
 

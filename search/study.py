@@ -25,6 +25,7 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import ConfigError, StudyConfig, to_dict
+from search.dashboard import save_config_note
 from search.space import grid_values
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,7 @@ def open_study(
         study.sampler = make_sampler(cfg, seed_offset=seed_offset)
     if CONFIG_ATTR not in study.user_attrs:
         study.set_user_attr(CONFIG_ATTR, to_dict(cfg))
+        save_config_note(study, to_dict(cfg))  # the dashboard shows attrs cut at 1024 chars
     if data_attrs is not None and DATA_ATTR not in study.user_attrs:
         study.set_user_attr(DATA_ATTR, data_attrs)
     return study
