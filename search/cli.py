@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from search.config import PARAM_NAMES, ConfigError, StudyConfig, load_config
+from search.config import PARAM_NAMES, ConfigError, StudyConfig, check_study_name, load_config
 
 log = logging.getLogger("search")
 
@@ -107,7 +107,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from search.artifacts import WeightStore
+    from search.failures import FailureBudget
     from search.objective import Objective
+    from search.resume import prepare_resume
     from search.study import (
         best_trial,
         finished_count,
@@ -124,7 +126,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise BadInput(f"--device: {exc}. Fix: use --device cpu or auto") from exc
     log.info("study %s on %s, storage %s", cfg.name, device, mask_url(cfg.storage))
     objective = Objective(cfg, device, WeightStore(cfg.artifacts_dir))
-    study = open_study(cfg, make_storage(cfg.storage), objective.data_attrs())
+    storage = make_storage(cfg.storage)
+    prepare_resume(storage, cfg, objective.data_attrs(), fresh=args.fresh)
+    study = open_study(cfg, storage, objective.data_attrs())
     done = finished_count(study)
     bar = tqdm(
         total=cfg.search.n_trials,
@@ -143,12 +147,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             bar.update(1)
 
     started = time.perf_counter()
+    budget = FailureBudget(cfg.search.max_failures)
     try:
-        run_study(study, objective, cfg, callbacks=[on_trial])
+        run_study(study, objective, cfg, callbacks=[on_trial], budget=budget)
     finally:
         bar.close()
     best = best_trial(study)
     elapsed = time.perf_counter() - started
+    if budget.tripped:
+        print(
+            f"study {cfg.name}: stopped after {budget.failures} failed trials "
+            f"(search.max_failures={cfg.search.max_failures}); see `search status` for the reasons"
+        )
+        return EXIT_FAILED
     if best is None:
         print(f"study {cfg.name}: no trial completed ({elapsed:.1f}s)")
         return EXIT_FAILED
@@ -163,8 +174,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import optuna
 
+    from search.failures import fail_summary
     from search.study import best_trial, make_storage, mask_url, state_counts
 
+    if args.study_name:
+        check_study_name(args.study_name, "--study-name")
     storage = make_storage(args.storage, create=False, heartbeat=False)
     names = sorted(optuna.get_all_study_names(storage))
     if args.study_name:
@@ -182,10 +196,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(header)
     for name in names:
         study = optuna.load_study(study_name=name, storage=storage)
-        counts = state_counts(study.get_trials(deepcopy=False))
+        trials = study.get_trials(deepcopy=False)
+        counts = state_counts(trials)
         best = best_trial(study)
         best_text = "-" if best is None else f"#{best.number} {best.value:.4f} {_format_params(best.params)}"
         print(f"{name:<24} " + " ".join(f"{counts[s]:>8}" for s in states) + f"  {best_text}")
+        for reason, count in fail_summary(trials):
+            print(f"{'':<24} failed x{count}: {reason}")
     return EXIT_OK
 
 
@@ -217,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=int, help="total finished trials the study should reach")
     p.add_argument("--timeout-s", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start the study over: an existing study of this name is kept as NAME-old-TIMESTAMP",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a config without running it")
@@ -235,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(-1 if args.quiet else args.verbose)
     from search.data import DataError
+    from search.resume import ResumeConflict
     from search.study import StorageError
 
     try:
@@ -242,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-    except (DataError, StorageError, BadInput) as exc:
+    except (DataError, StorageError, ResumeConflict, BadInput) as exc:
         print(f"error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
