@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from search.config import PARAM_NAMES, ConfigError, StudyConfig, load_config
+from search.config import PARAM_NAMES, ConfigError, StudyConfig, check_study_name, load_config
 
 log = logging.getLogger("search")
 
@@ -108,7 +108,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from search.artifacts import WeightStore
+    from search.failures import FailureBudget
     from search.objective import Objective
+    from search.resume import prepare_resume
     from search.study import (
         best_trial,
         finished_count,
@@ -140,6 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise BadInput(str(exc)) from exc
     objective = Objective(cfg, device, WeightStore(cfg.artifacts_dir))
     storage = make_storage(cfg.storage)
+    prepare_resume(storage, cfg, objective.data_attrs(), fresh=args.fresh)
     study = open_study(cfg, storage, objective.data_attrs())
     dashboard: contextlib.AbstractContextManager[str | None] = contextlib.nullcontext()
     if args.dashboard or args.dashboard_port is not None:
@@ -162,17 +165,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             bar.update(1)
 
     started = time.perf_counter()
+    budget = FailureBudget(cfg.search.max_failures)
     with dashboard as url:  # a background optuna-dashboard, stopped however the run ends
         if url is not None:
             page = study_url(url, storage.get_study_id_from_name(cfg.name))
             bar.write(f"dashboard: {page}", file=sys.stdout)
             sys.stdout.flush()
         try:
-            run_study(study, objective, cfg, callbacks=[on_trial])
+            run_study(study, objective, cfg, callbacks=[on_trial], budget=budget)
         finally:
             bar.close()
     best = best_trial(study)
     elapsed = time.perf_counter() - started
+    if budget.tripped:
+        print(
+            f"study {cfg.name}: stopped after {budget.failures} failed trials "
+            f"(search.max_failures={cfg.search.max_failures}); see `search status` for the reasons"
+        )
+        return EXIT_FAILED
     if best is None:
         print(f"study {cfg.name}: no trial completed ({elapsed:.1f}s)")
         return EXIT_FAILED
@@ -204,8 +214,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import optuna
 
+    from search.failures import fail_summary
     from search.study import best_trial, make_storage, mask_url, state_counts
 
+    if args.study_name:
+        check_study_name(args.study_name, "--study-name")
     storage = make_storage(args.storage, create=False, heartbeat=False)
     names = sorted(optuna.get_all_study_names(storage))
     if args.study_name:
@@ -223,10 +236,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(header)
     for name in names:
         study = optuna.load_study(study_name=name, storage=storage)
-        counts = state_counts(study.get_trials(deepcopy=False))
+        trials = study.get_trials(deepcopy=False)
+        counts = state_counts(trials)
         best = best_trial(study)
         best_text = "-" if best is None else f"#{best.number} {best.value:.4f} {_format_params(best.params)}"
         print(f"{name:<24} " + " ".join(f"{counts[s]:>8}" for s in states) + f"  {best_text}")
+        for reason, count in fail_summary(trials):
+            print(f"{'':<24} failed x{count}: {reason}")
     return EXIT_OK
 
 
@@ -266,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dashboard-port", type=int, metavar="P", help="port for --dashboard (default 8080; implies it)"
     )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start the study over: an existing study of this name is kept as NAME-old-TIMESTAMP",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a config without running it")
@@ -296,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(-1 if args.quiet else args.verbose)
     from search.data import DataError
+    from search.resume import ResumeConflict
     from search.study import StorageError
 
     try:
@@ -303,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-    except (DataError, StorageError, BadInput) as exc:
+    except (DataError, StorageError, ResumeConflict, BadInput) as exc:
         print(f"error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -37,7 +37,16 @@ class ConfigError(ValueError):
         self.value = value
         self.problem = problem
         self.fix = fix
-        super().__init__(f"{field_path}: {problem} (got {value!r}). Fix: {fix}")
+        super().__init__(f"{field_path}: {problem} (got {_short_repr(value)}). Fix: {fix}")
+
+
+def _short_repr(value: Any, limit: int = 200) -> str:
+    """``repr(value)``, shortened; never raises (huge ints have no repr beyond 4300 digits)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        text = f"<{type(value).__name__} too large to print>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- schema
@@ -164,6 +173,7 @@ class SearchConfig:
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     space: Mapping[str, ParamSpec] = field(default_factory=lambda: dict(DEFAULT_SPACE))
     keep_top_k: int = 3
+    max_failures: int | None = None
 
 
 @dataclass(frozen=True)
@@ -203,7 +213,10 @@ def _to_float(value: Any, path: str) -> float:
         value = float(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(path, value, "expected a number", f"write {path.rsplit('.', 1)[-1]}: 0.5")
-    out = float(value)
+    try:
+        out = float(value)
+    except OverflowError as exc:
+        raise ConfigError(path, value, "number too large", "use a finite value") from exc
     if not math.isfinite(out):
         raise ConfigError(path, value, "expected a finite number", "use a finite value")
     return out
@@ -335,6 +348,10 @@ def _param_spec(name: str, raw: Any, path: str) -> ParamSpec:
     return _check_spec(name, spec, path)
 
 
+def _fmt_num(v: float) -> str:
+    return f"{v:g}" if isinstance(v, float) else _short_repr(v)
+
+
 def _check_spec(name: str, spec: ParamSpec, path: str) -> ParamSpec:
     values = [v for v in (spec.value, spec.low, spec.high) if v is not None] + list(spec.choices or ())
     for v in values:
@@ -345,7 +362,7 @@ def _check_spec(name: str, spec: ParamSpec, path: str) -> ParamSpec:
             raise ConfigError(
                 path,
                 spec.as_yaml(),
-                f"low ({spec.low:g}) > high ({spec.high:g})",
+                f"low ({_fmt_num(spec.low)}) > high ({_fmt_num(spec.high)})",
                 "swap low and high",
             )
         if spec.log and spec.step is not None:
@@ -363,19 +380,30 @@ def _check(ok: bool, path: str, value: Any, problem: str, fix: str) -> None:
         raise ConfigError(path, value, problem, fix)
 
 
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (safe for logs, tables and messages)."""
+    return re.sub(r"((?:^|://)[^/:@\s]*:)[^/\s]*@", r"\1***@", url)
+
+
+def check_study_name(name: str, field_path: str = "name") -> str:
+    """``name`` if it is safe as a folder name (no ``..``, no separators); ConfigError otherwise."""
+    _check(
+        isinstance(name, str) and bool(STUDY_NAME_PATTERN.match(name)) and ".." not in name,
+        field_path,
+        name,
+        "not a safe study name",
+        "use letters, digits, '.', '_' and '-' only, no '..' (it names folders under storage/)",
+    )
+    return name
+
+
 def validate(cfg: StudyConfig) -> StudyConfig:
     """Semantic checks that the types alone cannot express."""
-    _check(
-        bool(STUDY_NAME_PATTERN.match(cfg.name)) and ".." not in cfg.name,
-        "name",
-        cfg.name,
-        "not a safe study name",
-        "use letters, digits, '.', '_' and '-' only (it names folders under storage/)",
-    )
+    check_study_name(cfg.name)
     _check(
         "://" in cfg.storage,
         "storage",
-        cfg.storage,
+        mask_url(cfg.storage),
         "not a database URL",
         "use sqlite:///storage/studies.db or postgresql+psycopg://user:pw@host/db",
     )
@@ -501,6 +529,13 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     )
     _check(se.keep_top_k >= 0, "search.keep_top_k", se.keep_top_k, "must be >= 0", "use e.g. 3")
     _check(
+        se.max_failures is None or se.max_failures >= 1,
+        "search.max_failures",
+        se.max_failures,
+        "must be >= 1",
+        "use e.g. 5, or null to never stop a run for failed trials",
+    )
+    _check(
         se.sampler.name in SAMPLERS,
         "search.sampler.name",
         se.sampler.name,
@@ -552,6 +587,10 @@ def validate(cfg: StudyConfig) -> StudyConfig:
 
 # --------------------------------------------------------------------------- entry points
 
+# PyYAML raises more than YAMLError on bad input: ValueError for impossible dates ("2001-13-01"),
+# "!!float abc" or ints over 4300 digits, RecursionError for very deep nesting.
+YAML_ERRORS = (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError)
+
 
 def apply_overrides(raw: dict[str, Any], sets: Sequence[str]) -> dict[str, Any]:
     """Apply ``a.b=v`` overrides (values parsed as YAML) to a raw config mapping, in place."""
@@ -562,7 +601,7 @@ def apply_overrides(raw: dict[str, Any], sets: Sequence[str]) -> dict[str, Any]:
             raise ConfigError("--set", item, "expected KEY=VALUE", "write e.g. --set train.epochs=2")
         try:
             value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as exc:
+        except YAML_ERRORS as exc:
             raise ConfigError(
                 key,
                 text,
@@ -590,6 +629,8 @@ def apply_overrides(raw: dict[str, Any], sets: Sequence[str]) -> dict[str, Any]:
 
 def config_from_dict(raw: Mapping[str, Any], *, default_name: str = "study") -> StudyConfig:
     """Build and validate a config from a plain mapping (a parsed YAML file or a study's stored config)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("config", raw, "the top level must be a mapping", "write key: value lines")
     data = dict(raw)
     data.setdefault("name", default_name)
     cfg = _build(StudyConfig, data, "")
@@ -607,10 +648,11 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
         raise ConfigError("config", str(p), f"unreadable ({exc})", "give a UTF-8 YAML file") from exc
     try:
         raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except YAML_ERRORS as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError("config", str(p), f"invalid YAML{where}", "fix the YAML syntax") from exc
+        problem = f"invalid YAML{where}" if isinstance(exc, yaml.YAMLError) else f"invalid YAML value ({exc})"
+        raise ConfigError("config", str(p), problem, "fix the YAML syntax") from exc
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -281,11 +282,18 @@ def _decode_folder(root: Path, image_size: int | None) -> _Decoded:
                 raw.append(img.copy())
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise DataError(f"cannot read image {path} ({exc}). Fix: delete or replace the file") from exc
-    modes = {img.mode for img in raw}
+    mode_counts = Counter(img.mode for img in raw)
+    modes = set(mode_counts)
     gray = modes <= {"L", "1", "I;16", "I", "LA"}
     mode = "L" if gray else "RGB"
     if not gray and not modes <= {"RGB"}:
-        log.info("imagefolder %s mixes image modes %s; converting all to RGB", root, sorted(modes))
+        other = next(path for (path, _), img in zip(files, raw, strict=True) if img.mode != "RGB")
+        log.warning(
+            "imagefolder %s mixes image modes (%s, e.g. %s); converting all to RGB",
+            root,
+            ", ".join(f"{n} {m}" for m, n in sorted(mode_counts.items())),
+            other,
+        )
     first_size = raw[0].size
     arrays = []
     for (path, _), original in zip(files, raw, strict=True):

@@ -19,6 +19,7 @@ from search.artifacts import WEIGHTS_ATTR, WeightStore
 from search.augment import AugmentSpec, BatchTransform, channel_stats
 from search.config import ConfigError, StudyConfig
 from search.data import Splits, load_splits
+from search.failures import FAIL_REASON_ATTR, describe_failure, free_memory
 from search.model import ConvNet, count_parameters, feature_hw, min_input_size
 from search.space import suggest
 from search.train import EpochMetrics, fit
@@ -104,6 +105,20 @@ class Objective:
         }
 
     def __call__(self, trial: optuna.Trial) -> float:
+        """One trial; any exception but pruning becomes a FAIL with ``fail_reason``, never a crash."""
+        try:
+            return self._run_trial(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:  # a failing trial must not end the study: record it and go on
+            reason = describe_failure(exc, trial.params)
+            oom = isinstance(exc, torch.OutOfMemoryError)
+            log.warning("trial %d failed: %s", trial.number, reason, exc_info=not oom)
+        free_memory()  # outside the except block, so the traceback's tensors are already gone
+        trial.set_user_attr(FAIL_REASON_ATTR, reason)
+        return float("nan")  # Optuna records a NaN objective as FAIL; the study goes on
+
+    def _run_trial(self, trial: optuna.Trial) -> float:
         cfg = self.cfg
         params = suggest(trial, cfg.search.space)
         torch.manual_seed(cfg.seed + trial.number)
@@ -137,7 +152,7 @@ class Objective:
         if cfg.train.compile:
             trial.set_user_attr("compile_seconds", round(result.compile_seconds, 3))
         if result.failed or result.best_state is None:
-            trial.set_user_attr("fail_reason", result.stop_reason)
+            trial.set_user_attr(FAIL_REASON_ATTR, result.stop_reason)
             log.warning("trial %d failed: %s", trial.number, result.stop_reason)
             return float("nan")  # Optuna records a NaN objective as FAIL; the study goes on
         self._keep_weights(trial, result.best_val_acc, result.best_state)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import re
+import os
 import sqlite3
 import warnings
 from collections import Counter
@@ -24,8 +24,9 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from search.config import ConfigError, StudyConfig, to_dict
+from search.config import ConfigError, StudyConfig, mask_url, to_dict
 from search.dashboard import save_config_note
+from search.failures import FailureBudget
 from search.space import grid_values
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,17 @@ class StorageError(ValueError):
     """A storage URL that cannot be opened, or a study that is not there."""
 
 
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (safe for logs and tables)."""
-    return re.sub(r"(://[^/:@]+:)[^@/]*@", r"\1***@", url)
+__all__ = ["StorageError", "mask_url"]  # mask_url lives in config (the lowest floor); re-exported
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` with ``url``'s password (if any) replaced by ``***``, wherever it appears."""
+    masked = mask_url(url)
+    if masked == url:
+        return text
+    head = masked.split("***@", 1)[0]
+    password = url[len(head) : url.rfind("@", len(head))]
+    return text.replace(url, masked).replace(password, "***") if password else text
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -66,7 +75,14 @@ def make_storage(url: str, *, create: bool = True, heartbeat: bool = True) -> RD
                     f"no study storage at {db}. Fix: run `search run CONFIG` first, "
                     "or pass --storage with the right URL"
                 )
-            db.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                db.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(
+                    f"cannot create the storage folder {db.parent} ({exc.strerror or exc}). "
+                    "Fix: pass --storage with a sqlite:/// path in a writable folder"
+                ) from exc
+        _check_sqlite_file(db, writable=create)
         _sqlite_wal(db)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
     else:
@@ -85,7 +101,37 @@ def make_storage(url: str, *, create: bool = True, heartbeat: bool = True) -> RD
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as exc:
-        raise StorageError(f"cannot open storage {mask_url(url)}: {exc}") from exc
+        raise StorageError(scrub(f"cannot open storage {mask_url(url)}: {exc}", url)) from exc
+
+
+OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
+
+
+def _check_sqlite_file(db: Path, *, writable: bool) -> None:
+    """StorageError unless ``db`` is absent, empty, or an SQLite file holding Optuna's tables;
+    with ``writable``, also unless its folder (and the file) can be written."""
+    fix = "Fix: pass --storage sqlite:///path/to/another.db (a new file is created)"
+    if db.exists() and not db.is_file():
+        raise StorageError(f"storage {db} is not a file. {fix}")
+    if writable:
+        for path in (db.parent, db) if db.exists() else (db.parent,):
+            if not os.access(path, os.W_OK):
+                raise StorageError(
+                    f"storage {path} is read-only: a study cannot record its trials there. "
+                    f"Fix: make it writable, or {fix[5:]}"
+                )
+    if not db.exists() or db.stat().st_size == 0:
+        return
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=SQLITE_TIMEOUT_S) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"storage {db} is not an SQLite database ({exc}). {fix}") from exc
+    if tables and not OPTUNA_TABLES.issubset(tables):
+        raise StorageError(
+            f"storage {db} is an SQLite database but not an Optuna one (tables: "
+            f"{', '.join(sorted(tables)[:5])}). {fix}"
+        )
 
 
 def _sqlite_wal(db: Path) -> None:
@@ -177,8 +223,9 @@ def open_study(
     elif seed_offset:
         study.sampler = make_sampler(cfg, seed_offset=seed_offset)
     if CONFIG_ATTR not in study.user_attrs:
-        study.set_user_attr(CONFIG_ATTR, to_dict(cfg))
-        save_config_note(study, to_dict(cfg))  # the dashboard shows attrs cut at 1024 chars
+        stored = {**to_dict(cfg), "storage": mask_url(cfg.storage)}
+        study.set_user_attr(CONFIG_ATTR, stored)
+        save_config_note(study, stored)  # the dashboard shows attrs cut at 1024 chars
     if data_attrs is not None and DATA_ATTR not in study.user_attrs:
         study.set_user_attr(DATA_ATTR, data_attrs)
     return study
@@ -194,11 +241,15 @@ def run_study(
     cfg: StudyConfig,
     *,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    budget: FailureBudget | None = None,
 ) -> int:
     """Run trials until the study holds ``search.n_trials`` finished ones (or the timeout).
 
-    Returns how many trials this call started.
+    Failed trials do not count as finished; ``budget`` (default: one from
+    ``search.max_failures``) stops the run after too many. Returns how many trials this call started.
     """
+    if budget is None:
+        budget = FailureBudget(cfg.search.max_failures)
     remaining = cfg.search.n_trials - finished_count(study)
     if remaining <= 0:
         log.info("study %s already has %d finished trials", study.study_name, cfg.search.n_trials)
@@ -208,7 +259,7 @@ def run_study(
         objective,
         n_trials=remaining,
         timeout=cfg.search.timeout_s,
-        callbacks=[MaxTrialsCallback(cfg.search.n_trials, states=FINISHED_STATES), *callbacks],
+        callbacks=[MaxTrialsCallback(cfg.search.n_trials, states=FINISHED_STATES), *callbacks, budget],
         gc_after_trial=False,
     )
     return len(study.get_trials(deepcopy=False)) - before

@@ -1,0 +1,88 @@
+"""Failed trials: name the reason, free the memory, and stop a run only after too many.
+
+A trial that diverges, runs out of GPU memory or raises anything else is recorded as FAIL with a
+user attribute ``fail_reason`` and the study goes on. Reasons read:
+
+- ``nan_loss at epoch 3, lr=0.87`` (set by ``train.fit``),
+- ``oom (batch_size=512)`` for ``torch.OutOfMemoryError`` (CUDA or other accelerators),
+- ``<ExceptionType>: <message>`` for anything else.
+
+``search.max_failures`` (default null: never) stops the run through :class:`FailureBudget`.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+log = logging.getLogger(__name__)
+
+FAIL_REASON_ATTR = "fail_reason"
+MAX_MESSAGE_CHARS = 300
+
+
+def describe_failure(exc: BaseException, params: Mapping[str, Any]) -> str:
+    """The ``fail_reason`` text for an exception raised inside a trial."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        batch = params.get("batch_size")
+        return f"oom (batch_size={batch})" if batch is not None else "oom"
+    message = " ".join(str(exc).split())
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 3] + "..."
+    name = type(exc).__name__
+    return f"{name}: {message}" if message else name
+
+
+def free_memory() -> None:
+    """Collect garbage and return cached accelerator memory, so the next trial starts clean."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class FailureBudget:
+    """Study callback: ``study.stop()`` once this run has seen ``max_failures`` FAIL trials.
+
+    Counts only the trials this process finished (a resumed run starts from zero). With
+    ``max_failures=None`` it only counts.
+    """
+
+    def __init__(self, max_failures: int | None) -> None:
+        self.max_failures = max_failures
+        self.failures = 0
+        self.tripped = False
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state != TrialState.FAIL:
+            return
+        self.failures += 1
+        if self.max_failures is not None and self.failures >= self.max_failures and not self.tripped:
+            self.tripped = True
+            log.error(
+                "stopping study %s: %d trials failed in this run (search.max_failures=%d); last: %s",
+                study.study_name,
+                self.failures,
+                self.max_failures,
+                trial.user_attrs.get(FAIL_REASON_ATTR, "no reason recorded"),
+            )
+            study.stop()
+
+
+def fail_summary(trials: Iterable[FrozenTrial], limit: int = 5) -> list[tuple[str, int]]:
+    """The most common fail reasons among ``trials`` as (reason, count), most common first.
+
+    FAIL trials without a recorded reason (e.g. a killed worker's) count as ``no reason recorded``.
+    """
+    counts = Counter(
+        str(t.user_attrs.get(FAIL_REASON_ATTR, "no reason recorded"))
+        for t in trials
+        if t.state == TrialState.FAIL
+    )
+    return counts.most_common(limit)
