@@ -117,6 +117,15 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune the study's best trial from its weights, then evaluate once on the test split."""
     started = time.perf_counter()
+    previous = study.user_attrs.get(FINETUNE_ATTR)
+    if isinstance(previous, dict):
+        log.warning(
+            "study %s was already fine-tuned and tested (%s, test accuracy %.4f); this run looks at "
+            "the test split again, so its test figure is no longer an unbiased estimate",
+            study.study_name,
+            previous.get("finished_at"),
+            previous.get("test_accuracy", float("nan")),
+        )
     trial = pick_trial(study, None)
     assert trial.value is not None
     state = trial_weights(study, trial, cfg)
