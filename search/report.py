@@ -432,8 +432,10 @@ def write_report(study_name: str, storage: str | BaseStorage, out: str | Path | 
     """Write the trials table (CSV, Parquet, Markdown, HTML), summary.json and the plots to ``out``."""
     study = open_existing(study_name, storage)
     df = frame_of(study)
-    raw = study.user_attrs.get(CONFIG_ATTR)
-    epochs = study_config(study).train.epochs if isinstance(raw, dict) else int(df["epochs_run"].max() or 0)
+    if isinstance(study.user_attrs.get(CONFIG_ATTR), dict):
+        epochs = study_config(study).train.epochs
+    else:  # a study made outside `search run`: the longest trial stands in for "all epochs"
+        epochs = int(df["epochs_run"].fillna(0).max()) if len(df) else 0
     summary = summarize(study, df, epochs)
     folder = Path(out) if out is not None else default_report_dir(study_name)
     folder.mkdir(parents=True, exist_ok=True)

@@ -173,6 +173,19 @@ def test_plots_never_crash(tmp_path: Path, url: str, case: str, skipped: set[str
     assert all(f"note: skipped {name}" in md for name in skipped)
 
 
+def test_empty_and_foreign_studies(tmp_path: Path, url: str) -> None:
+    _study(tmp_path, "empty", [])
+    files = write_report("empty", url, tmp_path / "empty")
+    assert files.plots == [] and len(pd.read_csv(tmp_path / "empty" / "report.csv")) == 0
+    assert files.summary.best_number is None and files.summary.compute_seconds == 0
+    # a study created by plain Optuna (no stored config) still gets a report
+    foreign = optuna.create_study(study_name="foreign", storage=url, direction="maximize")
+    foreign.add_trial(fake_trial(0, TrialState.COMPLETE, 0.5, P, 10, 3))
+    foreign.add_trial(fake_trial(1, TrialState.PRUNED, 0.2, P, 4, 1))
+    files = write_report("foreign", url, tmp_path / "foreign")
+    assert files.summary.epochs_per_trial == 3 and files.summary.saved_by_pruning_s == pytest.approx(8)
+
+
 def test_fixed_params_fill_the_table(tmp_path: Path, url: str) -> None:
     study = _study(tmp_path, "fixed", [fake_trial(0, TrialState.COMPLETE, 0.5, {"lr": 1e-3}, 10, 3)])
     cfg = study.user_attrs["config"]
