@@ -246,6 +246,75 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -------------------------------------------------------------------- report, export, finetune, predict
+
+
+def _results_study(args: argparse.Namespace) -> Any:
+    from search.report import open_existing
+
+    return open_existing(args.study_name, args.storage)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from search.report import summary_lines, write_report
+
+    files = write_report(args.study_name, args.storage, args.out)
+    for line in summary_lines(files.summary):
+        print(line)
+    print(f"report: {', '.join(str(p) for p in files.tables)} (+ {len(files.plots)} plots as .html/.png)")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from search.export import ExportError, export_trial
+    from search.report import study_config
+
+    study = _results_study(args)
+    try:
+        done = export_trial(study, study_config(study), args.trial, args.out)
+    except ExportError as exc:
+        raise BadInput(str(exc)) from exc
+    print(f"exported trial {done.trial} (val accuracy {done.config['val_accuracy']:.4f}) to {done.out}")
+    return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from search.export import ExportError, predict_files
+
+    try:
+        results = predict_files(args.export_dir, args.images, k=3)
+    except ExportError as exc:
+        raise BadInput(str(exc)) from exc
+    for path, top in zip(args.images, results, strict=True):
+        print(f"{path}: " + "  ".join(f"{name} {p:.3f}" for name, p in top))
+    return EXIT_OK
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from search.export import ExportError
+    from search.finetune import finetune, settings
+    from search.report import study_config
+    from search.train import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise BadInput(f"--device: {exc}. Fix: use --device cpu or auto") from exc
+    study = _results_study(args)
+    cfg = study_config(study)
+    ft = settings(cfg, args.epochs, args.lr_scale, args.patience)
+    try:
+        res = finetune(study, cfg, device, ft, args.out)
+    except ExportError as exc:
+        raise BadInput(str(exc)) from exc
+    print(
+        f"finetune {args.study_name}: trial {res.trial} val {res.start_val_acc:.4f} -> "
+        f"{res.final_val_acc:.4f} (best epoch {res.best_epoch} of {res.epochs_run}); "
+        f"test accuracy {res.test.accuracy:.4f} on {res.test.n} images; files in {res.out}"
+    )
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -309,7 +378,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_dashboard)
+
+    _add_results_parsers(sub)
     return parser
+
+
+def _add_results_parsers(sub: Any) -> None:
+    default_storage = StudyConfig().storage
+    p = sub.add_parser("report", help="trials table (CSV, Parquet, Markdown, HTML), summary and plots")
+    p.add_argument("study_name", metavar="STUDY")
+    p.add_argument("--storage", default=default_storage, help="storage URL")
+    p.add_argument("--out", help="output folder (default storage/reports/STUDY)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="a trial's weights, config.json and model card as one folder")
+    p.add_argument("study_name", metavar="STUDY")
+    p.add_argument("--storage", default=default_storage, help="storage URL")
+    p.add_argument("--trial", type=int, help="trial number (default: the best trial)")
+    p.add_argument("--out", help="output folder (default storage/exports/STUDY/trial-N)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="top-3 classes per image with an exported model")
+    p.add_argument("export_dir", metavar="EXPORT_DIR")
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("finetune", help="fine-tune the best trial from its weights, then test once")
+    p.add_argument("study_name", metavar="STUDY")
+    p.add_argument("--storage", default=default_storage, help="storage URL")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default: the study config's finetune.epochs)")
+    p.add_argument("--lr-scale", type=float, help="lr = best trial's lr x this (default finetune.lr_scale)")
+    p.add_argument("--patience", type=int, help="early stopping patience (default finetune.patience)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--out", help="output folder (default storage/finetune/STUDY)")
+    p.set_defaults(func=cmd_finetune)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

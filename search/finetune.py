@@ -1,0 +1,262 @@
+"""Fine-tune the best trial FROM its saved weights, then evaluate once on the test split.
+
+The study holds everything needed: its config (user_attr ``config``), its data facts
+(``data``: normalisation mean/std) and the best trial's weights in the artifact store. Steps:
+
+1. rebuild the best trial's model and load its best-epoch weights;
+2. measure validation accuracy before any update — on the same seeded split the search used,
+   so it equals the trial's value (logged, and recorded as ``start_val_acc``);
+3. continue training at ``lr * lr_scale`` with early stopping (``patience``) and keep the best
+   epoch; if no epoch beats the starting weights, the starting weights are kept;
+4. only then load the test split and evaluate once: ``metrics.json``, ``per_class.csv``,
+   ``confusion.csv``/``.png``, ``predictions.png``, ``filters.png`` and ``final.pt`` under
+   ``storage/finetune/<study>/``; the summary goes to the study's user_attr ``finetune`` and
+   ``final.pt`` and the confusion matrix picture become study artifacts (the dashboard shows them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import torch
+from optuna.artifacts import upload_artifact
+
+from search.artifacts import WeightStore
+from search.config import ConfigError, StudyConfig
+from search.data import load_splits
+from search.evaluate import (
+    TestMetrics,
+    classification_metrics,
+    confusion_frame,
+    plot_confusion,
+    plot_filters,
+    plot_predictions,
+)
+from search.export import pick_trial, trial_weights
+from search.model import ConvNet
+from search.objective import build_model, make_transform
+from search.space import params_of
+from search.study import DATA_ATTR
+from search.train import EpochMetrics, evaluate, fit, predict_logits
+
+log = logging.getLogger(__name__)
+
+FINETUNE_ATTR = "finetune"
+SEED_OFFSET = 100_003  # fine-tuning's shuffling stream differs from every trial's
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    epochs: int
+    lr_scale: float
+    patience: int
+
+
+def settings(
+    cfg: StudyConfig, epochs: int | None, lr_scale: float | None, patience: int | None
+) -> FinetuneSettings:
+    """The study config's ``finetune`` section with any command-line values applied, validated."""
+    s = FinetuneSettings(
+        epochs=cfg.finetune.epochs if epochs is None else epochs,
+        lr_scale=cfg.finetune.lr_scale if lr_scale is None else lr_scale,
+        patience=cfg.finetune.patience if patience is None else patience,
+    )
+    if s.epochs < 1:
+        raise ConfigError("--epochs", s.epochs, "must be >= 1", "use e.g. 40")
+    if not 0 < s.lr_scale <= 10:
+        raise ConfigError("--lr-scale", s.lr_scale, "must be within (0, 10]", "use e.g. 0.8")
+    if s.patience < 1:
+        raise ConfigError("--patience", s.patience, "must be >= 1", "use e.g. 6")
+    return s
+
+
+def default_finetune_dir(study_name: str) -> Path:
+    return Path("storage") / "finetune" / study_name
+
+
+@dataclass
+class FinetuneResult:
+    out: Path
+    trial: int
+    trial_value: float
+    start_val_acc: float
+    final_val_acc: float
+    best_epoch: int
+    epochs_run: int
+    test: TestMetrics
+    metrics: dict[str, Any]
+
+
+def _stored_normalisation(study: optuna.Study) -> tuple[list[float], list[float]]:
+    data = study.user_attrs.get(DATA_ATTR)
+    if not isinstance(data, dict) or "mean" not in data:
+        raise ConfigError(
+            "study",
+            study.study_name,
+            f"has no stored data facts (user_attr {DATA_ATTR!r})",
+            "create the study with `search run`",
+        )
+    return [float(v) for v in data["mean"]], [float(v) for v in data["std"]]
+
+
+def finetune(
+    study: optuna.Study,
+    cfg: StudyConfig,
+    device: torch.device,
+    ft: FinetuneSettings,
+    out: str | Path | None = None,
+) -> FinetuneResult:
+    """Fine-tune the study's best trial from its weights, then evaluate once on the test split."""
+    started = time.perf_counter()
+    previous = study.user_attrs.get(FINETUNE_ATTR)
+    if isinstance(previous, dict):
+        log.warning(
+            "study %s was already fine-tuned and tested (%s, test accuracy %.4f); this run looks at "
+            "the test split again, so its test figure is no longer an unbiased estimate",
+            study.study_name,
+            previous.get("finished_at"),
+            previous.get("test_accuracy", float("nan")),
+        )
+    trial = pick_trial(study, None)
+    assert trial.value is not None
+    state = trial_weights(study, trial, cfg)
+    params = params_of(trial.params, cfg.search.space)
+    mean, std = _stored_normalisation(study)
+    splits = load_splits(cfg.data, cfg.seed, with_test=True)
+    assert splits.test is not None
+    model: ConvNet = build_model(cfg, params, splits.in_shape, splits.n_classes)
+    model.load_state_dict(state)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model.to(device).to(memory_format=memory_format)  # as fit() holds it: same numbers as the trial
+    transform = make_transform(cfg, mean, std)
+    train, val = splits.train.to(device), splits.val.to(device)
+    batch_size = int(params["batch_size"])
+    eval_batch = max(cfg.train.eval_batch_size, batch_size)
+
+    _, start_acc = evaluate(model, val, transform, batch_size=eval_batch, amp=cfg.train.amp)
+    log.info(
+        "finetune %s: starting from trial %d, validation accuracy %.4f before any update (trial value %.4f)",
+        study.study_name,
+        trial.number,
+        start_acc,
+        trial.value,
+    )
+    if abs(start_acc - trial.value) > 1e-9:
+        log.warning(
+            "starting validation accuracy %.4f differs from trial %d's value %.4f "
+            "(different device or data cache?)",
+            start_acc,
+            trial.number,
+            trial.value,
+        )
+    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    lr = float(params["lr"]) * ft.lr_scale
+
+    def on_epoch(epoch: int, m: EpochMetrics) -> None:
+        log.info(
+            "finetune epoch %d: train_loss %.4f val_acc %.4f (%.1fs)",
+            epoch,
+            m.train_loss,
+            m.val_acc,
+            m.seconds,
+        )
+
+    train_cfg = dataclasses.replace(cfg.train, epochs=ft.epochs, patience=ft.patience)
+    result = fit(
+        model,
+        train,
+        val,
+        lr=lr,
+        batch_size=batch_size,
+        cfg=train_cfg,
+        transform=transform,
+        seed=cfg.seed + SEED_OFFSET,
+        on_epoch=on_epoch,
+    )
+    best_epoch, final_val = result.best_epoch, result.best_val_acc
+    if result.best_state is None or not final_val > start_acc:
+        log.info("finetune: no epoch beat the starting accuracy %.4f; keeping the trial's weights", start_acc)
+        model.load_state_dict(start_state)
+        best_epoch, final_val = 0, start_acc
+
+    # ---- the one and only look at the test split
+    test = splits.test.to(device)
+    logits = predict_logits(model, test.images, transform, batch_size=eval_batch, amp=cfg.train.amp)
+    probs = logits.softmax(1)
+    conf, pred = probs.max(1)
+    metrics = classification_metrics(test.labels, pred, splits.classes)
+    log.info("finetune %s: test accuracy %.4f on %d images", study.study_name, metrics.accuracy, metrics.n)
+
+    folder = Path(out) if out is not None else default_finetune_dir(study.study_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    final_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save(final_state, folder / "final.pt")
+    confusion_frame(metrics).to_csv(folder / "confusion.csv")
+    pd.DataFrame(metrics.per_class).to_csv(folder / "per_class.csv", index=False)
+    title = f"{study.study_name}: test accuracy {metrics.accuracy:.3f}"
+    plot_confusion(metrics, folder / "confusion.png", title)
+    classes = splits.classes
+    plot_predictions(test.images, test.labels, pred, conf, classes, folder / "predictions.png", seed=cfg.seed)
+    plot_filters(model.first_conv.weight, folder / "filters.png")
+    summary = {
+        "study": study.study_name,
+        "trial": trial.number,
+        "trial_value": trial.value,
+        "params": params,
+        "start_val_acc": start_acc,
+        "final_val_acc": final_val,
+        "best_epoch": best_epoch,
+        "epochs_run": result.epochs_run,
+        "stop_reason": result.stop_reason,
+        "lr": lr,
+        "lr_scale": ft.lr_scale,
+        "epochs": ft.epochs,
+        "patience": ft.patience,
+        "device": str(device),
+        "test_accuracy": metrics.accuracy,
+        "test_macro_f1": metrics.macro_f1,
+        "n_test": metrics.n,
+        "seconds": round(time.perf_counter() - started, 3),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "out": str(folder),
+    }
+    history = [dataclasses.asdict(m) for m in result.history]
+    full = {**summary, "test": metrics.to_dict(), "history": history}
+    (folder / "metrics.json").write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")
+    summary["artifacts"] = _record_on_study(study, cfg, final_state, folder)
+    study.set_user_attr(FINETUNE_ATTR, summary)
+    return FinetuneResult(
+        out=folder,
+        trial=trial.number,
+        trial_value=trial.value,
+        start_val_acc=start_acc,
+        final_val_acc=final_val,
+        best_epoch=best_epoch,
+        epochs_run=result.epochs_run,
+        test=metrics,
+        metrics=full,
+    )
+
+
+def _record_on_study(
+    study: optuna.Study, cfg: StudyConfig, final_state: dict[str, torch.Tensor], folder: Path
+) -> dict[str, str]:
+    """Upload final.pt and the confusion matrix picture as study artifacts; returns their ids."""
+    store = WeightStore(cfg.artifacts_dir)
+    ids = {"final.pt": store.save(study, final_state, "finetune-final.pt")}
+    ids["confusion.png"] = upload_artifact(
+        artifact_store=store.store,
+        file_path=str(folder / "confusion.png"),
+        study_or_trial=study,
+        mimetype="image/png",
+    )
+    return ids
