@@ -164,6 +164,9 @@ class SearchConfig:
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     space: Mapping[str, ParamSpec] = field(default_factory=lambda: dict(DEFAULT_SPACE))
     keep_top_k: int = 3
+    heartbeat_interval_s: int = 20  # a running trial's worker writes a heartbeat this often
+    grace_period_s: int = 60  # no heartbeat for this long: the trial is stale, failed and retried
+    max_retry: int = 3  # how often one trial is re-queued after a killed worker or an interrupt
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,7 @@ class StudyConfig:
     seed: int = 0
     storage: str = "sqlite:///storage/studies.db"
     artifacts_dir: str = "storage/artifacts"
+    checkpoints_dir: str = "storage/checkpoints"  # per-epoch checkpoints of running trials (resume)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -500,6 +504,21 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         "use null for no limit",
     )
     _check(se.keep_top_k >= 0, "search.keep_top_k", se.keep_top_k, "must be >= 0", "use e.g. 3")
+    _check(
+        se.heartbeat_interval_s >= 1,
+        "search.heartbeat_interval_s",
+        se.heartbeat_interval_s,
+        "must be >= 1",
+        "use e.g. 20",
+    )
+    _check(
+        se.grace_period_s > se.heartbeat_interval_s,
+        "search.grace_period_s",
+        se.grace_period_s,
+        f"must exceed search.heartbeat_interval_s ({se.heartbeat_interval_s})",
+        f"use e.g. {3 * se.heartbeat_interval_s}",
+    )
+    _check(se.max_retry >= 0, "search.max_retry", se.max_retry, "must be >= 0", "use e.g. 3")
     _check(
         se.sampler.name in SAMPLERS,
         "search.sampler.name",
