@@ -176,6 +176,26 @@ class _Guarded:
         return self.objective(trial)
 
 
+class _QuietEndings(logging.Filter):
+    """Drops Optuna's traceback warnings for surplus and interrupted trials (logged here instead)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quiet: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and isinstance(record.exc_info[1], SurplusTrial | TrialInterrupted):
+            self.quiet.add(message.split(" failed", 1)[0])  # "Trial 12"
+            return False
+        return not (
+            message.endswith("failed with value None.") and message.split(" failed", 1)[0] in self.quiet
+        )
+
+
+_QUIET = _QuietEndings()
+
+
 def _started_before(a: RunningTrial, b: RunningTrial) -> bool:
     """``a`` took its slot before ``b`` (start time, then trial number)."""
     if a.number == b.number:
@@ -199,6 +219,9 @@ def run_trials(
     grace = float(cfg.search.grace_period_s)
     deadline = None if cfg.search.timeout_s is None else time.monotonic() + cfg.search.timeout_s
     guarded = _Guarded(objective, n, storage, grace)
+    optimize_logger = logging.getLogger("optuna.study._optimize")
+    if _QUIET not in optimize_logger.filters:
+        optimize_logger.addFilter(_QUIET)
     outcome = Outcome()
     waiting_logged = False
     while True:
@@ -224,7 +247,9 @@ def run_trials(
             outcome.started += 1
         except SurplusTrial:
             outcome.started += 1
+            log.info("trial %s: the study's %d trials were already taken; ended as FAIL", guarded.current, n)
         except (TrialInterrupted, KeyboardInterrupt):
+            log.warning("trial %s interrupted; recorded as FAIL (reason 'interrupted')", guarded.current)
             outcome.interrupted = True
             _requeue(study, guarded.current, cfg.search.max_retry)
             return outcome
