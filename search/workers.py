@@ -237,11 +237,12 @@ def run_trials(
             return outcome
         if finished + live >= n:
             if not waiting_logged:
-                log.info("the last %d trial(s) run elsewhere; waiting in case one fails", live)
+                log.info("the last %d trial(s) run in other workers; waiting in case one fails", live)
                 waiting_logged = True
             _sleep(POLL_S, stop)
             continue
         waiting_logged = False
+        guarded.current = None
         try:
             study.optimize(guarded, n_trials=1, callbacks=list(callbacks), gc_after_trial=False)
             outcome.started += 1
