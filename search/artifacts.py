@@ -81,3 +81,43 @@ class WeightStore:
         if removed:
             log.info("removed %d weights file(s) beaten out of the top %d", len(removed), k)
         return removed
+
+
+class CheckpointStore:
+    """Per-epoch checkpoints of running trials: ``<root>/<study>/trial-<number>.pt``.
+
+    A trial writes its checkpoint after every epoch (atomically: temp file, then rename) and
+    removes it when it finishes; a retried trial (after a killed worker or an interrupt) loads
+    the checkpoint of the attempt it repeats and continues from the next epoch. With workers
+    on several machines the root must be a shared directory.
+    """
+
+    def __init__(self, root: str | Path, study_name: str) -> None:
+        self.dir = Path(root) / study_name
+
+    def path(self, trial_number: int) -> Path:
+        return self.dir / f"trial-{trial_number}.pt"
+
+    def save(self, trial_number: int, state: Mapping[str, Any]) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        final = self.path(trial_number)
+        tmp = final.with_suffix(".pt.tmp")
+        torch.save(dict(state), tmp)
+        tmp.replace(final)
+        return final
+
+    def load(self, trial_number: int) -> dict[str, Any] | None:
+        """The checkpoint of ``trial_number`` on the CPU, or None when there is none (or it is unreadable)."""
+        path = self.path(trial_number)
+        if not path.is_file():
+            return None
+        try:
+            state: dict[str, Any] = torch.load(path, weights_only=True, map_location="cpu")
+        except (OSError, RuntimeError, EOFError) as exc:
+            log.warning("ignoring unreadable checkpoint %s: %s", path, exc)
+            return None
+        return state
+
+    def remove(self, *trial_numbers: int) -> None:
+        for number in trial_numbers:
+            self.path(number).unlink(missing_ok=True)

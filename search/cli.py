@@ -105,27 +105,29 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
+    import torch
     from tqdm import tqdm
 
     from search.artifacts import WeightStore
     from search.failures import FailureBudget
     from search.objective import Objective
     from search.resume import prepare_resume
-    from search.study import (
-        best_trial,
-        finished_count,
-        make_storage,
-        mask_url,
-        open_study,
-        run_study,
-    )
+    from search.study import best_trial, finished_count, mask_url, open_study, storage_for
     from search.train import resolve_device
+    from search.workers import StopRequest, assign_devices, run_parallel, run_trials
 
     try:
         device = resolve_device(args.device)
     except ValueError as exc:
         raise BadInput(f"--device: {exc}. Fix: use --device cpu or auto") from exc
-    log.info("study %s on %s, storage %s", cfg.name, device, mask_url(cfg.storage))
+    parallel = args.workers != 1 or args.workers_per_gpu != 1
+    devices: list[str] = []
+    if parallel:
+        try:
+            devices = assign_devices(args.device, args.workers, args.workers_per_gpu)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from exc
+    log.info("study %s on %s, storage %s", cfg.name, devices or device, mask_url(cfg.storage))
     dashboard_port = args.dashboard_port if args.dashboard_port is not None else 8080
     if args.dashboard or args.dashboard_port is not None:
         from search.dashboard import (
@@ -140,8 +142,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             check_port(DEFAULT_HOST, dashboard_port, "--dashboard-port")  # before anything is created
         except DashboardError as exc:
             raise BadInput(str(exc)) from exc
-    objective = Objective(cfg, device, WeightStore(cfg.artifacts_dir))
-    storage = make_storage(cfg.storage)
+    stop = StopRequest()
+    # With --workers, this process only checks the data and creates the study; workers train.
+    objective = Objective(
+        cfg, torch.device("cpu") if parallel else device, WeightStore(cfg.artifacts_dir), stop
+    )
+    storage = storage_for(cfg)
     prepare_resume(storage, cfg, objective.data_attrs(), fresh=args.fresh)
     study = open_study(cfg, storage, objective.data_attrs())
     dashboard: contextlib.AbstractContextManager[str | None] = contextlib.nullcontext()
@@ -165,23 +171,33 @@ def cmd_run(args: argparse.Namespace) -> int:
             bar.update(1)
 
     started = time.perf_counter()
-    budget = FailureBudget(cfg.search.max_failures)
+    budget = FailureBudget.for_run(cfg.search.max_failures, cfg.search.n_trials)
     with dashboard as url:  # a background optuna-dashboard, stopped however the run ends
         if url is not None:
             page = study_url(url, storage.get_study_id_from_name(cfg.name))
             bar.write(f"dashboard: {page}", file=sys.stdout)
             sys.stdout.flush()
         try:
-            run_study(study, objective, cfg, callbacks=[on_trial], budget=budget)
+            if parallel:
+                del objective
+                outcome = run_parallel(cfg, devices, on_trial=lambda t: on_trial(study, t))
+            else:
+                with stop.installed():
+                    outcome = run_trials(
+                        study, objective, cfg, storage, stop=stop, callbacks=[on_trial], budget=budget
+                    )
         finally:
             bar.close()
     best = best_trial(study)
     elapsed = time.perf_counter() - started
-    if budget.tripped:
+    if outcome.interrupted:
         print(
-            f"study {cfg.name}: stopped after {budget.failures} failed trials "
-            f"(search.max_failures={cfg.search.max_failures}); see `search status` for the reasons"
+            f"study {cfg.name}: interrupted with {finished_count(study)}/{cfg.search.n_trials} trials "
+            f"finished ({elapsed:.1f}s); run the same command again to resume"
         )
+        return EXIT_INTERRUPTED
+    if budget.tripped:
+        print(f"study {cfg.name}: {budget.stop_message()}; see `search status` for the reasons")
         return EXIT_FAILED
     if best is None:
         print(f"study {cfg.name}: no trial completed ({elapsed:.1f}s)")
@@ -209,6 +225,83 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     log.info("serving optuna-dashboard on %s (Ctrl-C to stop)", mask_url(storage))
     dashboard.serve(watch_parent=args.exit_with_parent)
     return EXIT_OK  # Ctrl-C / SIGTERM is how a dashboard normally ends
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Join an existing study (its config is stored in it) and run trials until its total."""
+    import dataclasses
+    import os
+
+    from search.artifacts import WeightStore
+    from search.failures import FailureBudget
+    from search.objective import Objective
+    from search.study import best_trial, finished_count, load_study, make_storage, open_study, storage_for
+    from search.train import resolve_device
+    from search.workers import StopRequest, run_trials, worker_config
+
+    study = load_study(args.study_name, make_storage(args.storage, create=False, heartbeat=False))
+    cfg = worker_config(study, args.n_trials, args.timeout_s)
+    cfg = dataclasses.replace(cfg, storage=args.storage)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise BadInput(f"--device: {exc}. Fix: use --device cpu or auto") from exc
+    stop = StopRequest(parent_pid=args.parent_pid)
+    objective = Objective(cfg, device, WeightStore(cfg.artifacts_dir), stop)
+    storage = storage_for(cfg, create=False)
+    seed_offset = os.getpid() if args.worker_index is None else 7919 * (args.worker_index + 1)
+    study = open_study(cfg, storage, seed_offset=seed_offset)
+    log.info("worker pid %d on %s joins study %s", os.getpid(), device, cfg.name)
+
+    def on_trial(_study: Any, trial: Any) -> None:
+        print(_trial_line(trial), flush=True)
+
+    budget = FailureBudget.for_run(cfg.search.max_failures, cfg.search.n_trials)
+    with stop.installed(ignore_sigint=args.parent_pid is not None):
+        outcome = run_trials(study, objective, cfg, storage, stop=stop, callbacks=[on_trial], budget=budget)
+    done = finished_count(study)
+    print(
+        f"worker {os.getpid()}: {outcome.started} trial(s) run; study {cfg.name}: "
+        f"{done}/{cfg.search.n_trials} finished" + (" (interrupted)" if outcome.interrupted else "")
+    )
+    if outcome.interrupted:
+        return EXIT_INTERRUPTED
+    if budget.tripped:
+        print(f"worker {os.getpid()}: {budget.stop_message()}")
+        return EXIT_FAILED
+    return EXIT_OK if best_trial(study) is not None else EXIT_FAILED
+
+
+def _age(seconds: float | None) -> str:
+    return "none" if seconds is None else f"{seconds:.0f}s ago"
+
+
+def _status_running(study: Any, storage: Any, fail_stale: bool) -> None:
+    """Print the study's RUNNING trials (worker host, pid, device, heartbeat); optionally fail stale ones."""
+    from search.config import config_from_dict
+    from search.study import CONFIG_ATTR, GRACE_PERIOD_S, fail_stale_trials, running_trials
+
+    raw = study.user_attrs.get(CONFIG_ATTR)
+    cfg = config_from_dict(raw) if isinstance(raw, dict) else None
+    grace = cfg.search.grace_period_s if cfg else GRACE_PERIOD_S
+    rows = running_trials(study, storage, grace)
+    if not rows:
+        return
+    print(f"  running trials of {study.study_name} (stale: no heartbeat for {grace}s):")
+    for r in rows:
+        flag = "  STALE" if r.stale else ""
+        print(
+            f"    trial {r.number:>4} host={r.host} pid={r.pid} device={r.device} "
+            f"started={_age(r.age_s)} heartbeat={_age(r.heartbeat_age_s)}{flag}"
+        )
+    stale = [r.number for r in rows if r.stale]
+    if stale and fail_stale:
+        failed = fail_stale_trials(study, storage, grace, cfg.search.max_retry if cfg else 3)
+        print(f"  marked FAIL (reason 'stale') and re-queued: {', '.join(f'#{n}' for n in failed)}")
+    elif stale:
+        print(
+            f"  {len(stale)} stale trial(s); `search status --fail-stale` marks them FAIL and re-queues them"
+        )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -243,6 +336,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{name:<24} " + " ".join(f"{counts[s]:>8}" for s in states) + f"  {best_text}")
         for reason, count in fail_summary(trials):
             print(f"{'':<24} failed x{count}: {reason}")
+        _status_running(study, storage, args.fail_stale)
     return EXIT_OK
 
 
@@ -356,7 +450,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start the study over: an existing study of this name is kept as NAME-old-TIMESTAMP",
     )
+    p.add_argument(
+        "--workers", type=int, default=1, help="worker processes on this machine (default 1: in-process)"
+    )
+    p.add_argument(
+        "--workers-per-gpu", type=int, default=1, help="how many workers may share one GPU (default 1)"
+    )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("worker", help="join an existing study and run its trials (any machine)")
+    p.add_argument("--study-name", required=True, help="the study to join")
+    p.add_argument("--storage", required=True, help="the study's storage URL")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--n-trials", type=int, help="total finished trials (default: the study's config)")
+    p.add_argument("--timeout-s", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("validate", help="check a config without running it")
     _add_config_args(p)
@@ -365,6 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="list studies: trials per state and the best trial")
     p.add_argument("--storage", default=StudyConfig().storage, help="storage URL")
     p.add_argument("--study-name", help="only this study")
+    p.add_argument(
+        "--fail-stale",
+        action="store_true",
+        help="mark stale RUNNING trials (no recent heartbeat) FAIL with reason 'stale' and re-queue them",
+    )
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage (Ctrl-C to stop)")

@@ -174,6 +174,9 @@ class SearchConfig:
     space: Mapping[str, ParamSpec] = field(default_factory=lambda: dict(DEFAULT_SPACE))
     keep_top_k: int = 3
     max_failures: int | None = None
+    heartbeat_interval_s: int = 20  # a running trial's worker writes a heartbeat this often
+    grace_period_s: int = 60  # no heartbeat for this long: the trial is stale, failed and retried
+    max_retry: int = 3  # how often one trial is re-queued after a killed worker or an interrupt
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,7 @@ class StudyConfig:
     seed: int = 0
     storage: str = "sqlite:///storage/studies.db"
     artifacts_dir: str = "storage/artifacts"
+    checkpoints_dir: str = "storage/checkpoints"  # per-epoch checkpoints of running trials (resume)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -533,8 +537,23 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         "search.max_failures",
         se.max_failures,
         "must be >= 1",
-        "use e.g. 5, or null to never stop a run for failed trials",
+        "use e.g. 5, or null (a run stops only after as many failures as search.n_trials)",
     )
+    _check(
+        se.heartbeat_interval_s >= 1,
+        "search.heartbeat_interval_s",
+        se.heartbeat_interval_s,
+        "must be >= 1",
+        "use e.g. 20",
+    )
+    _check(
+        se.grace_period_s > se.heartbeat_interval_s,
+        "search.grace_period_s",
+        se.grace_period_s,
+        f"must exceed search.heartbeat_interval_s ({se.heartbeat_interval_s})",
+        f"use e.g. {3 * se.heartbeat_interval_s}",
+    )
+    _check(se.max_retry >= 0, "search.max_retry", se.max_retry, "must be >= 0", "use e.g. 3")
     _check(
         se.sampler.name in SAMPLERS,
         "search.sampler.name",

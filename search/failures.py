@@ -54,22 +54,42 @@ class FailureBudget:
     ``max_failures=None`` it only counts.
     """
 
-    def __init__(self, max_failures: int | None) -> None:
+    #: fail reasons that are not the trial's fault: they never count against the budget
+    NOT_COUNTED = frozenset({"surplus", "interrupted"})
+
+    def __init__(self, max_failures: int | None, *, fallback: int | None = None) -> None:
         self.max_failures = max_failures
+        self.limit = max_failures if max_failures is not None else fallback
         self.failures = 0
         self.tripped = False
 
+    @classmethod
+    def for_run(cls, max_failures: int | None, n_trials: int) -> FailureBudget:
+        """The budget of one run: ``max_failures``, or with null as many failures as ``n_trials``.
+
+        Failed trials are replaced until the study holds ``n_trials`` finished ones, so without
+        some limit a study whose every trial fails would never end.
+        """
+        return cls(max_failures, fallback=n_trials)
+
+    def stop_message(self) -> str:
+        setting = (
+            f"search.max_failures={self.max_failures}"
+            if self.max_failures is not None
+            else "as many as search.n_trials; set search.max_failures to choose"
+        )
+        return f"stopped after {self.failures} failed trials ({setting})"
+
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state != TrialState.FAIL:
+        if trial.state != TrialState.FAIL or trial.user_attrs.get(FAIL_REASON_ATTR) in self.NOT_COUNTED:
             return
         self.failures += 1
-        if self.max_failures is not None and self.failures >= self.max_failures and not self.tripped:
+        if self.limit is not None and self.failures >= self.limit and not self.tripped:
             self.tripped = True
             log.error(
-                "stopping study %s: %d trials failed in this run (search.max_failures=%d); last: %s",
+                "stopping study %s: %s; last: %s",
                 study.study_name,
-                self.failures,
-                self.max_failures,
+                self.stop_message(),
                 trial.user_attrs.get(FAIL_REASON_ATTR, "no reason recorded"),
             )
             study.stop()

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import socket
+from collections.abc import Callable
 from typing import Any
 
 import optuna
 import torch
 from optuna.trial import TrialState
 
-from search.artifacts import WEIGHTS_ATTR, WeightStore
+from search.artifacts import WEIGHTS_ATTR, CheckpointStore, WeightStore
 from search.augment import AugmentSpec, BatchTransform, channel_stats
 from search.config import ConfigError, StudyConfig
 from search.data import Splits, load_splits
@@ -25,6 +28,18 @@ from search.space import suggest
 from search.train import EpochMetrics, fit
 
 log = logging.getLogger(__name__)
+
+
+class TrialInterrupted(Exception):
+    """A stop was requested (Ctrl-C, SIGTERM): the trial ended after its current epoch."""
+
+
+def retry_history(trial: optuna.Trial) -> list[int]:
+    """Numbers of the earlier attempts this trial repeats (oldest first; empty for a fresh trial)."""
+    for t in trial.study.get_trials(deepcopy=False):
+        if t.number == trial.number:
+            return [int(n) for n in t.system_attrs.get("retry_history", [])]
+    return []
 
 
 def check_input_size(in_shape: tuple[int, int, int], padding: int) -> None:
@@ -79,10 +94,17 @@ def build_model(
 class Objective:
     """Callable for ``study.optimize``; holds the process's data on the training device."""
 
-    def __init__(self, cfg: StudyConfig, device: torch.device, weights: WeightStore | None) -> None:
+    def __init__(
+        self,
+        cfg: StudyConfig,
+        device: torch.device,
+        weights: WeightStore | None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.device = device
         self.weights = weights
+        self.should_stop = should_stop or (lambda: False)
         splits = load_splits(cfg.data, cfg.seed, with_test=False)
         check_input_size(splits.in_shape, cfg.model.padding)
         self.in_shape = splits.in_shape
@@ -125,6 +147,11 @@ class Objective:
         model = build_model(cfg, params, self.in_shape, self.n_classes)
         trial.set_user_attr("n_params", count_parameters(model))
         trial.set_user_attr("device", str(self.device))
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        checkpoints = CheckpointStore(cfg.checkpoints_dir, trial.study.study_name)
+        earlier = retry_history(trial)
+        resume = self._resume_state(trial, checkpoints, earlier, params)
 
         def on_epoch(epoch: int, metrics: EpochMetrics) -> None:
             trial.report(metrics.val_acc, epoch)
@@ -132,18 +159,34 @@ class Objective:
             if trial.should_prune():
                 trial.set_user_attr("pruned_at_epoch", epoch)
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} (val_acc {metrics.val_acc:.4f})")
+            if self.should_stop():
+                trial.set_user_attr("fail_reason", "interrupted")
+                raise TrialInterrupted(f"trial {trial.number} interrupted after epoch {epoch}")
 
-        result = fit(
-            model,
-            self.train,
-            self.val,
-            lr=float(params["lr"]),
-            batch_size=int(params["batch_size"]),
-            cfg=cfg.train,
-            transform=self.transform,
-            seed=cfg.seed + trial.number,
-            on_epoch=on_epoch,
-        )
+        def on_checkpoint(state: dict[str, Any]) -> None:
+            checkpoints.save(trial.number, {**state, "params": params})
+
+        keep_checkpoint = False
+        try:
+            result = fit(
+                model,
+                self.train,
+                self.val,
+                lr=float(params["lr"]),
+                batch_size=int(params["batch_size"]),
+                cfg=cfg.train,
+                transform=self.transform,
+                seed=cfg.seed + trial.number,
+                on_epoch=on_epoch,
+                on_checkpoint=on_checkpoint,
+                resume=resume,
+            )
+        except (TrialInterrupted, KeyboardInterrupt):
+            keep_checkpoint = True  # its retry continues from here
+            raise
+        finally:
+            if not keep_checkpoint:
+                checkpoints.remove(trial.number, *earlier)
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("epochs_run", result.epochs_run)
         trial.set_user_attr("stop_reason", result.stop_reason)
@@ -157,6 +200,27 @@ class Objective:
             return float("nan")  # Optuna records a NaN objective as FAIL; the study goes on
         self._keep_weights(trial, result.best_val_acc, result.best_state)
         return result.best_val_acc
+
+    def _resume_state(
+        self,
+        trial: optuna.Trial,
+        checkpoints: CheckpointStore,
+        earlier: list[int],
+        params: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        """The latest checkpoint among the attempts this trial repeats, if any matches its params."""
+        for number in reversed(earlier):
+            state = checkpoints.load(number)
+            if state is None:
+                continue
+            if state.get("params") != params:
+                log.warning("checkpoint of trial %d has other params; not resuming from it", number)
+                continue
+            trial.set_user_attr("resumed_from_trial", number)
+            trial.set_user_attr("resumed_from_epoch", int(state["epoch"]))
+            log.info("trial %d resumes trial %d after epoch %d", trial.number, number, state["epoch"])
+            return state
+        return None
 
     def _keep_weights(self, trial: optuna.Trial, value: float, state: dict[str, torch.Tensor]) -> None:
         """Save this trial's best weights if it ranks in the top-k, and drop the ones it beats."""

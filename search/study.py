@@ -15,6 +15,8 @@ import sqlite3
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +66,21 @@ def sqlite_path(url: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
-def make_storage(url: str, *, create: bool = True, heartbeat: bool = True) -> RDBStorage:
-    """Open (and with ``create``, create) the RDB storage at ``url``."""
+def make_storage(
+    url: str,
+    *,
+    create: bool = True,
+    heartbeat: bool = True,
+    heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
+    grace_period_s: int = GRACE_PERIOD_S,
+    max_retry: int = 3,
+) -> RDBStorage:
+    """Open (and with ``create``, create) the RDB storage at ``url``.
+
+    With ``heartbeat``, running trials record a heartbeat every ``heartbeat_interval_s``; one
+    silent for ``grace_period_s`` is failed by the next worker that starts a trial and re-queued
+    (at most ``max_retry`` times per original trial).
+    """
     engine_kwargs: dict[str, Any] = {}
     db = sqlite_path(url)
     if db is not None:
@@ -89,13 +104,12 @@ def make_storage(url: str, *, create: bool = True, heartbeat: bool = True) -> RD
         engine_kwargs = {"pool_pre_ping": True}
     kwargs: dict[str, Any] = {}
     if heartbeat:
-        kwargs = dict(
-            heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=GRACE_PERIOD_S,
-        )
+        kwargs = dict(heartbeat_interval=heartbeat_interval_s, grace_period=grace_period_s)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            kwargs["heartbeat_stale_trial_callback"] = RetryHeartbeatStaleTrialCallback(max_retry=3)
+            kwargs["heartbeat_stale_trial_callback"] = RetryHeartbeatStaleTrialCallback(
+                max_retry=max_retry, inherit_intermediate_values=True
+            )
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8; we rely on them
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -132,6 +146,17 @@ def _check_sqlite_file(db: Path, *, writable: bool) -> None:
             f"storage {db} is an SQLite database but not an Optuna one (tables: "
             f"{', '.join(sorted(tables)[:5])}). {fix}"
         )
+
+
+def storage_for(cfg: StudyConfig, url: str | None = None, *, create: bool = True) -> RDBStorage:
+    """The storage of ``cfg`` (or ``url``) with the config's heartbeat and retry settings."""
+    return make_storage(
+        url or cfg.storage,
+        create=create,
+        heartbeat_interval_s=cfg.search.heartbeat_interval_s,
+        grace_period_s=cfg.search.grace_period_s,
+        max_retry=cfg.search.max_retry,
+    )
 
 
 def _sqlite_wal(db: Path) -> None:
@@ -249,7 +274,7 @@ def run_study(
     ``search.max_failures``) stops the run after too many. Returns how many trials this call started.
     """
     if budget is None:
-        budget = FailureBudget(cfg.search.max_failures)
+        budget = FailureBudget.for_run(cfg.search.max_failures, cfg.search.n_trials)
     remaining = cfg.search.n_trials - finished_count(study)
     if remaining <= 0:
         log.info("study %s already has %d finished trials", study.study_name, cfg.search.n_trials)
@@ -284,3 +309,126 @@ def load_study(name: str, storage: RDBStorage) -> optuna.Study:
     except KeyError as exc:
         names = ", ".join(optuna.get_all_study_names(storage)) or "none"
         raise StorageError(f"no study named {name!r} in this storage (studies: {names})") from exc
+
+
+# --------------------------------------------------------------------------- faults: retry, stale trials
+
+FAIL_REASON_ATTR = "fail_reason"
+
+
+def enqueue_retry(study: optuna.Study, trial: FrozenTrial, max_retry: int) -> bool:
+    """Re-queue a failed trial as WAITING with its params, the way Optuna's heartbeat retry does.
+
+    The new trial carries ``failed_trial`` / ``retry_history`` system attrs (so
+    ``RetryHeartbeatStaleTrialCallback.retried_trial_number`` finds the original and the objective
+    finds the checkpoint to resume) and the intermediate values; not the failure reason.
+    Returns False when the trial was already retried ``max_retry`` times.
+    """
+    system_attrs: dict[str, Any] = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
+    system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
+    if len(system_attrs["retry_history"]) > max_retry:
+        log.warning("trial %d was retried %d times already; not again", trial.number, max_retry)
+        return False
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if k != FAIL_REASON_ATTR}
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=user_attrs,
+            system_attrs=system_attrs,
+            intermediate_values=trial.intermediate_values,
+        )
+    )
+    return True
+
+
+@dataclass(frozen=True)
+class RunningTrial:
+    """A RUNNING trial as ``search status`` shows it."""
+
+    number: int
+    trial_id: int
+    host: str
+    pid: int | None
+    device: str
+    started: datetime | None
+    age_s: float | None  # since the trial started
+    heartbeat_age_s: float | None  # None: no heartbeat recorded (yet, or a worker without heartbeats)
+    stale: bool
+
+
+def running_trials(
+    study: optuna.Study,
+    storage: RDBStorage,
+    grace_period_s: float,
+    trials: Sequence[FrozenTrial] | None = None,
+) -> list[RunningTrial]:
+    """The RUNNING trials among ``trials`` (default: the study's) with host/pid/device and heartbeat age.
+
+    Stale: no heartbeat for ``grace_period_s``, or none at all and started longer ago than that.
+    """
+    if trials is None:
+        trials = study.get_trials(deepcopy=False)
+    trials = [t for t in trials if t.state == TrialState.RUNNING]
+    db_now, beats = _heartbeats(storage, [t._trial_id for t in trials])
+    now = datetime.now()  # Optuna stores datetime_start as naive local time
+    out = []
+    for t in trials:
+        age = (now - t.datetime_start).total_seconds() if t.datetime_start else None
+        beat = beats.get(t._trial_id)
+        hb_age = None if beat is None else max(0.0, (db_now - beat).total_seconds())
+        stale = hb_age > grace_period_s if hb_age is not None else age is not None and age > grace_period_s
+        pid = t.user_attrs.get("pid")
+        out.append(
+            RunningTrial(
+                number=t.number,
+                trial_id=t._trial_id,
+                host=str(t.user_attrs.get("host", "?")),
+                pid=int(pid) if pid is not None else None,
+                device=str(t.user_attrs.get("device", "?")),
+                started=t.datetime_start,
+                age_s=age,
+                heartbeat_age_s=hb_age,
+                stale=stale,
+            )
+        )
+    return out
+
+
+def _heartbeats(storage: RDBStorage, trial_ids: list[int]) -> tuple[datetime, dict[int, datetime]]:
+    """The database's clock and the last heartbeat of each of ``trial_ids`` that has one."""
+    from optuna.storages._rdb.models import TrialHeartbeatModel
+
+    with storage.engine.connect() as conn:
+        db_now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one()
+        rows = []
+        if trial_ids:
+            rows = list(
+                conn.execute(
+                    sqlalchemy.select(TrialHeartbeatModel.trial_id, TrialHeartbeatModel.heartbeat).where(
+                        TrialHeartbeatModel.trial_id.in_(trial_ids)
+                    )
+                )
+            )
+    naive = db_now.replace(tzinfo=None)
+    return naive, {int(r[0]): r[1].replace(tzinfo=None) for r in rows}
+
+
+def fail_stale_trials(
+    study: optuna.Study, storage: RDBStorage, grace_period_s: float, max_retry: int
+) -> list[int]:
+    """Mark the study's stale RUNNING trials FAIL (``fail_reason`` "stale") and re-queue them."""
+    failed = []
+    for rt in running_trials(study, storage, grace_period_s):
+        if not rt.stale:
+            continue
+        try:
+            storage.set_trial_user_attr(rt.trial_id, FAIL_REASON_ATTR, "stale")
+            if not storage.set_trial_state_values(rt.trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first
+        failed.append(rt.number)
+        enqueue_retry(study, storage.get_trial(rt.trial_id), max_retry)
+    return failed

@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,7 @@ class FitResult:
 
 
 EpochCallback = Callable[[int, EpochMetrics], None]
+CheckpointCallback = Callable[[dict[str, Any]], None]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -135,10 +137,15 @@ def fit(
     transform: BatchTransform,
     seed: int = 0,
     on_epoch: EpochCallback | None = None,
+    on_checkpoint: CheckpointCallback | None = None,
+    resume: Mapping[str, Any] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``train`` and keep its best-validation-accuracy weights.
 
     ``train`` and ``val`` must already be on the training device (the model is moved there).
+    After each finished epoch (before ``on_epoch``), ``on_checkpoint`` gets the whole fit state:
+    model, optimizer, RNG, epoch, best-so-far and history. Passing such a state as ``resume``
+    continues the run from the epoch after it, as if it had never stopped.
     """
     device = train.images.device
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -162,7 +169,25 @@ def fit(
     )
     images_seen = 0
     epochs_without_gain = 0
-    for epoch in range(1, cfg.epochs + 1):
+    start_epoch = 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        gen.set_state(resume["rng"])
+        start_epoch = int(resume["epoch"]) + 1
+        result.epochs_run = int(resume["epoch"])
+        result.best_val_acc = float(resume["best_val_acc"])
+        result.best_epoch = int(resume["best_epoch"])
+        result.best_state = dict(resume["best_state"])
+        result.train_seconds = float(resume["train_seconds"])
+        result.history = [EpochMetrics(**m) for m in resume["history"]]
+        images_seen = int(resume["images_seen"])
+        epochs_without_gain = int(resume["epochs_without_gain"])
+        if epochs_without_gain >= cfg.patience:
+            result.stop_reason = f"early_stopping at epoch {result.epochs_run}"
+            start_epoch = cfg.epochs + 1
+        log.info("resuming from epoch %d", result.epochs_run)
+    for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
         _sync(device)
         t0 = time.perf_counter()
@@ -218,6 +243,22 @@ def fit(
         else:
             epochs_without_gain += 1
         log.debug("epoch %d: %s", epoch, metrics)
+        if on_checkpoint is not None:
+            on_checkpoint(
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": gen.get_state(),
+                    "best_val_acc": result.best_val_acc,
+                    "best_epoch": result.best_epoch,
+                    "best_state": result.best_state,
+                    "epochs_without_gain": epochs_without_gain,
+                    "train_seconds": result.train_seconds,
+                    "images_seen": images_seen,
+                    "history": [asdict(m) for m in result.history],
+                }
+            )
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         if epochs_without_gain >= cfg.patience:
