@@ -130,7 +130,7 @@ class Objective:
         """One trial; any exception but pruning becomes a FAIL with ``fail_reason``, never a crash."""
         try:
             return self._run_trial(trial)
-        except optuna.TrialPruned:
+        except (optuna.TrialPruned, TrialInterrupted):
             raise
         except Exception as exc:  # a failing trial must not end the study: record it and go on
             reason = describe_failure(exc, trial.params)

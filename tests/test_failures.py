@@ -84,7 +84,8 @@ def test_nan_oom_and_other_errors_fail_the_trial_and_the_study_goes_on(
 
     study = _study(workdir)
     states = [t.state for t in study.trials]
-    assert states == [TrialState.FAIL] * 3 + [TrialState.COMPLETE] * 3
+    # failed trials are replaced: n_trials counts finished (COMPLETE + PRUNED) trials
+    assert states == [TrialState.FAIL] * 3 + [TrialState.COMPLETE] * 6
     reasons = _fail_reasons(study)
     assert reasons[0] == "nan_loss at epoch 1, lr=1e+10"
     assert reasons[1] == "oom (batch_size=64)"
@@ -96,7 +97,7 @@ def test_nan_oom_and_other_errors_fail_the_trial_and_the_study_goes_on(
     # status shows the failure counts and reasons
     status, _ = _cli(capsys, "status", "--study-name", "tiny", code=0)
     row = next(line for line in status.splitlines() if line.startswith("tiny"))
-    assert row.split()[1:4] == ["3", "0", "3"]
+    assert row.split()[1:4] == ["6", "0", "3"]
     for reason in reasons:
         assert f"failed x1: {reason}" in status
 
@@ -121,6 +122,21 @@ def test_max_failures_stops_the_run_with_exit_1(
     study = _study(workdir)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
     assert _fail_reasons(study) == ["ValueError: bad batch"] * 2
+
+
+def test_a_study_whose_every_trial_fails_still_ends(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """max_failures null: failed trials are replaced, but a run stops after n_trials failures."""
+
+    def broken_fit(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("bad batch")
+
+    monkeypatch.setattr(search.objective, "fit", broken_fit)
+    cfg = write_config(workdir / "tiny.yaml", tiny_config())  # n_trials 3, max_failures null
+    assert cli.main(["run", str(cfg), "--device", "cpu"]) == 1
+    assert "stopped after 3 failed trials (as many as search.n_trials" in capsys.readouterr().out
+    assert [t.state for t in _study(workdir).trials] == [TrialState.FAIL] * 3
 
 
 def test_describe_failure_texts() -> None:
