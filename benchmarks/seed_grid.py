@@ -111,7 +111,7 @@ def throughput(objective: Objective, batch: int, args: argparse.Namespace) -> tu
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    p.add_argument("--quick", action="store_true", help="CPU-sized: 96 images, 2 grid points, 1 epoch")
+    p.add_argument("--quick", action="store_true", help="CPU-sized: about 96 images, 2 grid points, 1 epoch")
     p.add_argument("--n-train", type=int, default=None, help=f"training images (default {N_TRAIN})")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default 256 512 1024")
     p.add_argument("--repeats", type=int, default=None, help="timed epochs a batch size (default 3)")

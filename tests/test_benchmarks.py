@@ -96,7 +96,7 @@ def test_pruning_quick(tmp_path: Path) -> None:
 def test_seed_grid_quick(tmp_path: Path) -> None:
     out = lines(run_bench("seed_grid.py", "--quick", "--device", "cpu", cwd=tmp_path))
     assert re.fullmatch(r"grid: \d+\.\d s, \d+\.\dx the seed's time", out[-1])
-    assert "96 training" in out[1] and "QUICK" in out[1]
+    assert re.search(r"synthetic data, \d+ training / \d+ validation images", out[1]) and "QUICK" in out[1]
     rows = table_rows(out)
     grid = next(r for r in rows if r[0] == "cifar10_grid")
     assert grid[1] == "2"  # two grid points, both completed
