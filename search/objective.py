@@ -154,9 +154,9 @@ class Objective:
         resume = self._resume_state(trial, checkpoints, earlier, params)
 
         def on_epoch(epoch: int, metrics: EpochMetrics) -> None:
-            trial.report(metrics.val_acc, epoch)
-            trial.set_user_attr("epochs_run", epoch)
+            trial.report(metrics.val_acc, epoch)  # one storage write an epoch; epochs_run at the end
             if trial.should_prune():
+                trial.set_user_attr("epochs_run", epoch)
                 trial.set_user_attr("pruned_at_epoch", epoch)
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} (val_acc {metrics.val_acc:.4f})")
             if self.should_stop():

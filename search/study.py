@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.engine
+import sqlalchemy.event
 import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
@@ -113,9 +115,28 @@ def make_storage(
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8; we rely on them
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as exc:
         raise StorageError(scrub(f"cannot open storage {mask_url(url)}: {exc}", url)) from exc
+    if db is not None:
+        _sqlite_fast_commits(storage.engine)
+    return storage
+
+
+def _sqlite_fast_commits(engine: sqlalchemy.engine.Engine) -> None:
+    """``PRAGMA synchronous=NORMAL`` on every connection: with WAL, a commit no longer waits for an
+    fsync (the WAL is synced at checkpoints), which cuts a trial's storage time several-fold. A
+    killed process loses nothing; only a power cut or OS crash may lose the last commits, never
+    the database."""
+
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    sqlalchemy.event.listen(engine, "connect", on_connect)
+    engine.dispose()  # connections opened before the listener reconnect with it
+
 
 
 OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})

@@ -1,0 +1,1 @@
+"""Benchmarks: run each as ``python benchmarks/<name>.py [--quick]``; results in docs/BENCHMARKS.md."""

@@ -1,0 +1,371 @@
+"""Per-trial time spent outside training: sampler, storage, report/prune, artifact save.
+
+Runs the real per-trial machinery (``search.study.open_study`` / ``run_study``, the real
+``search.objective.Objective`` with its sampler, pruner, ``trial.report``/``should_prune`` each
+epoch, user attrs and the top-k weights save) with the training loop replaced by a stand-in that
+takes no time: it reports ``train.epochs`` made-up validation accuracies through the same
+``on_epoch`` callback and returns the built model's real weights. Everything a trial then costs is
+framework overhead. Studies are pre-filled with finished trials (``optuna.trial.create_trial`` +
+``study.add_trials``) up to 10, 100 and 1000, then ``--trials`` trials are timed at each level.
+
+Config: ``study_configs/cifar10.yaml`` (TPE, median pruner, 10 epochs a trial, the seed's net
+family), with the dataset replaced by a few CIFAR-shaped synthetic images (data are loaded once
+per process, not per trial). The last line is ``overhead: X.X ms/trial at N finished trials
+(STORAGE)`` for the largest level on the last storage.
+
+    python benchmarks/overhead.py                          # SQLite
+    python benchmarks/overhead.py --storage sqlite postgres   # + a throw-away PostgreSQL cluster
+    python benchmarks/overhead.py --pg-url postgresql+psycopg://user:pw@host/db
+    python benchmarks/overhead.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import optuna
+import torch
+from optuna.distributions import BaseDistribution
+from optuna.trial import TrialState, create_trial
+
+import search.objective as objective_module
+from benchmarks._common import REPO, machine, median, table
+from search.artifacts import WeightStore
+from search.config import StudyConfig, load_config
+from search.objective import Objective
+from search.space import suggest
+from search.study import make_storage, open_study, run_study
+from search.train import EpochMetrics, FitResult
+
+log = logging.getLogger("overhead")
+CONFIG = REPO / "study_configs" / "cifar10.yaml"
+PG_BIN = Path("/usr/lib/postgresql")
+TRIAL_S = 10.0  # the reference trial length for the "share" column
+
+Timers = dict[str, float]
+
+
+# ------------------------------------------------------------------------------ training stand-in
+
+
+def make_fit_stand_in(timers: Timers) -> Callable[..., FitResult]:
+    """A ``fit`` that trains nothing: made-up accuracies through ``on_epoch``, the model's real weights."""
+
+    def fit_stand_in(
+        model: torch.nn.Module,
+        train: Any,
+        val: Any,
+        *,
+        lr: float,
+        batch_size: int,
+        cfg: Any,
+        transform: Any,
+        seed: int = 0,
+        on_epoch: Callable[[int, EpochMetrics], None] | None = None,
+    ) -> FitResult:
+        t0 = time.perf_counter()
+        in_callback = 0.0
+        rng = random.Random(seed)
+        quality = max(0.3, 0.8 - 0.1 * abs(math.log10(lr) + 3.0)) + rng.uniform(-0.05, 0.05)
+        history: list[EpochMetrics] = []
+        try:
+            for epoch in range(1, cfg.epochs + 1):
+                acc = quality * (1.0 - 0.5**epoch)
+                metrics = EpochMetrics(epoch, 1.0 - acc, acc, 1.0 - acc, acc, 0.0, 0.0)
+                history.append(metrics)
+                if on_epoch is not None:
+                    t_cb = time.perf_counter()
+                    try:
+                        on_epoch(epoch, metrics)
+                    finally:
+                        in_callback += time.perf_counter() - t_cb
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        finally:
+            timers["report+prune"] += in_callback
+            timers["training stand-in"] += time.perf_counter() - t0 - in_callback
+        best = history[-1]
+        return FitResult(
+            best_val_acc=best.val_acc,
+            best_epoch=best.epoch,
+            epochs_run=best.epoch,
+            stop_reason="completed",
+            train_seconds=0.0,
+            images_per_s=0.0,
+            history=history,
+            best_state=state,
+        )
+
+    return fit_stand_in
+
+
+def timed(fn: Callable[..., Any], timers: Timers, key: str) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            timers[key] += time.perf_counter() - t0
+
+    return wrapper
+
+
+def instrument_sampler(sampler: optuna.samplers.BaseSampler, timers: Timers) -> None:
+    for name in ("infer_relative_search_space", "sample_relative", "sample_independent", "before_trial"):
+        setattr(sampler, name, timed(getattr(sampler, name), timers, "sampler"))
+    # after_trial runs inside tell(), with the storage write; counted as sampler too
+    sampler.after_trial = timed(sampler.after_trial, timers, "sampler")  # type: ignore[method-assign]
+
+
+# --------------------------------------------------------------------------------------- prefill
+
+
+def prefill(study: optuna.Study, cfg: StudyConfig, target: int, seed: int) -> float:
+    """Add finished trials (about 1 in 3 pruned) until the study holds ``target``; returns seconds."""
+    have = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    need = target - have
+    if need <= 0:
+        return 0.0
+    t0 = time.perf_counter()
+    scratch = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed + target))
+    rng = random.Random(seed + target)
+    trials = []
+    for i in range(need):
+        trial = scratch.ask()
+        params = suggest(trial, cfg.search.space)
+        distributions: dict[str, BaseDistribution] = dict(trial.distributions)
+        raw = {name: trial.params[name] for name in distributions}
+        quality = rng.uniform(0.4, 0.8)
+        pruned = i % 3 == 2
+        epochs = rng.randint(2, 4) if pruned else cfg.train.epochs
+        curve = {e: quality * (1.0 - 0.5**e) for e in range(1, epochs + 1)}
+        attrs: dict[str, Any] = {"epochs_run": epochs, "n_params": 1000, "device": "cpu"}
+        if pruned:
+            attrs["pruned_at_epoch"] = epochs
+        else:
+            attrs.update(best_epoch=epochs, stop_reason="completed", train_seconds=10.0)
+        trials.append(
+            create_trial(
+                state=TrialState.PRUNED if pruned else TrialState.COMPLETE,
+                value=None if pruned else curve[epochs],
+                params=raw,
+                distributions=distributions,
+                intermediate_values=curve,
+                user_attrs=attrs,
+            )
+        )
+        del params
+    study.add_trials(trials)
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------ storages
+
+
+@contextlib.contextmanager
+def temp_postgres() -> Iterator[str]:
+    """A throw-away PostgreSQL cluster on a Unix socket; yields its SQLAlchemy URL."""
+    bins = sorted(PG_BIN.glob("*/bin/initdb"))
+    if not bins:
+        raise RuntimeError(f"no PostgreSQL server binaries under {PG_BIN} (apt-get install postgresql)")
+    bindir = bins[-1].parent
+    root = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(root, "postgres")
+        shutil.chown(sock, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def pg(*cmd: str, check: bool = True) -> None:
+        subprocess.run([*as_user, *cmd], check=check, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    pg(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+    opts = f"-p {port} -k {sock} -c listen_addresses='' -c fsync=on"
+    pg(
+        str(bindir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-o",
+        opts,
+        "-w",
+        "-l",
+        str(root / "log"),
+        "start",
+    )
+    try:
+        yield f"postgresql+psycopg://postgres@/postgres?host={sock}&port={port}"
+    finally:
+        pg(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop", check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ run
+
+
+class TrialClock:
+    """A study callback: wall and CPU seconds from one trial's end (or the start) to the next's."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self._last = (time.perf_counter(), time.process_time())
+
+    def __call__(self, _study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
+        now = (time.perf_counter(), time.process_time())
+        self.wall.append(now[0] - self._last[0])
+        self.cpu.append(now[1] - self._last[1])
+        self._last = now
+
+
+def bench_storage(label: str, url: str, work: Path, args: argparse.Namespace) -> list[list[object]]:
+    """Time ``args.trials`` trials at each level on the storage at ``url``; one table row per level."""
+    overrides = [
+        f"storage={url}",
+        f"artifacts_dir={work / 'artifacts'}",
+        f"name=overhead-{label}",
+        "data.dataset=synthetic",
+        f"data.cache_dir={work / 'cache'}",
+        "data.synthetic.n_samples=100",
+        f"train.epochs={args.epochs}",
+    ]
+    cfg = load_config(CONFIG, overrides)
+    timers: Timers = defaultdict(float)
+    objective_module.fit = make_fit_stand_in(timers)  # type: ignore[assignment]
+    objective = Objective(cfg, torch.device("cpu"), WeightStore(cfg.artifacts_dir))
+    objective._keep_weights = timed(objective._keep_weights, timers, "keep weights")  # type: ignore[method-assign]
+    study = open_study(cfg, make_storage(cfg.storage), objective.data_attrs())
+    rows: list[list[object]] = []
+    for level in args.levels:
+        prefill_s = prefill(study, cfg, level, cfg.seed)
+        instrument_sampler(study.sampler, timers)
+        timers.clear()
+        clock = TrialClock()
+        run_study(study, objective, _with_n_trials(cfg, level + args.trials), callbacks=[clock])
+        durations, cpu_times = clock.wall, clock.cpu
+        n = max(len(durations), 1)
+        stand_in = timers.pop("training stand-in", 0.0) / n
+        per_trial = [d - stand_in for d in durations]
+        mean_s = sum(per_trial) / n
+        parts = {k: v / n for k, v in timers.items()}
+        storage_s = mean_s - sum(parts.values())
+        rows.append(
+            [
+                label,
+                level,
+                len(durations),
+                f"{median(per_trial) * 1e3:.1f}",
+                f"{mean_s * 1e3:.1f}",
+                f"{(sum(cpu_times) / n - stand_in) * 1e3:.1f}",
+                f"{parts.get('sampler', 0.0) * 1e3:.1f}",
+                f"{parts.get('report+prune', 0.0) * 1e3:.1f}",
+                f"{parts.get('keep weights', 0.0) * 1e3:.1f}",
+                f"{storage_s * 1e3:.1f}",
+                f"{100 * mean_s / (TRIAL_S + mean_s):.2f} %",
+            ]
+        )
+        log.info("%s level %d: prefill %.1f s, %.1f ms/trial", label, level, prefill_s, mean_s * 1e3)
+    return rows
+
+
+def _with_n_trials(cfg: StudyConfig, n_trials: int) -> StudyConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, n_trials=n_trials))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--quick", action="store_true", help="levels 3 and 6, 2 timed trials, 3 epochs")
+    p.add_argument(
+        "--storage", nargs="+", choices=("sqlite", "postgres"), default=None, help="default: sqlite"
+    )
+    p.add_argument("--pg-url", default=None, help="PostgreSQL URL to use (else a throw-away local cluster)")
+    p.add_argument("--levels", type=int, nargs="+", default=None, help="finished trials (10 100 1000)")
+    p.add_argument("--trials", type=int, default=None, help="timed trials per level (default 20)")
+    p.add_argument("--epochs", type=int, default=None, help="reports per trial (default 10)")
+    args = p.parse_args(argv)
+    if args.storage is None:
+        args.storage = ["sqlite", "postgres"] if args.pg_url else ["sqlite"]
+    if args.levels is None:
+        args.levels = [3, 6] if args.quick else [10, 100, 1000]
+    if args.trials is None:
+        args.trials = 2 if args.quick else 20
+    if args.epochs is None:
+        args.epochs = 3 if args.quick else 10
+    if sorted(args.levels) != args.levels or min(args.levels) < 0:
+        p.error("--levels must be increasing and >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    args = parse_args(argv)
+    rows: list[list[object]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        work = Path(tmp)
+        for label in args.storage:
+            if label == "sqlite":
+                rows += bench_storage(label, f"sqlite:///{work / 'studies.db'}", work, args)
+            elif args.pg_url:
+                rows += bench_storage(label, args.pg_url, work, args)
+            else:
+                try:
+                    with temp_postgres() as url:
+                        rows += bench_storage(label, url, work, args)
+                except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+                    print(f"error: cannot start a PostgreSQL cluster ({exc}); pass --pg-url", file=sys.stderr)
+                    return 2
+    print(f"machine: {machine()}; load average at the end: {os.getloadavg()[0]:.1f}")
+    print(
+        f"config: {CONFIG.relative_to(REPO)} (TPE, median pruner), {args.epochs} reports a trial, "
+        f"{args.trials} timed trials a level, training replaced by a zero-time stand-in; "
+        "wall-clock ms unless marked CPU; sampler / report+prune / keep weights / storage+other "
+        "split the mean"
+    )
+    print()
+    headers = [
+        "storage",
+        "finished trials",
+        "timed",
+        "ms/trial (median)",
+        "ms/trial (mean)",
+        "CPU ms/trial",
+        "sampler",
+        "report+prune",
+        "keep weights",
+        "storage+other",
+        f"share of a {TRIAL_S:.0f} s trial",
+    ]
+    print(table(headers, rows))
+    print()
+    last = rows[-1]
+    print(f"overhead: {last[4]} ms/trial at {last[1]} finished trials ({last[0]})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""Training images/s: the seed notebook's pipeline against ours, same model, same augmentation, same run.
+
+Seed-style: CIFAR-shaped uint8 images held on the host as HWC arrays (as torchvision's CIFAR10
+holds them), turned into a PIL image per sample and put through torchvision's per-sample
+transforms inside a ``DataLoader``; fp32, NCHW; ``loss.item()`` every step (the seed's running
+loss). Ours: ``search.train.fit`` on the same images as one uint8 tensor on the device, index-slice
+batches, ``BatchTransform`` (batched per-sample augmentation on the device), channels_last, bf16
+autocast on CUDA, optionally ``torch.compile``.
+
+Both train the seed's net (c1 48, c2 96, l1 256, padding 0) on 3x32x32 images, 10 classes, with
+Adam at lr 1e-3, and apply the same augmentation. Repeats alternate seed/ours so both see the same
+machine load; each figure is the median over the repeats. The last line is ``speedup: X.XXx``
+(ours / seed-style, training images per second).
+
+    python benchmarks/throughput.py --device cpu            # the CPU measurement
+    python benchmarks/throughput.py --device cuda           # on a GPU
+    python benchmarks/throughput.py --quick                 # seconds: checks that it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from benchmarks._common import machine, median, table
+from search.augment import AugmentSpec, BatchTransform
+from search.config import TrainConfig
+from search.data import ImageSet
+from search.model import ConvNet
+from search.train import fit, resolve_device
+
+C1, C2, L1 = 48, 96, 256
+SHAPE = (3, 32, 32)
+N_CLASSES = 10
+MEAN = STD = (0.5, 0.5, 0.5)
+LR = 1e-3
+
+log = logging.getLogger("throughput")
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    description: str
+    ours: AugmentSpec
+    seed: Callable[[], list[nn.Module]]
+
+
+AUGMENTATIONS = {
+    # The seed notebook's own augmentation (DESIGN.md, study_configs/cifar10_grid.yaml).
+    "seed": Augmentation(
+        "rotation 20 deg, colour jitter 0.2 / hue 0.1, horizontal flip",
+        AugmentSpec(hflip=True, rotate_deg=20, color_jitter=0.2, hue=0.1),
+        lambda: [T.RandomRotation(20), T.ColorJitter(0.2, 0.2, 0.2, 0.1), T.RandomHorizontalFlip()],
+    ),
+    # The common CIFAR recipe: a cheaper augmentation.
+    "flip-crop": Augmentation(
+        "random crop 32 with 4 px reflect padding, horizontal flip",
+        AugmentSpec(hflip=True, crop_pad=4),
+        lambda: [T.RandomCrop(32, padding=4, padding_mode="reflect"), T.RandomHorizontalFlip()],
+    ),
+}
+
+
+def cifar_like(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` CIFAR-shaped uint8 images [n, 3, 32, 32] (a smooth pattern per class plus noise)."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(N_CLASSES, 3, 8, 8, generator=gen)
+    patterns = F.interpolate(coarse, size=SHAPE[1:], mode="bilinear", align_corners=False)
+    labels = torch.arange(n) % N_CLASSES
+    noise = torch.randn(n, *SHAPE, generator=gen) * 0.2
+    images = ((patterns[labels] + noise).clamp(0, 1) * 255).round().to(torch.uint8)
+    return images, labels
+
+
+def new_model(seed: int) -> ConvNet:
+    torch.manual_seed(seed)
+    return ConvNet(C1, C2, L1, SHAPE, N_CLASSES, padding=0)
+
+
+# ------------------------------------------------------------------------------------- seed-style
+
+
+class SeedStyleDataset(Dataset[tuple[torch.Tensor, int]]):
+    """Like torchvision's CIFAR10: HWC uint8 arrays, a PIL image and the transforms per item."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable[..., torch.Tensor]):
+        self.data: np.ndarray = images.permute(0, 2, 3, 1).contiguous().numpy()
+        self.targets: list[int] = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.fromarray(self.data[index])), self.targets[index]
+
+
+def seed_transform(aug: Augmentation) -> T.Compose:
+    return T.Compose([*aug.seed(), T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+def seed_loader(dataset: SeedStyleDataset, batch_size: int, workers: int, seed: int) -> DataLoader[object]:
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers, generator=gen
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seed_epoch(model: nn.Module, loader: DataLoader[object], device: torch.device) -> float:
+    """One seed-style training epoch; returns training images/s (loader time included)."""
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    _sync(device)
+    t0 = time.perf_counter()
+    seen, running_loss = 0, 0.0
+    for cpu_x, cpu_y in loader:
+        x, y = cpu_x.to(device), cpu_y.to(device)
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        running_loss += loss.item()  # the seed's per-step host sync
+        seen += x.shape[0]
+    _sync(device)
+    return seen / (time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------------- ours
+
+
+def train_config(compile_model: bool) -> TrainConfig:
+    return TrainConfig(epochs=1, patience=1, amp=True, channels_last=True, compile=compile_model)
+
+
+def ours_epoch(
+    model: nn.Module,
+    train: ImageSet,
+    val: ImageSet,
+    transform: BatchTransform,
+    args: argparse.Namespace,
+    seed: int,
+) -> tuple[float, float]:
+    """One epoch through ``search.train.fit``; returns (training images/s, compile seconds)."""
+    result = fit(
+        model,
+        train,
+        val,
+        lr=LR,
+        batch_size=args.batch_size,
+        cfg=train_config(args.compile),
+        transform=transform,
+        seed=seed,
+    )
+    return result.images_per_s, result.compile_seconds
+
+
+# -------------------------------------------------------------------------------------- breakdown
+
+
+def _rate(n_images: int, fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return n_images / median(times)
+
+
+def breakdown(
+    args: argparse.Namespace,
+    device: torch.device,
+    dataset: SeedStyleDataset,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    transform: BatchTransform,
+) -> list[list[object]]:
+    """Images/s of each pipeline's parts alone: input pipeline, and one training step."""
+    bs = args.batch_size
+    rows: list[list[object]] = []
+    loader = seed_loader(dataset, bs, args.seed_workers, 0)
+
+    def drain() -> None:
+        for _ in loader:
+            pass
+
+    n_loader = (len(dataset) // bs) * bs
+    rows.append(["seed-style: DataLoader + PIL transforms only", f"{_rate(n_loader, drain, device, 1):.1f}"])
+    batch_u8, y = images[:bs].to(device), labels[:bs].to(device)
+    rows.append(
+        [
+            "ours: BatchTransform only",
+            f"{_rate(bs, lambda: transform(batch_u8, train=True), device, args.repeats):.1f}",
+        ]
+    )
+    parts = (("seed-style: train step only (fp32, NCHW)", False), ("ours: train step only", True))
+    for name, channels_last in parts:
+        model = new_model(0).to(device)
+        x = transform(batch_u8, train=False)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        else:
+            x = x.contiguous()
+        optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+        amp = channels_last and device.type == "cuda"
+
+        def step(
+            model: nn.Module = model,
+            x: torch.Tensor = x,
+            opt: torch.optim.Optimizer = optimizer,
+            amp: bool = amp,
+        ) -> None:
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = F.cross_entropy(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+
+        step()  # warm-up
+        rows.append([name, f"{_rate(bs, step, device, args.repeats):.1f}"])
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    p.add_argument("--quick", action="store_true", help="tiny run (batch 8, 2 steps, 1 repeat)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 512 (8 with --quick)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps a repeat (cpu 3, cuda 50)")
+    p.add_argument("--repeats", type=int, default=None, help="repeats a pipeline (cpu 3, cuda 5)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (cpu 1, cuda 10)")
+    p.add_argument("--augment", choices=sorted(AUGMENTATIONS), default="seed", help="default: seed")
+    p.add_argument(
+        "--seed-workers",
+        type=int,
+        default=None,
+        help="DataLoader workers for the seed-style pipeline (default: 0 on cpu, min(8, cores) on cuda)",
+    )
+    p.add_argument("--compile", action="store_true", help="ours with torch.compile (compile time apart)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--breakdown", action="store_true", help="also time each pipeline's parts alone")
+    args = p.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    if args.batch_size is None:
+        args.batch_size = 8 if args.quick else 512
+    if args.steps is None:
+        args.steps = 2 if args.quick else (50 if cuda else 3)
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else (5 if cuda else 3)
+    if args.warmup is None:
+        args.warmup = 1 if args.quick or not cuda else 10
+    if args.seed_workers is None:
+        args.seed_workers = min(8, os.cpu_count() or 1) if cuda else 0
+    for name in ("batch_size", "steps", "repeats", "warmup"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.batch_size < 2:
+        p.error("--batch-size must be >= 2 (BatchNorm)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        print(f"error: --device: {exc}", file=sys.stderr)
+        return 2
+    aug = AUGMENTATIONS[args.augment]
+    bs = args.batch_size
+    images, labels = cifar_like(max(args.steps, args.warmup) * bs + 2 * bs)
+    train_n = args.steps * bs
+    warm_n = args.warmup * bs
+    dataset = SeedStyleDataset(images[:train_n], labels[:train_n], seed_transform(aug))
+    warm_dataset = SeedStyleDataset(images[:warm_n], labels[:warm_n], seed_transform(aug))
+    transform = BatchTransform(MEAN, STD, aug.ours, channels_last=True)
+    train = ImageSet(images[:train_n], labels[:train_n]).to(device)
+    warm = ImageSet(images[:warm_n], labels[:warm_n]).to(device)
+    val = ImageSet(images[-2 * bs :], labels[-2 * bs :]).to(device)  # fit evaluates; not timed
+
+    # warm-up (allocators, kernel choice, oneDNN primitive caches; compilation for ours)
+    seed_epoch(new_model(0), seed_loader(warm_dataset, bs, args.seed_workers, 0), device)
+    _, compile_s = ours_epoch(new_model(0), warm, val, transform, args, 0)
+
+    seed_rates, our_rates = [], []
+    for r in range(args.repeats):
+        seed_rates.append(seed_epoch(new_model(r), seed_loader(dataset, bs, args.seed_workers, r), device))
+        our_rates.append(ours_epoch(new_model(r), train, val, transform, args, r)[0])
+        log.info("repeat %d: seed %.1f img/s, ours %.1f img/s", r, seed_rates[-1], our_rates[-1])
+
+    ours_name = "ours: uint8 on device, BatchTransform, channels_last"
+    if device.type == "cuda":
+        ours_name += ", bf16 autocast"
+    if args.compile:
+        ours_name += f", torch.compile ({compile_s:.1f} s compile, not timed)"
+    rows: list[list[object]] = [
+        [
+            f"seed-style: PIL transforms in a DataLoader ({args.seed_workers} workers), fp32, NCHW",
+            f"{median(seed_rates):.1f}",
+            f"{min(seed_rates):.1f}",
+            f"{max(seed_rates):.1f}",
+        ],
+        [ours_name, f"{median(our_rates):.1f}", f"{min(our_rates):.1f}", f"{max(our_rates):.1f}"],
+    ]
+    print(f"machine: {machine()}")
+    print(
+        f"device: {device}; net c1 {C1} c2 {C2} l1 {L1} padding 0 on {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]}, "
+        f"{N_CLASSES} classes; batch {bs}; {args.steps} timed steps x {args.repeats} repeat(s), "
+        f"alternating, median; warm-up {args.warmup} step(s); "
+        f"augmentation: {args.augment} ({aug.description})"
+    )
+    print()
+    print(table(["pipeline", "train images/s (median)", "min", "max"], rows))
+    if args.breakdown:
+        print()
+        parts = breakdown(args, device, dataset, images, labels, transform)
+        print(table(["part (timed alone)", "images/s"], parts))
+    print()
+    print(f"speedup: {median(our_rates) / median(seed_rates):.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

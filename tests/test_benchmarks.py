@@ -1,0 +1,165 @@
+"""Benchmarks keep working: each one's ``--quick`` mode runs as a subprocess and prints its format.
+
+No timing assertions: the figures themselves live in docs/BENCHMARKS.md. Also the fast-path
+contract of ``search.train.fit`` that the throughput benchmark relies on.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from search.augment import BatchTransform
+from search.config import TrainConfig
+from search.data import ImageSet
+from search.model import ConvNet
+from search.train import eval_batch_size, fit
+from tests.conftest import REPO, cli_env
+
+BENCH = REPO / "benchmarks"
+
+
+def run_bench(name: str, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / name), *args],
+        check=False,
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return proc
+
+
+def lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return [line for line in proc.stdout.splitlines() if line.strip()]
+
+
+def table_rows(out: list[str]) -> list[list[str]]:
+    """Cells of the Markdown table rows (header and separator excluded)."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out if line.startswith("|")]
+    return [r for r in rows if not set("".join(r)) <= {"-"}]
+
+
+def test_throughput_quick(tmp_path: Path) -> None:
+    out = lines(run_bench("throughput.py", "--quick", "--breakdown", cwd=tmp_path))
+    assert re.fullmatch(r"speedup: \d+\.\d\dx", out[-1])
+    assert out[0].startswith("machine: ")
+    assert "batch 8" in out[1] and "augmentation: seed" in out[1]
+    names = [row[0] for row in table_rows(out)]
+    assert any(n.startswith("seed-style: PIL transforms in a DataLoader") for n in names)
+    assert any(n.startswith("ours: uint8 on device, BatchTransform, channels_last") for n in names)
+    assert "ours: BatchTransform only" in names and "seed-style: train step only (fp32, NCHW)" in names
+    seed, ours = (float(r[1]) for r in table_rows(out)[1:3])
+    assert seed > 0 and ours > 0
+    assert out[-1] == f"speedup: {ours / seed:.2f}x" or abs(float(out[-1][9:-1]) - ours / seed) < 0.02
+
+
+def test_throughput_without_cuda_is_bad_input(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    proc = run_bench("throughput.py", "--device", "cuda", "--quick", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: --device:") and "CUDA" in proc.stderr
+
+
+def test_overhead_quick(tmp_path: Path) -> None:
+    out = lines(run_bench("overhead.py", "--quick", cwd=tmp_path))
+    assert re.fullmatch(r"overhead: \d+\.\d ms/trial at 6 finished trials \(sqlite\)", out[-1])
+    rows = table_rows(out)
+    assert rows[0][:3] == ["storage", "finished trials", "timed"]
+    assert [(r[0], r[1], r[2]) for r in rows[1:]] == [("sqlite", "3", "2"), ("sqlite", "6", "2")]
+    assert not list(tmp_path.iterdir())  # everything went to a temporary directory
+
+
+def test_pruning_quick(tmp_path: Path) -> None:
+    out = lines(run_bench("pruning.py", "--quick", cwd=tmp_path))
+    assert re.fullmatch(
+        r"fewer epochs than none: median -?\d+\.\d %, successive_halving -?\d+\.\d %", out[-1]
+    )
+    rows = {r[0]: r for r in table_rows(out)[1:]}
+    assert list(rows) == ["none", "median", "successive_halving"]
+    # without a pruner every trial runs its 2 epochs (patience 3 cannot stop it earlier)
+    assert rows["none"][1:4] == ["4", "0", "8"]
+    for pruner in ("median", "successive_halving"):
+        trials, pruned, epochs = (int(v) for v in rows[pruner][1:4])
+        assert trials == 4 and 0 <= pruned <= 3 and 4 <= epochs <= 8
+
+
+def test_seed_grid_quick(tmp_path: Path) -> None:
+    out = lines(run_bench("seed_grid.py", "--quick", "--device", "cpu", cwd=tmp_path))
+    assert re.fullmatch(r"grid: \d+\.\d s, \d+\.\dx the seed's time", out[-1])
+    assert re.search(r"synthetic data, \d+ training / \d+ validation images", out[1]) and "QUICK" in out[1]
+    rows = table_rows(out)
+    grid = next(r for r in rows if r[0] == "cifar10_grid")
+    assert grid[1] == "2"  # two grid points, both completed
+    assert [r[0] for r in rows if r[0].isdigit()] == ["8", "16", "32"]
+
+
+# ------------------------------------------------------------------------------ fit's fast path
+
+
+def _tiny(n: int) -> tuple[ConvNet, ImageSet, ImageSet, BatchTransform]:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=gen)
+    labels = torch.arange(n) % 3
+    torch.manual_seed(0)
+    model = ConvNet(2, 4, 8, (1, 8, 8), 3, padding=1)
+    return model, ImageSet(images, labels), ImageSet(images[:8], labels[:8]), BatchTransform([0.5], [0.25])
+
+
+def _host_syncs(monkeypatch: pytest.MonkeyPatch, n: int) -> int:
+    """How many times our code (``search/``) reads a tensor value back to the host in one epoch
+    over ``n`` images. (On the CPU, torch's own Adam reads its step counters; on CUDA fit uses the
+    fused Adam, which does not.)"""
+    calls = 0
+    ours = str(REPO / "search")
+
+    def count() -> None:
+        nonlocal calls
+        if sys._getframe(2).f_code.co_filename.startswith(ours):
+            calls += 1
+
+    item, to_float = torch.Tensor.item, torch.Tensor.__float__
+
+    def counting_item(self: torch.Tensor) -> object:
+        count()
+        return item(self)
+
+    def counting_float(self: torch.Tensor) -> float:
+        count()
+        return to_float(self)
+
+    model, train, val, transform = _tiny(n)
+    with monkeypatch.context() as m:
+        m.setattr(torch.Tensor, "item", counting_item)
+        m.setattr(torch.Tensor, "__float__", counting_float)
+        fit(model, train, val, lr=1e-3, batch_size=4, cfg=TrainConfig(epochs=1), transform=transform)
+    return calls
+
+
+def test_fit_reads_back_once_per_epoch_not_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    few, many = _host_syncs(monkeypatch, 16), _host_syncs(monkeypatch, 64)  # 4 vs 16 steps
+    assert few == many and 1 <= few <= 6
+
+
+def test_evaluation_batches_are_larger_than_training_batches() -> None:
+    assert eval_batch_size(1024, 512) == 1024
+    assert eval_batch_size(1024, 1024) == 2048
+    model, train, val, transform = _tiny(40)
+    val = ImageSet(train.images, train.labels)  # 40 validation images
+    seen: list[tuple[bool, int]] = []
+    model.register_forward_pre_hook(lambda mod, inp: seen.append((mod.training, inp[0].shape[0])))
+    cfg = TrainConfig(epochs=1, eval_batch_size=4)  # configured smaller than the training batch
+    fit(model, train, val, lr=1e-3, batch_size=8, cfg=cfg, transform=transform)
+    train_batches = [b for training, b in seen if training]
+    eval_batches = [b for training, b in seen if not training]
+    assert train_batches == [8] * 5
+    assert eval_batches == [16, 16, 8]  # twice the training batch
