@@ -138,7 +138,6 @@ def _sqlite_fast_commits(engine: sqlalchemy.engine.Engine) -> None:
     engine.dispose()  # connections opened before the listener reconnect with it
 
 
-
 OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
 
 
