@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import statistics
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import optuna
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,6 +31,13 @@ def machine() -> str:
         f"{cpu}, {os.cpu_count()} CPU(s), torch {torch.__version__} "
         f"({torch.get_num_threads()} thread(s)), {gpu}"
     )
+
+
+def quiet_logging() -> None:
+    """Warnings only, from us and from Optuna (its "experimental" warnings silenced)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
 
 
 def median(values: Sequence[float]) -> float:

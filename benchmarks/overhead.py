@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,7 +46,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState, create_trial
 
 import search.objective as objective_module
-from benchmarks._common import REPO, machine, median, table
+from benchmarks._common import REPO, machine, median, quiet_logging, table
 from search.artifacts import WeightStore
 from search.config import StudyConfig, load_config
 from search.objective import Objective
@@ -320,9 +319,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    quiet_logging()
     args = parse_args(argv)
     rows: list[list[object]] = []
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:

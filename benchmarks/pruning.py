@@ -19,16 +19,14 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import optuna
 import torch
 from optuna.trial import TrialState
 
-from benchmarks._common import REPO, machine, table
+from benchmarks._common import REPO, machine, quiet_logging, table
 from search.artifacts import WeightStore
 from search.config import load_config
 from search.objective import Objective
@@ -95,9 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    quiet_logging()
     args = parse_args(argv)
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-pruning-") as tmp:

@@ -21,16 +21,14 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import optuna
 import torch
 from optuna.trial import TrialState
 
-from benchmarks._common import REPO, machine, median, table
+from benchmarks._common import REPO, machine, median, quiet_logging, table
 from search.artifacts import WeightStore
 from search.config import load_config
 from search.objective import Objective, build_model
@@ -129,9 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    quiet_logging()
     args = parse_args(argv)
     try:
         device = resolve_device(args.device)

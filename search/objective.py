@@ -160,7 +160,8 @@ class Objective:
                 trial.set_user_attr("pruned_at_epoch", epoch)
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} (val_acc {metrics.val_acc:.4f})")
             if self.should_stop():
-                trial.set_user_attr("fail_reason", "interrupted")
+                trial.set_user_attr("epochs_run", epoch)
+                trial.set_user_attr(FAIL_REASON_ATTR, "interrupted")
                 raise TrialInterrupted(f"trial {trial.number} interrupted after epoch {epoch}")
 
         def on_checkpoint(state: dict[str, Any]) -> None:

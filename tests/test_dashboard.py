@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -37,7 +36,7 @@ from search.dashboard import (
     open_dashboard,
 )
 from search.study import make_storage
-from tests.conftest import cli_env, tiny_config, write_config
+from tests.conftest import popen_cli, tiny_config, write_config
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 SCREENSHOT_DIR = os.environ.get("DASHBOARD_SCREENSHOT_DIR")  # keep the screenshot (CI artifact)
@@ -100,20 +99,6 @@ def read_line_with(proc: subprocess.Popen[str], needle: str, timeout_s: float) -
         elif proc.poll() is not None:
             break
     raise AssertionError(f"no line with {needle!r} (exit {proc.poll()}); stdout so far: {seen}")
-
-
-def popen_cli(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    """``python -m search ARGS`` in the background, with Ctrl-C (SIGINT) at its default."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "search", *args],
-        cwd=cwd,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
-    )
 
 
 def interrupt(proc: subprocess.Popen[str], timeout_s: float = 60) -> tuple[int, str, str]:

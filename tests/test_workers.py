@@ -26,7 +26,7 @@ from search.model import ConvNet
 from search.study import CONFIG_ATTR, enqueue_retry, make_storage, running_trials
 from search.train import fit
 from search.workers import assign_devices
-from tests.conftest import cli_env, run_cli, tiny_config, write_config
+from tests.conftest import cli_env, popen_cli, run_cli, tiny_config, write_config
 from tests.pg import postgres_server, storage_url  # noqa: F401  (fixtures)
 
 FAULT_SEARCH = {"heartbeat_interval_s": 1, "grace_period_s": 3}
@@ -53,18 +53,6 @@ def _slow_config(url: str, tmp: Path, n_trials: int, epochs: int = 4) -> dict[st
     return cfg
 
 
-def _popen(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    """Start the CLI in the background (the storage's tables must exist: see ``_slow_config``)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "search", *args],
-        cwd=cwd,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def _trials(url: str, name: str) -> list[FrozenTrial]:
     storage = make_storage(url, heartbeat=False)
     return optuna.load_study(study_name=name, storage=storage).get_trials()
@@ -79,7 +67,7 @@ def _wait_for_trial_mid_run(
         assert proc.poll() is None, f"run ended early: {proc.communicate()}"
         try:
             for t in _trials(url, name):
-                if t.state == TrialState.RUNNING and t.user_attrs.get("epochs_run", 0) >= 1:
+                if t.state == TrialState.RUNNING and t.intermediate_values:  # epoch 1 reported
                     return t
         except KeyError:  # the study is not created yet
             pass
@@ -211,7 +199,7 @@ def test_killed_worker_trial_is_retried_and_resumes_from_its_checkpoint(
 ) -> None:
     n = 2
     write_config(workdir / "faults.yaml", _slow_config(storage_url, workdir, n_trials=n))
-    proc = _popen("run", "faults.yaml", "--workers", "2", cwd=workdir)
+    proc = popen_cli("run", "faults.yaml", "--workers", "2", cwd=workdir)
     victim = _wait_for_trial_mid_run(storage_url, "faults", proc)
     os.kill(int(victim.user_attrs["pid"]), signal.SIGKILL)
     killed_at = time.monotonic()
@@ -240,7 +228,7 @@ def test_killed_worker_trial_is_retried_and_resumes_from_its_checkpoint(
 def test_ctrl_c_records_interrupted_trials_and_a_rerun_resumes(workdir: Path, workers: int) -> None:
     url = f"sqlite:///{workdir}/studies.db"
     write_config(workdir / "faults.yaml", _slow_config(url, workdir, n_trials=1, epochs=4))
-    proc = _popen("run", "faults.yaml", "--workers", str(workers), cwd=workdir)
+    proc = popen_cli("run", "faults.yaml", "--workers", str(workers), cwd=workdir)
     victim = _wait_for_trial_mid_run(url, "faults", proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -271,7 +259,7 @@ def test_ctrl_c_records_interrupted_trials_and_a_rerun_resumes(workdir: Path, wo
         t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == victim.number
     )
     assert resumed.state == TrialState.COMPLETE
-    assert resumed.user_attrs["resumed_from_epoch"] >= victim.user_attrs["epochs_run"]
+    assert resumed.user_attrs["resumed_from_epoch"] >= len(victim.intermediate_values)
     assert resumed.user_attrs["epochs_run"] == 4
 
 
