@@ -1,6 +1,6 @@
 """Per-trial time spent outside training: sampler, storage, report/prune, artifact save.
 
-Runs the real per-trial machinery (``search.study.open_study`` / ``run_study``, the real
+Runs the real per-trial machinery (``search.study.open_study`` / ``search.workers.run_trials``, the real
 ``search.objective.Objective`` with its sampler, pruner, ``trial.report``/``should_prune`` each
 epoch, user attrs and the top-k weights save) with the training loop replaced by a stand-in that
 takes no time: it reports ``train.epochs`` made-up validation accuracies through the same
@@ -51,8 +51,9 @@ from search.artifacts import WeightStore
 from search.config import StudyConfig, load_config
 from search.objective import Objective
 from search.space import suggest
-from search.study import make_storage, open_study, run_study
+from search.study import open_study, storage_for
 from search.train import EpochMetrics, FitResult
+from search.workers import run_trials
 
 log = logging.getLogger("overhead")
 CONFIG = REPO / "study_configs" / "cifar10.yaml"
@@ -79,6 +80,8 @@ def make_fit_stand_in(timers: Timers) -> Callable[..., FitResult]:
         transform: Any,
         seed: int = 0,
         on_epoch: Callable[[int, EpochMetrics], None] | None = None,
+        on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+        resume: Any = None,
     ) -> FitResult:
         t0 = time.perf_counter()
         in_callback = 0.0
@@ -90,6 +93,13 @@ def make_fit_stand_in(timers: Timers) -> Callable[..., FitResult]:
                 acc = quality * (1.0 - 0.5**epoch)
                 metrics = EpochMetrics(epoch, 1.0 - acc, acc, 1.0 - acc, acc, 0.0, 0.0)
                 history.append(metrics)
+                if on_checkpoint is not None:  # the real per-epoch checkpoint: model + optimizer-sized state
+                    t_cb = time.perf_counter()
+                    try:
+                        weights = model.state_dict()
+                        on_checkpoint({"epoch": epoch, "model": weights, "optimizer": weights})
+                    finally:
+                        in_callback += time.perf_counter() - t_cb
                 if on_epoch is not None:
                     t_cb = time.perf_counter()
                     try:
@@ -98,7 +108,7 @@ def make_fit_stand_in(timers: Timers) -> Callable[..., FitResult]:
                         in_callback += time.perf_counter() - t_cb
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         finally:
-            timers["report+prune"] += in_callback
+            timers["report+prune+checkpoint"] += in_callback
             timers["training stand-in"] += time.perf_counter() - t0 - in_callback
         best = history[-1]
         return FitResult(
@@ -254,14 +264,19 @@ def bench_storage(label: str, url: str, work: Path, args: argparse.Namespace) ->
     objective_module.fit = make_fit_stand_in(timers)  # type: ignore[assignment]
     objective = Objective(cfg, torch.device("cpu"), WeightStore(cfg.artifacts_dir))
     objective._keep_weights = timed(objective._keep_weights, timers, "keep weights")  # type: ignore[method-assign]
-    study = open_study(cfg, make_storage(cfg.storage), objective.data_attrs())
+    storage = storage_for(cfg)
+    study = open_study(cfg, storage, objective.data_attrs())
     rows: list[list[object]] = []
     for level in args.levels:
         prefill_s = prefill(study, cfg, level, cfg.seed)
         instrument_sampler(study.sampler, timers)
         timers.clear()
         clock = TrialClock()
-        run_study(study, objective, _with_n_trials(cfg, level + args.trials), callbacks=[clock])
+        run_trials(study, objective, _with_n_trials(cfg, level + args.trials), storage, callbacks=[clock])
+        failed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
+        if failed:  # a broken stand-in must not pass for a fast framework
+            reason = failed[-1].user_attrs.get("fail_reason", "no reason recorded")
+            raise SystemExit(f"error: {len(failed)} timed trial(s) failed, e.g. {reason}")
         durations, cpu_times = clock.wall, clock.cpu
         n = max(len(durations), 1)
         stand_in = timers.pop("training stand-in", 0.0) / n
@@ -278,7 +293,7 @@ def bench_storage(label: str, url: str, work: Path, args: argparse.Namespace) ->
                 f"{mean_s * 1e3:.1f}",
                 f"{(sum(cpu_times) / n - stand_in) * 1e3:.1f}",
                 f"{parts.get('sampler', 0.0) * 1e3:.1f}",
-                f"{parts.get('report+prune', 0.0) * 1e3:.1f}",
+                f"{parts.get('report+prune+checkpoint', 0.0) * 1e3:.1f}",
                 f"{parts.get('keep weights', 0.0) * 1e3:.1f}",
                 f"{storage_s * 1e3:.1f}",
                 f"{100 * mean_s / (TRIAL_S + mean_s):.2f} %",
@@ -340,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"config: {CONFIG.relative_to(REPO)} (TPE, median pruner), {args.epochs} reports a trial, "
         f"{args.trials} timed trials a level, training replaced by a zero-time stand-in; "
-        "wall-clock ms unless marked CPU; sampler / report+prune / keep weights / storage+other "
+        "wall-clock ms unless marked CPU; sampler / report+prune+checkpoint / keep weights / storage+other "
         "split the mean"
     )
     print()
@@ -352,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         "ms/trial (mean)",
         "CPU ms/trial",
         "sampler",
-        "report+prune",
+        "report+prune+ckpt",
         "keep weights",
         "storage+other",
         f"share of a {TRIAL_S:.0f} s trial",
