@@ -109,6 +109,7 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     eval_batch_size: int = 1024
+    checkpoint_every_s: float = 10.0  # a running trial's resume checkpoint at most this often; 0: every epoch
 
 
 @dataclass(frozen=True)
@@ -515,6 +516,13 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     _check(t.patience >= 1, "train.patience", t.patience, "must be >= 1", "use e.g. 3")
     _check(t.min_delta >= 0, "train.min_delta", t.min_delta, "must be >= 0", "use 0.0")
     _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0", "use 0.0")
+    _check(
+        t.checkpoint_every_s >= 0,
+        "train.checkpoint_every_s",
+        t.checkpoint_every_s,
+        "must be >= 0",
+        "use e.g. 10 (seconds), or 0 to checkpoint after every epoch",
+    )
     _check(
         t.eval_batch_size >= 1,
         "train.eval_batch_size",

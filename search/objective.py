@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -164,8 +165,16 @@ class Objective:
                 trial.set_user_attr(FAIL_REASON_ATTR, "interrupted")
                 raise TrialInterrupted(f"trial {trial.number} interrupted after epoch {epoch}")
 
+        last_checkpoint = time.monotonic()
+
         def on_checkpoint(state: dict[str, Any]) -> None:
-            checkpoints.save(trial.number, {**state, "params": params})
+            # Throttled (train.checkpoint_every_s): a save costs tens of ms, so short epochs skip
+            # it; a stop request always saves, so an interrupted trial resumes where it stopped.
+            nonlocal last_checkpoint
+            now = time.monotonic()
+            if self.should_stop() or now - last_checkpoint >= cfg.train.checkpoint_every_s:
+                checkpoints.save(trial.number, {**state, "params": params})
+                last_checkpoint = now
 
         keep_checkpoint = False
         try:

@@ -30,6 +30,7 @@ RESUMABLE_FIELDS = (
     "artifacts_dir",
     "data.cache_dir",
     "train.eval_batch_size",
+    "train.checkpoint_every_s",
     "train.compile",
     "search.n_trials",
     "search.timeout_s",

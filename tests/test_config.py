@@ -78,6 +78,7 @@ BAD = [
     ({"train": {"epochs": "ten"}}, "train.epochs", "expected an integer"),
     ({"train": {"epochs": 0}}, "train.epochs", ">= 1"),
     ({"train": {"amp": "yes"}}, "train.amp", "true or false"),
+    ({"train": {"checkpoint_every_s": -1}}, "train.checkpoint_every_s", ">= 0"),
     ({"model": {"padding": 5}}, "model.padding", "0, 1 or 2"),
     ({"model": {"dropout": [0.1]}}, "model.dropout", "list of 2"),
     ({"search": {"space": {"c1": {"low": 64, "high": 8}}}}, "search.space.c1", "low .64. > high .8."),

@@ -42,7 +42,7 @@ def _slow_config(url: str, tmp: Path, n_trials: int, epochs: int = 4) -> dict[st
         name="faults",
         storage=url,
         data={"dataset": "synthetic", "synthetic": {"shape": [3, 16, 16], "n_classes": 4, "n_samples": 800}},
-        train={"epochs": epochs, "patience": epochs},
+        train={"epochs": epochs, "patience": epochs, "checkpoint_every_s": 0},
     )
     cfg["search"] = {
         **cfg["search"],
@@ -313,3 +313,35 @@ def test_run_workers_bad_counts_exit_2(workdir: Path) -> None:
     proc = run_cli("run", "tiny.yaml", "--workers", "0", cwd=workdir, check=2)
     assert "--workers must be >= 1" in proc.stderr
     assert not (workdir / "storage" / "studies.db").exists()
+
+
+@pytest.mark.parametrize(("every_s", "saves"), [(0, 3), (3600, 0)])
+def test_checkpoints_are_throttled_by_checkpoint_every_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every_s: float, saves: int
+) -> None:
+    """train.checkpoint_every_s: 0 saves after every epoch; a long interval skips short epochs."""
+    import search.artifacts
+    from search.artifacts import CheckpointStore
+    from search.objective import Objective
+    from search.study import open_study, run_study
+
+    saved: list[int] = []
+    real_save = CheckpointStore.save
+
+    def counting_save(self: CheckpointStore, number: int, state: Any) -> Path:
+        saved.append(int(state["epoch"]))
+        return real_save(self, number, state)
+
+    monkeypatch.setattr(search.artifacts.CheckpointStore, "save", counting_save)
+    raw = tiny_config(
+        storage=f"sqlite:///{tmp_path}/s.db",
+        checkpoints_dir=str(tmp_path / "ckpt"),
+        train={"epochs": 3, "patience": 3, "checkpoint_every_s": every_s},
+        search={**tiny_config()["search"], "n_trials": 1},
+    )
+    cfg = config_from_dict(raw)
+    study = open_study(cfg, make_storage(cfg.storage))
+    run_study(study, Objective(cfg, torch.device("cpu"), None), cfg)
+    assert study.trials[0].state == TrialState.COMPLETE
+    assert len(saved) == saves
+    assert not list((tmp_path / "ckpt").rglob("*.pt"))  # a finished trial leaves no checkpoint
