@@ -52,7 +52,7 @@ from search.config import StudyConfig, load_config
 from search.objective import Objective
 from search.space import suggest
 from search.study import open_study, storage_for
-from search.train import EpochMetrics, FitResult
+from search.train import EpochMetrics, FitResult, StopKind, StopReason
 from search.workers import run_trials
 
 log = logging.getLogger("overhead")
@@ -64,6 +64,16 @@ Timers = dict[str, float]
 
 
 # ------------------------------------------------------------------------------ training stand-in
+
+
+class _CheckpointStandIn:
+    """What ``fit`` hands to ``on_checkpoint``: here a model- plus optimizer-sized state."""
+
+    def __init__(self, epoch: int, weights: dict[str, torch.Tensor]) -> None:
+        self.epoch, self.weights = epoch, weights
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "model": self.weights, "optimizer": self.weights}
 
 
 def make_fit_stand_in(timers: Timers) -> Callable[..., FitResult]:
@@ -79,8 +89,8 @@ def make_fit_stand_in(timers: Timers) -> Callable[..., FitResult]:
         cfg: Any,
         transform: Any,
         seed: int = 0,
-        on_epoch: Callable[[int, EpochMetrics], None] | None = None,
-        on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+        on_epoch: Callable[[int, EpochMetrics], bool | None] | None = None,
+        on_checkpoint: Callable[[Any], None] | None = None,
         resume: Any = None,
     ) -> FitResult:
         t0 = time.perf_counter()
@@ -88,6 +98,7 @@ def make_fit_stand_in(timers: Timers) -> Callable[..., FitResult]:
         rng = random.Random(seed)
         quality = max(0.3, 0.8 - 0.1 * abs(math.log10(lr) + 3.0)) + rng.uniform(-0.05, 0.05)
         history: list[EpochMetrics] = []
+        stop = StopReason(StopKind.COMPLETED)
         try:
             for epoch in range(1, cfg.epochs + 1):
                 acc = quality * (1.0 - 0.5**epoch)
@@ -96,16 +107,18 @@ def make_fit_stand_in(timers: Timers) -> Callable[..., FitResult]:
                 if on_checkpoint is not None:  # the real per-epoch checkpoint: model + optimizer-sized state
                     t_cb = time.perf_counter()
                     try:
-                        weights = model.state_dict()
-                        on_checkpoint({"epoch": epoch, "model": weights, "optimizer": weights})
+                        on_checkpoint(_CheckpointStandIn(epoch, model.state_dict()))
                     finally:
                         in_callback += time.perf_counter() - t_cb
                 if on_epoch is not None:
                     t_cb = time.perf_counter()
                     try:
-                        on_epoch(epoch, metrics)
+                        pruned = on_epoch(epoch, metrics)
                     finally:
                         in_callback += time.perf_counter() - t_cb
+                    if pruned:
+                        stop = StopReason(StopKind.PRUNED, epoch)
+                        break
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         finally:
             timers["report+prune+checkpoint"] += in_callback
@@ -115,7 +128,7 @@ def make_fit_stand_in(timers: Timers) -> Callable[..., FitResult]:
             best_val_acc=best.val_acc,
             best_epoch=best.epoch,
             epochs_run=best.epoch,
-            stop_reason="completed",
+            stop=stop,
             train_seconds=0.0,
             images_per_s=0.0,
             history=history,

@@ -46,7 +46,7 @@ from search.model import ConvNet
 from search.objective import build_model, make_transform
 from search.space import params_of
 from search.study import DATA_ATTR
-from search.train import EpochMetrics, evaluate, fit, predict_logits
+from search.train import EpochMetrics, eval_batch_size, fit, predict_logits, validate
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +140,10 @@ def finetune(
     transform = make_transform(cfg, mean, std)
     train, val = splits.train.to(device), splits.val.to(device)
     batch_size = int(params["batch_size"])
-    eval_batch = max(cfg.train.eval_batch_size, batch_size)
+    eval_batch = eval_batch_size(cfg.train.eval_batch_size, batch_size)
 
-    _, start_acc = evaluate(model, val, transform, batch_size=eval_batch, amp=cfg.train.amp)
+    # measured as the trial measured it: same eval batch, autocast and cuDNN settings
+    _, start_acc = validate(model, val, transform, batch_size=batch_size, cfg=cfg.train)
     log.info(
         "finetune %s: starting from trial %d, validation accuracy %.4f before any update (trial value %.4f)",
         study.study_name,
@@ -150,13 +151,16 @@ def finetune(
         start_acc,
         trial.value,
     )
-    if abs(start_acc - trial.value) > 1e-9:
+    differing = round(abs(start_acc - trial.value) * len(val))  # accuracies are counts / len(val)
+    if differing:
         log.warning(
-            "starting validation accuracy %.4f differs from trial %d's value %.4f "
+            "starting validation accuracy %.4f differs from trial %d's value %.4f by %d of %d images "
             "(different device or data cache?)",
             start_acc,
             trial.number,
             trial.value,
+            differing,
+            len(val),
         )
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     lr = float(params["lr"]) * ft.lr_scale

@@ -26,7 +26,7 @@ from search.data import Splits, load_splits
 from search.failures import FAIL_REASON_ATTR, describe_failure, free_memory
 from search.model import ConvNet, count_parameters, feature_hw, min_input_size
 from search.space import suggest
-from search.train import EpochMetrics, fit
+from search.train import EpochMetrics, FitResult, FitState, StopKind, fit
 
 log = logging.getLogger(__name__)
 
@@ -154,26 +154,25 @@ class Objective:
         earlier = retry_history(trial)
         resume = self._resume_state(trial, checkpoints, earlier, params)
 
-        def on_epoch(epoch: int, metrics: EpochMetrics) -> None:
+        def on_epoch(epoch: int, metrics: EpochMetrics) -> bool:
             trial.report(metrics.val_acc, epoch)  # one storage write an epoch; epochs_run at the end
             if trial.should_prune():
-                trial.set_user_attr("epochs_run", epoch)
-                trial.set_user_attr("pruned_at_epoch", epoch)
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} (val_acc {metrics.val_acc:.4f})")
+                return True  # fit stops here and returns its figures; pruned below
             if self.should_stop():
                 trial.set_user_attr("epochs_run", epoch)
                 trial.set_user_attr(FAIL_REASON_ATTR, "interrupted")
                 raise TrialInterrupted(f"trial {trial.number} interrupted after epoch {epoch}")
+            return False
 
         last_checkpoint = time.monotonic()
 
-        def on_checkpoint(state: dict[str, Any]) -> None:
+        def on_checkpoint(state: FitState) -> None:
             # Throttled (train.checkpoint_every_s): a save costs tens of ms, so short epochs skip
             # it; a stop request always saves, so an interrupted trial resumes where it stopped.
             nonlocal last_checkpoint
             now = time.monotonic()
             if self.should_stop() or now - last_checkpoint >= cfg.train.checkpoint_every_s:
-                checkpoints.save(trial.number, {**state, "params": params})
+                checkpoints.save(trial.number, {**state.state_dict(), "params": params})
                 last_checkpoint = now
 
         keep_checkpoint = False
@@ -197,19 +196,27 @@ class Objective:
         finally:
             if not keep_checkpoint:
                 checkpoints.remove(trial.number, *earlier)
-        trial.set_user_attr("best_epoch", result.best_epoch)
-        trial.set_user_attr("epochs_run", result.epochs_run)
-        trial.set_user_attr("stop_reason", result.stop_reason)
-        trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
-        trial.set_user_attr("images_per_s", round(result.images_per_s, 1))
-        if cfg.train.compile:
-            trial.set_user_attr("compile_seconds", round(result.compile_seconds, 3))
+        self._record_fit(trial, result)
+        if result.stop.kind is StopKind.PRUNED:
+            trial.set_user_attr("pruned_at_epoch", result.stop.epoch)
+            last = result.history[-1].val_acc
+            raise optuna.TrialPruned(f"pruned at epoch {result.stop.epoch} (val_acc {last:.4f})")
         if result.failed or result.best_state is None:
             trial.set_user_attr(FAIL_REASON_ATTR, result.stop_reason)
             log.warning("trial %d failed: %s", trial.number, result.stop_reason)
             return float("nan")  # Optuna records a NaN objective as FAIL; the study goes on
         self._keep_weights(trial, result.best_val_acc, result.best_state)
         return result.best_val_acc
+
+    def _record_fit(self, trial: optuna.Trial, result: FitResult) -> None:
+        """The run's figures, for every trial that trained (complete, pruned or diverged)."""
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("epochs_run", result.epochs_run)
+        trial.set_user_attr("stop_reason", result.stop_reason)
+        trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
+        trial.set_user_attr("images_per_s", round(result.images_per_s, 1))
+        if self.cfg.train.compile:
+            trial.set_user_attr("compile_seconds", round(result.compile_seconds, 3))
 
     def _resume_state(
         self,

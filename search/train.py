@@ -2,11 +2,19 @@
 
 Batches are index slices of one uint8 tensor; augmentation and normalisation run batched on the
 device (``BatchTransform``); bf16 autocast on CUDA; channels_last; optional ``torch.compile``.
+Every training batch has the same shape (the last partial batch of an epoch is dropped; the
+permutation changes each epoch, so every image is still used), so compilation and cuDNN
+autotuning happen once, in the first step, which is timed apart from the steady rate.
 The inner loop never syncs with the host: losses and hit counts accumulate on the device and
 are read once per epoch. Early stopping watches validation accuracy (``patience``,
 ``min_delta``) and the model ends holding its best epoch's weights. A NaN/inf loss stops the run
-with a reason. ``on_epoch(epoch, metrics)`` is the only way out (it may raise to stop the run,
-e.g. for pruning). Does not import optuna.
+with a reason. ``on_epoch(epoch, metrics)`` is the only way out: it returns True to prune the run
+there, or raises to abort it. Does not import optuna.
+
+Resume: :class:`FitState` holds everything a run needs to continue (model, optimizer, the data
+generator, counters, history, timings); ``state_dict()`` is the checkpoint, ``load_state_dict()``
+continues from it. Dropout is re-seeded from (seed, epoch) at each epoch start, so on the CPU a
+resumed run gives the same weights and metrics as one that never stopped.
 """
 
 from __future__ import annotations
@@ -14,9 +22,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any
 
 import torch
@@ -28,6 +37,8 @@ from search.config import TrainConfig
 from search.data import ImageSet
 
 log = logging.getLogger(__name__)
+
+DROPOUT_STREAM = 0x5EED  # dropout's per-epoch seeds differ from the data order's re-seeds
 
 
 @dataclass(frozen=True)
@@ -41,25 +52,173 @@ class EpochMetrics:
     images_per_s: float
 
 
+class StopKind(Enum):
+    COMPLETED = "completed"
+    EARLY_STOPPING = "early_stopping"
+    NAN_LOSS = "nan_loss"
+    PRUNED = "pruned"
+
+    @property
+    def failed(self) -> bool:
+        """The run produced no usable model (a diverged loss)."""
+        return self is StopKind.NAN_LOSS
+
+
+@dataclass(frozen=True)
+class StopReason:
+    """Why a run ended: ``str()`` is the user-visible text (``early_stopping at epoch 3``)."""
+
+    kind: StopKind
+    epoch: int = 0
+    detail: str = ""
+
+    def __str__(self) -> str:
+        if self.kind is StopKind.COMPLETED:
+            return "completed"
+        text = f"{self.kind.value} at epoch {self.epoch}"
+        return f"{text}, {self.detail}" if self.detail else text
+
+
 @dataclass
 class FitResult:
     best_val_acc: float
     best_epoch: int
     epochs_run: int
-    stop_reason: str
+    stop: StopReason
     train_seconds: float
     images_per_s: float
-    compile_seconds: float = 0.0
+    compile_seconds: float = 0.0  # the first step, timed apart: compilation and cuDNN autotuning
     history: list[EpochMetrics] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] | None = None
 
     @property
+    def stop_reason(self) -> str:
+        return str(self.stop)
+
+    @property
     def failed(self) -> bool:
-        return self.stop_reason.startswith("nan_loss")
+        return self.stop.kind.failed
 
 
-EpochCallback = Callable[[int, EpochMetrics], None]
-CheckpointCallback = Callable[[dict[str, Any]], None]
+def mixed_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """A seed derived deterministically from (seed, epoch, stream), distinct for distinct inputs."""
+    return ((seed * 1_000_003 + epoch) * 65_537 + stream) % (2**63)
+
+
+def _rng_device_type(rng: torch.Tensor) -> str:
+    """The device kind a generator state comes from (checkpoints written before it was stored)."""
+    return "cpu" if rng.numel() == torch.Generator().get_state().numel() else "cuda"
+
+
+def set_fused(optimizer: torch.optim.Optimizer, fused: bool) -> None:
+    """Make a loaded Adam fused (CUDA) or not (CPU), whatever the checkpoint's device used.
+
+    Fused Adam keeps its ``step`` counters on the parameters' device, the plain one on the CPU.
+    """
+    for group in optimizer.param_groups:
+        group["fused"] = fused
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            if "step" in st:
+                st["step"] = st["step"].to(device=p.device if fused else "cpu", dtype=torch.float32)
+
+
+@dataclass
+class FitState:
+    """A run's whole state: the live model, optimizer and data generator, and its counters."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    seed: int = 0
+    epoch: int = 0
+    best_val_acc: float = -math.inf
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    epochs_without_gain: int = 0
+    history: list[EpochMetrics] = field(default_factory=list)
+    train_seconds: float = 0.0
+    images_seen: int = 0
+    compile_seconds: float = 0.0
+    compile_images: int = 0  # images of the steps timed apart (not counted in images_per_s)
+
+    @property
+    def device(self) -> torch.device:
+        return self.generator.device
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint (plain tensors, numbers and strings: loadable with ``weights_only=True``)."""
+        return {
+            "device": self.device.type,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.generator.get_state(),
+            "epoch": self.epoch,
+            "best_val_acc": self.best_val_acc,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "epochs_without_gain": self.epochs_without_gain,
+            "history": [asdict(m) for m in self.history],
+            "train_seconds": self.train_seconds,
+            "images_seen": self.images_seen,
+            "compile_seconds": self.compile_seconds,
+            "compile_images": self.compile_images,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint, also one written on another device type."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        set_fused(self.optimizer, fused=self.device.type == "cuda")
+        self.epoch = int(state["epoch"])
+        self.best_val_acc = float(state["best_val_acc"])
+        self.best_epoch = int(state["best_epoch"])
+        best = state["best_state"]
+        self.best_state = None if best is None else {k: v.to(self.device) for k, v in best.items()}
+        self.epochs_without_gain = int(state["epochs_without_gain"])
+        self.history = [EpochMetrics(**m) for m in state["history"]]
+        self.train_seconds = float(state["train_seconds"])
+        self.images_seen = int(state["images_seen"])
+        self.compile_seconds = float(state.get("compile_seconds", 0.0))
+        self.compile_images = int(state.get("compile_images", 0))
+        self._load_generator(state["rng"], str(state.get("device") or _rng_device_type(state["rng"])))
+
+    def _load_generator(self, rng: torch.Tensor, saved_device: str) -> None:
+        if saved_device == self.device.type:
+            try:
+                self.generator.set_state(rng)
+                return
+            except (RuntimeError, ValueError) as exc:
+                log.warning("checkpoint's generator state does not load (%s)", exc)
+        # A CUDA generator state (16 bytes) does not fit a CPU generator (5056) or the reverse.
+        seed = mixed_seed(self.seed, self.epoch)
+        self.generator.manual_seed(seed)
+        log.warning(
+            "checkpoint written on %s, resuming on %s: data order re-seeded from seed %d and epoch %d",
+            saved_device,
+            self.device.type,
+            self.seed,
+            self.epoch,
+        )
+
+    def record(self, metrics: EpochMetrics, min_delta: float) -> None:
+        """Add an evaluated epoch: history, best-so-far (weights kept) and the patience counter."""
+        self.history.append(metrics)
+        if metrics.val_acc > self.best_val_acc + min_delta or self.best_epoch == 0:
+            self.best_val_acc, self.best_epoch = metrics.val_acc, metrics.epoch
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.epochs_without_gain = 0
+        else:
+            self.epochs_without_gain += 1
+
+    def patience_spent(self, patience: int) -> StopReason | None:
+        if self.epoch > 0 and self.epochs_without_gain >= patience:
+            return StopReason(StopKind.EARLY_STOPPING, self.epoch)
+        return None
+
+
+EpochCallback = Callable[[int, EpochMetrics], bool | None]
+CheckpointCallback = Callable[[FitState], None]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -88,6 +247,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@contextmanager
+def backend_settings(device: torch.device) -> Iterator[None]:
+    """cuDNN autotuning on CUDA (fixed batch shapes: it picks the fastest kernels once); restored after."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
+def _seed_dropout(device: torch.device, seed: int) -> None:
+    """Seed the device's default generator, which dropout (eager and compiled) draws from."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.default_generators[index].manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
@@ -97,15 +279,24 @@ def predict_logits(
     batch_size: int = 1024,
     amp: bool = True,
 ) -> torch.Tensor:
-    """Logits (float32, on the images' device) for uint8 images, in eval mode."""
+    """Logits (float32, on the images' device) for uint8 images, in eval mode.
+
+    On CUDA a last partial batch is padded to the full batch, so cuDNN sees one shape only.
+    """
     was_training = model.training
     model.eval()
     device = images.device
+    n = images.shape[0]
+    batch_size = max(1, min(batch_size, n))
     outs = []
-    for start in range(0, images.shape[0], batch_size):
-        x = transform(images[start : start + batch_size], train=False)
+    for start in range(0, n, batch_size):
+        chunk = images[start : start + batch_size]
+        real = chunk.shape[0]
+        if device.type == "cuda" and real < batch_size:
+            chunk = torch.cat([chunk, chunk.new_zeros((batch_size - real, *chunk.shape[1:]))])
+        x = transform(chunk, train=False)
         with _autocast(device, amp):
-            outs.append(model(x).float())
+            outs.append(model(x).float()[:real])
     model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0, device=device)
 
@@ -134,6 +325,115 @@ def eval_batch_size(configured: int, train_batch: int) -> int:
     return max(configured, 2 * train_batch)
 
 
+def validate(
+    model: nn.Module, val: ImageSet, transform: BatchTransform, *, batch_size: int, cfg: TrainConfig
+) -> tuple[float, float]:
+    """Validation loss and accuracy measured exactly as ``fit`` measures them (batch, cuDNN, amp)."""
+    with backend_settings(val.images.device):
+        eval_batch = eval_batch_size(cfg.eval_batch_size, batch_size)
+        return evaluate(model, val, transform, batch_size=eval_batch, amp=cfg.amp)
+
+
+@dataclass(frozen=True)
+class _EpochStats:
+    loss: float
+    acc: float
+    seen: int
+    seconds: float
+
+
+def _train_epoch(
+    step_model: nn.Module,
+    state: FitState,
+    train: ImageSet,
+    batch_size: int,
+    cfg: TrainConfig,
+    transform: BatchTransform,
+    time_first_step: bool,
+) -> _EpochStats:
+    """One epoch of full batches; the first step is timed apart when ``time_first_step``."""
+    device = state.device
+    state.model.train()
+    _seed_dropout(device, mixed_seed(state.seed, state.epoch + 1, DROPOUT_STREAM))
+    _sync(device)
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    n = len(train)
+    batch = min(batch_size, n)
+    steps = n // batch if batch >= 2 else 0  # BatchNorm needs two samples in training mode
+    perm = torch.randperm(n, device=device, generator=state.generator)
+    for step in range(steps):
+        timed = time_first_step and step == 0
+        if timed:
+            _sync(device)
+            t_first = time.perf_counter()
+        idx = perm[step * batch : (step + 1) * batch]
+        x = transform(train.images[idx], train=True, generator=state.generator)
+        y = train.labels[idx]
+        with _autocast(device, cfg.amp):
+            logits = step_model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        state.optimizer.step()
+        loss_sum += loss.detach() * batch
+        correct += (logits.detach().argmax(1) == y).sum()
+        if timed:  # compilation / cuDNN autotuning: kept out of the steady rate
+            _sync(device)
+            state.compile_seconds += time.perf_counter() - t_first
+            state.compile_images += batch
+    seen = steps * batch
+    mean_loss, acc = float(loss_sum) / max(seen, 1), float(correct) / max(seen, 1)  # the epoch's one sync
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    state.epoch += 1
+    state.train_seconds += seconds
+    state.images_seen += seen
+    return _EpochStats(mean_loss, acc, seen, seconds)
+
+
+def _prepare(model: nn.Module, device: torch.device, lr: float, cfg: TrainConfig, seed: int) -> FitState:
+    model.to(device)
+    model.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    # fused Adam: one kernel for all parameters instead of several per parameter (CUDA only)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, fused=fused)
+    return FitState(model, optimizer, torch.Generator(device=device).manual_seed(seed), seed)
+
+
+def _compiled(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    if not cfg.compile:
+        return model
+    # A fresh compile cache for each run: every architecture adds compiled variants of
+    # ConvNet.forward, and past dynamo's recompile limit (8) later trials silently ran eager.
+    torch.compiler.reset()
+    compiled: nn.Module = torch.compile(model)  # type: ignore[assignment]
+    return compiled
+
+
+def _result(state: FitState, stop: StopReason) -> FitResult:
+    """The run's summary; the model is left holding its best epoch's weights."""
+    train_time = state.train_seconds - state.compile_seconds
+    steady = state.images_seen - state.compile_images
+    result = FitResult(
+        best_val_acc=state.best_val_acc,
+        best_epoch=state.best_epoch,
+        epochs_run=state.epoch,
+        stop=stop,
+        train_seconds=state.train_seconds,
+        images_per_s=steady / train_time if train_time > 0 and steady > 0 else 0.0,
+        compile_seconds=state.compile_seconds,
+        history=list(state.history),
+    )
+    if state.best_state is not None:
+        state.model.load_state_dict(state.best_state)
+        result.best_state = {k: v.cpu() for k, v in state.best_state.items()}
+    else:
+        result.best_val_acc = float("nan")
+    return result
+
+
 def fit(
     model: nn.Module,
     train: ImageSet,
@@ -151,148 +451,41 @@ def fit(
     """Train ``model`` on ``train`` and keep its best-validation-accuracy weights.
 
     ``train`` and ``val`` must already be on the training device (the model is moved there).
-    After each finished epoch (before ``on_epoch``), ``on_checkpoint`` gets the whole fit state:
-    model, optimizer, RNG, epoch, best-so-far and history. Passing such a state as ``resume``
-    continues the run from the epoch after it, as if it had never stopped.
+    After each evaluated epoch (before ``on_epoch``), ``on_checkpoint`` gets the :class:`FitState`;
+    passing its ``state_dict()`` as ``resume`` continues the run from the epoch after it.
     """
     device = train.images.device
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(device)
-    model.to(memory_format=memory_format)
-    step_model: nn.Module = model
-    if cfg.compile:
-        step_model = torch.compile(model)  # type: ignore[assignment]
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
-    # fused Adam: one kernel for all parameters instead of several per parameter (CUDA only)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, fused=cuda)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    n = len(train)
-    eval_batch = eval_batch_size(cfg.eval_batch_size, batch_size)
-    compiled_sizes: set[int] = set()
-    t_compile = 0.0
-
-    result = FitResult(
-        best_val_acc=-math.inf,
-        best_epoch=0,
-        epochs_run=0,
-        stop_reason="completed",
-        train_seconds=0.0,
-        images_per_s=0.0,
-    )
-    images_seen = 0
-    compile_images = 0  # images of the steps timed as compilation (not counted in images_per_s)
-    epochs_without_gain = 0
-    start_epoch = 1
+    state = _prepare(model, device, lr, cfg, seed)
+    step_model = _compiled(model, cfg)
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        gen.set_state(resume["rng"])
-        start_epoch = int(resume["epoch"]) + 1
-        result.epochs_run = int(resume["epoch"])
-        result.best_val_acc = float(resume["best_val_acc"])
-        result.best_epoch = int(resume["best_epoch"])
-        result.best_state = dict(resume["best_state"])
-        result.train_seconds = float(resume["train_seconds"])
-        result.history = [EpochMetrics(**m) for m in resume["history"]]
-        images_seen = int(resume["images_seen"])
-        epochs_without_gain = int(resume["epochs_without_gain"])
-        if epochs_without_gain >= cfg.patience:
-            result.stop_reason = f"early_stopping at epoch {result.epochs_run}"
-            start_epoch = cfg.epochs + 1
-        log.info("resuming from epoch %d", result.epochs_run)
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        model.train()
-        _sync(device)
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        perm = torch.randperm(n, device=device, generator=gen)
-        seen = 0
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
-            if idx.shape[0] < 2:  # BatchNorm needs two samples in training mode
-                continue
-            first_of_size = cfg.compile and idx.shape[0] not in compiled_sizes
-            if first_of_size:  # a new batch shape: this step (re)compiles; time it apart
-                _sync(device)
-                t_compile = time.perf_counter()
-            x = transform(train.images[idx], train=True, generator=gen)
-            y = train.labels[idx]
-            with _autocast(device, cfg.amp):
-                logits = step_model(x)
-                loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            loss_sum += loss.detach() * idx.shape[0]
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += idx.shape[0]
-            if first_of_size:
-                _sync(device)
-                result.compile_seconds += time.perf_counter() - t_compile
-                compiled_sizes.add(idx.shape[0])
-                compile_images += idx.shape[0]
-        train_loss = float(loss_sum) / max(seen, 1)  # the epoch's one sync
-        train_acc = float(correct) / max(seen, 1)
-        _sync(device)
-        seconds = time.perf_counter() - t0
-        result.train_seconds += seconds
-        images_seen += seen
-        result.epochs_run = epoch
-        if not math.isfinite(train_loss):
-            result.stop_reason = f"nan_loss at epoch {epoch}, lr={lr:g}"
-            log.warning("stopping: %s", result.stop_reason)
-            break
-
-        val_loss, val_acc = evaluate(model, val, transform, batch_size=eval_batch, amp=cfg.amp)
-        metrics = EpochMetrics(
-            epoch=epoch,
-            train_loss=train_loss,
-            train_acc=train_acc,
-            val_loss=val_loss,
-            val_acc=val_acc,
-            seconds=seconds,
-            images_per_s=seen / seconds if seconds > 0 else 0.0,
-        )
-        result.history.append(metrics)
-        if val_acc > result.best_val_acc + cfg.min_delta or result.best_epoch == 0:
-            result.best_val_acc, result.best_epoch = val_acc, epoch
-            result.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            epochs_without_gain = 0
-        else:
-            epochs_without_gain += 1
-        log.debug("epoch %d: %s", epoch, metrics)
-        if on_checkpoint is not None:
-            on_checkpoint(
-                {
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": gen.get_state(),
-                    "best_val_acc": result.best_val_acc,
-                    "best_epoch": result.best_epoch,
-                    "best_state": result.best_state,
-                    "epochs_without_gain": epochs_without_gain,
-                    "train_seconds": result.train_seconds,
-                    "images_seen": images_seen,
-                    "history": [asdict(m) for m in result.history],
-                }
+        state.load_state_dict(resume)
+        log.info("resuming from epoch %d", state.epoch)
+    time_first_step = cfg.compile or device.type == "cuda"
+    stop = state.patience_spent(cfg.patience)  # a resumed run may have stopped already
+    with backend_settings(device):
+        while stop is None and state.epoch < cfg.epochs:
+            stats = _train_epoch(step_model, state, train, batch_size, cfg, transform, time_first_step)
+            time_first_step = False
+            if not math.isfinite(stats.loss):
+                stop = StopReason(StopKind.NAN_LOSS, state.epoch, f"lr={lr:g}")
+                log.warning("stopping: %s", stop)
+                break
+            val_loss, val_acc = validate(model, val, transform, batch_size=batch_size, cfg=cfg)
+            metrics = EpochMetrics(
+                epoch=state.epoch,
+                train_loss=stats.loss,
+                train_acc=stats.acc,
+                val_loss=val_loss,
+                val_acc=val_acc,
+                seconds=stats.seconds,
+                images_per_s=stats.seen / stats.seconds if stats.seconds > 0 else 0.0,
             )
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
-        if epochs_without_gain >= cfg.patience:
-            result.stop_reason = f"early_stopping at epoch {epoch}"
-            break
-
-    if result.train_seconds > 0:
-        train_time = result.train_seconds - result.compile_seconds
-        steady_images = images_seen - compile_images
-        result.images_per_s = steady_images / train_time if train_time > 0 and steady_images > 0 else 0.0
-    if result.best_state is not None:
-        model.load_state_dict(result.best_state)
-        result.best_state = {k: v.cpu() for k, v in result.best_state.items()}
-    else:
-        result.best_val_acc = float("nan")
-    return result
+            state.record(metrics, cfg.min_delta)
+            log.debug("epoch %d: %s", state.epoch, metrics)
+            if on_checkpoint is not None:
+                on_checkpoint(state)
+            if on_epoch is not None and on_epoch(state.epoch, metrics):
+                stop = StopReason(StopKind.PRUNED, state.epoch)
+            else:
+                stop = state.patience_spent(cfg.patience)
+    return _result(state, stop or StopReason(StopKind.COMPLETED))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import signal
@@ -96,7 +97,14 @@ def test_fit_resumed_from_a_checkpoint_ends_where_an_uninterrupted_run_ends() ->
 
     states: list[dict[str, Any]] = []
     full = fit(
-        model(), train, val, lr=1e-2, batch_size=16, cfg=cfg, transform=transform, on_checkpoint=states.append
+        model(),
+        train,
+        val,
+        lr=1e-2,
+        batch_size=16,
+        cfg=cfg,
+        transform=transform,
+        on_checkpoint=lambda s: states.append(copy.deepcopy(s.state_dict())),
     )
     assert [s["epoch"] for s in states] == [1, 2, 3]
     resumed = fit(model(), train, val, lr=1e-2, batch_size=16, cfg=cfg, transform=transform, resume=states[0])
