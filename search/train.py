@@ -19,6 +19,7 @@ resumed run gives the same weights and metrics as one that never stopped.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -168,13 +169,14 @@ class FitState:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from a checkpoint, also one written on another device type."""
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        # a copy: Optimizer.load_state_dict keeps the given tensors, and training updates them in place
+        self.optimizer.load_state_dict(copy.deepcopy(dict(state["optimizer"])))
         set_fused(self.optimizer, fused=self.device.type == "cuda")
         self.epoch = int(state["epoch"])
         self.best_val_acc = float(state["best_val_acc"])
         self.best_epoch = int(state["best_epoch"])
         best = state["best_state"]
-        self.best_state = None if best is None else {k: v.to(self.device) for k, v in best.items()}
+        self.best_state = None if best is None else {k: v.to(self.device, copy=True) for k, v in best.items()}
         self.epochs_without_gain = int(state["epochs_without_gain"])
         self.history = [EpochMetrics(**m) for m in state["history"]]
         self.train_seconds = float(state["train_seconds"])

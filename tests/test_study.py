@@ -92,6 +92,10 @@ def test_median_pruner_prunes_bad_trials(tmp_path: Path) -> None:
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED] * 2
     for t in study.get_trials(states=(TrialState.PRUNED,)):
         assert t.user_attrs["pruned_at_epoch"] == 1 and list(t.intermediate_values) == [1]
+        # pruned trials keep the figures the report shows, as complete ones do
+        assert t.user_attrs["stop_reason"] == "pruned at epoch 1"
+        assert t.user_attrs["best_epoch"] == 1 and t.user_attrs["epochs_run"] == 1
+        assert t.user_attrs["images_per_s"] > 0 and t.user_attrs["train_seconds"] > 0
 
 
 def test_nan_trial_fails_and_study_goes_on(tmp_path: Path) -> None:

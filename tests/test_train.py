@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import copy
+import functools
+import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -9,7 +13,16 @@ from search.augment import BatchTransform, channel_stats
 from search.config import DataConfig, SyntheticConfig, TrainConfig
 from search.data import ImageSet, load_splits
 from search.model import ConvNet
-from search.train import EpochMetrics, evaluate, fit, resolve_device
+from search.train import (
+    EpochMetrics,
+    FitState,
+    StopKind,
+    StopReason,
+    evaluate,
+    fit,
+    resolve_device,
+    set_fused,
+)
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +178,188 @@ def test_evaluate_covers_the_whole_set(digits) -> None:  # type: ignore[no-untyp
     _, acc = evaluate(model, small, transform, batch_size=10)  # 4 batches, the last one partial
     logits = model.eval()(transform(small.images, train=False))
     assert acc == pytest.approx((logits.argmax(1) == small.labels).float().mean().item())
+
+
+# --------------------------------------------------------------------------- typed state, resume
+
+
+def _tiny_data(n: int = 96) -> tuple[ImageSet, ImageSet]:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, 3, (n,), generator=gen)
+    cut = n * 2 // 3
+    return ImageSet(images[:cut], labels[:cut]), ImageSet(images[cut:], labels[cut:])
+
+
+def _tiny_model(c1: int = 4) -> ConvNet:
+    torch.manual_seed(1)
+    return ConvNet(c1=c1, c2=8, l1=16, in_shape=(1, 8, 8), n_classes=3, padding=1)  # default dropout
+
+
+def test_stop_reason_text_and_kind() -> None:
+    assert str(StopReason(StopKind.COMPLETED)) == "completed"
+    assert str(StopReason(StopKind.EARLY_STOPPING, 3)) == "early_stopping at epoch 3"
+    assert str(StopReason(StopKind.NAN_LOSS, 2, "lr=1e+06")) == "nan_loss at epoch 2, lr=1e+06"
+    assert str(StopReason(StopKind.PRUNED, 4)) == "pruned at epoch 4"
+    assert [k for k in StopKind if k.failed] == [StopKind.NAN_LOSS]
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    """With dropout and augmentation on, through a checkpoint file: bit-identical on the CPU."""
+    from search.artifacts import CheckpointStore
+    from search.augment import AugmentSpec
+
+    train, val = _tiny_data()
+    transform = BatchTransform([0.5], [0.5], AugmentSpec(hflip=True, crop_pad=1))
+    cfg = TrainConfig(epochs=4, patience=4, amp=False)
+    store = CheckpointStore(tmp_path, "study")
+
+    def save_epoch_2(state: FitState) -> None:
+        if state.epoch == 2:
+            store.save(0, state.state_dict())
+
+    full = fit(
+        _tiny_model(),
+        train,
+        val,
+        lr=1e-2,
+        batch_size=16,
+        cfg=cfg,
+        transform=transform,
+        seed=3,
+        on_checkpoint=save_epoch_2,
+    )
+    checkpoint = store.load(0)
+    assert checkpoint is not None and checkpoint["epoch"] == 2 and checkpoint["device"] == "cpu"
+    torch.manual_seed(12345)  # whatever the process's global RNG did in between
+    resumed = fit(
+        _tiny_model(),
+        train,
+        val,
+        lr=1e-2,
+        batch_size=16,
+        cfg=cfg,
+        transform=transform,
+        seed=3,
+        resume=checkpoint,
+    )
+    assert resumed.epochs_run == 4 and resumed.stop_reason == full.stop_reason
+    assert [(m.train_loss, m.val_acc) for m in resumed.history] == [
+        (m.train_loss, m.val_acc) for m in full.history
+    ]
+    assert resumed.best_state is not None and full.best_state is not None
+    for key, value in full.best_state.items():
+        assert torch.equal(value, resumed.best_state[key]), key
+
+
+def test_a_cuda_checkpoint_resumes_on_the_cpu(caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint written on CUDA (16-byte generator state, fused Adam) continues on the CPU."""
+    train, val = _tiny_data()
+    transform = BatchTransform([0.5], [0.5])
+    cfg = TrainConfig(epochs=3, patience=3, amp=False)
+    states: list[dict[str, Any]] = []
+    fit(
+        _tiny_model(),
+        train,
+        val,
+        lr=1e-2,
+        batch_size=16,
+        cfg=cfg,
+        transform=transform,
+        seed=7,
+        on_checkpoint=lambda s: states.append(copy.deepcopy(s.state_dict())),
+    )
+    cuda_style = states[0]
+    cuda_style["device"] = "cuda"
+    cuda_style["rng"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA (Philox) generator state
+    for group in cuda_style["optimizer"]["param_groups"]:
+        group["fused"] = True
+    with pytest.raises(RuntimeError):  # what used to fail the trial
+        torch.Generator().set_state(cuda_style["rng"])
+
+    runs = []
+    optimizers: list[torch.optim.Optimizer] = []
+    for _ in range(2):
+        with caplog.at_level(logging.WARNING, logger="search.train"):
+            runs.append(
+                fit(
+                    _tiny_model(),
+                    train,
+                    val,
+                    lr=1e-2,
+                    batch_size=16,
+                    cfg=cfg,
+                    transform=transform,
+                    seed=7,
+                    resume=cuda_style,
+                    on_checkpoint=lambda s: optimizers.append(s.optimizer),
+                )
+            )
+    assert optimizers and all(
+        g["fused"] is False for o in optimizers for g in o.param_groups
+    )  # CPU: plain Adam
+    assert (
+        "checkpoint written on cuda, resuming on cpu: data order re-seeded from seed 7 and epoch 1"
+        in caplog.text
+    )
+    assert [m.epoch for m in runs[0].history] == [1, 2, 3] and runs[0].stop_reason == "completed"
+    # the re-seed is deterministic
+    assert [(m.train_loss, m.val_loss) for m in runs[0].history] == [
+        (m.train_loss, m.val_loss) for m in runs[1].history
+    ]
+
+
+def test_set_fused_moves_the_step_counters() -> None:
+    param = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([param], lr=0.1)
+    param.grad = torch.ones(3)
+    opt.step()
+    set_fused(opt, True)  # fused Adam on the CPU keeps its step on the parameter's device
+    assert opt.param_groups[0]["fused"] is True
+    assert opt.state[param]["step"].dtype == torch.float32
+    opt.step()  # trains fused without complaint
+    assert float(opt.state[param]["step"]) == 2.0
+    set_fused(opt, False)
+    assert opt.param_groups[0]["fused"] is False and opt.state[param]["step"].device.type == "cpu"
+
+
+def test_every_training_batch_has_the_full_size() -> None:
+    train, val = _tiny_data(100)  # 66 training images: 4 batches of 16, the 2 left over are dropped
+    sizes: list[int] = []
+    model = _tiny_model()
+    model.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]) if m.training else None)
+    result = fit(
+        model,
+        train,
+        val,
+        lr=1e-2,
+        batch_size=16,
+        cfg=TrainConfig(epochs=2, patience=2),
+        transform=BatchTransform([0.5], [0.5]),
+    )
+    assert sizes == [16] * 8 and result.epochs_run == 2
+
+
+def test_compile_compiles_every_architecture_of_a_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each fit compiles afresh: past dynamo's recompile limit later trials used to run eager."""
+    from torch._dynamo.utils import counters  # private: dynamo's own compile counters
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)  # the limit (8) reached at once
+    # Dynamo's code cache (what fills up) is the same for every backend; aot_eager skips
+    # inductor's C++ build (about 45 s per architecture on a busy 2-core machine).
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    train, val = _tiny_data(100)
+    cfg = TrainConfig(epochs=1, patience=1, compile=True, amp=False)
+    for c1 in (4, 6, 8):
+        counters.clear()
+        result = fit(
+            _tiny_model(c1),
+            train,
+            val,
+            lr=1e-2,
+            batch_size=16,
+            cfg=cfg,
+            transform=BatchTransform([0.5], [0.5]),
+        )
+        assert counters["frames"]["ok"] >= 1, f"c1={c1} ran eager"
+        assert result.compile_seconds > 0 and result.images_per_s > 0
