@@ -31,8 +31,9 @@ import torch
 from optuna.artifacts import upload_artifact
 
 from search.artifacts import WeightStore
+from search.augment import BatchTransform
 from search.config import ConfigError, StudyConfig
-from search.data import load_splits
+from search.data import ImageSet, load_splits
 from search.evaluate import (
     TestMetrics,
     classification_metrics,
@@ -142,26 +143,7 @@ def finetune(
     batch_size = int(params["batch_size"])
     eval_batch = eval_batch_size(cfg.train.eval_batch_size, batch_size)
 
-    # measured as the trial measured it: same eval batch, autocast and cuDNN settings
-    _, start_acc = validate(model, val, transform, batch_size=batch_size, cfg=cfg.train)
-    log.info(
-        "finetune %s: starting from trial %d, validation accuracy %.4f before any update (trial value %.4f)",
-        study.study_name,
-        trial.number,
-        start_acc,
-        trial.value,
-    )
-    differing = round(abs(start_acc - trial.value) * len(val))  # accuracies are counts / len(val)
-    if differing:
-        log.warning(
-            "starting validation accuracy %.4f differs from trial %d's value %.4f by %d of %d images "
-            "(different device or data cache?)",
-            start_acc,
-            trial.number,
-            trial.value,
-            differing,
-            len(val),
-        )
+    start_acc = _start_accuracy(study, trial, model, val, transform, cfg, batch_size)
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     lr = float(params["lr"]) * ft.lr_scale
 
@@ -249,6 +231,40 @@ def finetune(
         test=metrics,
         metrics=full,
     )
+
+
+def _start_accuracy(
+    study: optuna.Study,
+    trial: optuna.trial.FrozenTrial,
+    model: ConvNet,
+    val: ImageSet,
+    transform: BatchTransform,
+    cfg: StudyConfig,
+    batch_size: int,
+) -> float:
+    """Validation accuracy of the loaded weights, measured as the trial measured it (same eval
+    batch, autocast and cuDNN settings), so it equals the trial's value; a warning when not."""
+    assert trial.value is not None
+    _, start_acc = validate(model, val, transform, batch_size=batch_size, cfg=cfg.train)
+    log.info(
+        "finetune %s: starting from trial %d, validation accuracy %.4f before any update (trial value %.4f)",
+        study.study_name,
+        trial.number,
+        start_acc,
+        trial.value,
+    )
+    differing = round(abs(start_acc - trial.value) * len(val))  # accuracies are counts / len(val)
+    if differing:
+        log.warning(
+            "starting validation accuracy %.4f differs from trial %d's value %.4f by %d of %d images "
+            "(different device or data cache?)",
+            start_acc,
+            trial.number,
+            trial.value,
+            differing,
+            len(val),
+        )
+    return start_acc
 
 
 def _record_on_study(
