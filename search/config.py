@@ -1,9 +1,12 @@
-"""Typed, frozen study configuration: YAML load, ``--set a.b=v`` overrides and validation.
+"""Typed, frozen study configuration, declared once with pydantic: YAML load, overrides, errors.
 
 Everything a study needs is one :class:`StudyConfig`. It is built once at the edge
-(:func:`load_config` / :func:`config_from_dict`), validated there, and never mutated. Any
-problem raises :class:`ConfigError`, whose message names the field, the bad value and the fix.
-Defaults live here and nowhere else. This module knows nothing about torch or optuna.
+(:func:`load_config` / :func:`config_from_dict`), validated there, and never mutated; changed
+copies come from :func:`with_overrides` / :func:`replace`, which validate again. Each field
+declares its type, bounds, description, the fix shown when it is wrong (``x-fix``) and whether
+it may change when a study resumes (``x-resumable``). Any problem raises :class:`ConfigError`,
+whose message names the field, the bad value and the fix. Defaults live here and nowhere else.
+This module knows nothing about torch or optuna.
 """
 
 from __future__ import annotations
@@ -11,22 +14,43 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Annotated, Any, Literal
 
+import annotated_types
 import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic.fields import FieldInfo
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "imagefolder", "synthetic")
-SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc", "gp")
-PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
+Dataset = Literal["digits", "mnist", "fashion_mnist", "cifar10", "imagefolder", "synthetic"]
+SamplerName = Literal["tpe", "random", "grid", "cmaes", "qmc", "gp"]
+PrunerName = Literal["median", "percentile", "successive_halving", "hyperband", "none"]
+DATASETS: tuple[str, ...] = typing.get_args(Dataset)
+SAMPLERS: tuple[str, ...] = typing.get_args(SamplerName)
+PRUNERS: tuple[str, ...] = typing.get_args(PrunerName)
 PARAM_NAMES = ("c1", "c2", "l1", "lr", "batch_size")
 INT_PARAMS = frozenset({"c1", "c2", "l1", "batch_size"})
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
-STUDY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+DEVICE_PATTERN = re.compile(r"(auto|cpu|cuda|cuda:\d+)")
+STUDY_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # used with fullmatch
+MAX_SEED = 2**32 - 1  # numpy's seed range; samplers reduce seed + offset modulo 2**32
+MAX_CONFIG_BYTES = 1 << 20  # a config file larger than this is refused unread
+MAX_CONFIG_NODES = 100_000  # values in a config once YAML aliases are expanded
 
 
 class ConfigError(ValueError):
@@ -40,88 +64,241 @@ class ConfigError(ValueError):
         super().__init__(f"{field_path}: {problem} (got {_short_repr(value)}). Fix: {fix}")
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple = 3, 6, 8, 8
+_REPR.maxstring, _REPR.maxlong, _REPR.maxother = 120, 60, 80
+
+
 def _short_repr(value: Any, limit: int = 200) -> str:
-    """``repr(value)``, shortened; never raises (huge ints have no repr beyond 4300 digits)."""
+    """A bounded ``repr(value)``: work and length stay small for huge or deeply shared values."""
     try:
-        text = repr(value)
-    except ValueError:
+        text = _REPR.repr(value)
+    except (ValueError, RecursionError):  # ints beyond 4300 digits have no repr
         text = f"<{type(value).__name__} too large to print>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- field types
+
+
+def _field(default: Any = dataclasses.MISSING, fix: str = "", description: str = "", **kw: Any) -> Any:
+    """A config field: its default, bounds, description, the fix hint and, with ``resumable=True``,
+    whether it may change between runs of one study. ``problem=`` overrides the bound message."""
+    extra: dict[str, Any] = {"x-fix": fix}
+    if kw.pop("resumable", False):
+        extra["x-resumable"] = True
+    if "problem" in kw:
+        extra["x-problem"] = kw.pop("problem")
+    if "default_factory" in kw:
+        return Field(description=description, json_schema_extra=extra, **kw)
+    if default is dataclasses.MISSING:
+        return Field(description=description, json_schema_extra=extra, **kw)
+    return Field(default, description=description, json_schema_extra=extra, **kw)
+
+
+def _int_in(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _number_in(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ConfigError("", value, "expected a number", "write a number, e.g. 0.5")
+    return value
+
+
+def _num(value: Any) -> int | float:
+    """A parameter's number as written (ints stay ints); "1e-4" text (PyYAML reads it so) is a number."""
+    if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError("", value, "expected a number", "write a number, e.g. 0.5")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError("", value, "expected a finite number", "use a finite value")
+    return value
+
+
+_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+Int = Annotated[int, Strict(), BeforeValidator(_int_in)]
+Num = Annotated[float, PlainValidator(_num), WithJsonSchema({"type": "number"})]
+Float = Annotated[float, Field(allow_inf_nan=False), BeforeValidator(_number_in)]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
+
+
+def _list_of(n: int) -> Any:
+    def check(value: Any) -> Any:
+        if isinstance(value, list | tuple) and len(value) != n:
+            raise ConfigError("", value, f"expected a list of {n} values", f"give {n} values")
+        return value
+
+    return BeforeValidator(check)
+
+
+SECTION = ConfigDict(extra="forbid")
 
 
 # --------------------------------------------------------------------------- schema
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class AugmentConfig:
     """Training-time augmentation, applied batched and per sample on the device."""
 
-    hflip: bool = False
-    crop_pad: int = 0
-    rotate_deg: float = 0.0
-    color_jitter: float = 0.0
-    hue: float = 0.0
+    hflip: Bool = _field(False, "write true or false", "random horizontal flip, p=0.5 per sample")
+    crop_pad: Int = _field(0, "use 0 to disable", "reflect-pad by this many px, then crop back", ge=0)
+    rotate_deg: Float = _field(
+        0.0, "use e.g. 20", "rotation uniform in [-rotate_deg, rotate_deg]", ge=0, le=180
+    )
+    color_jitter: Float = _field(
+        0.0, "use e.g. 0.2", "brightness/contrast/saturation factors in [1-j, 1+j]", ge=0, lt=1
+    )
+    hue: Float = _field(0.0, "use e.g. 0.1", "hue shift in [-hue, hue] turns (3-channel only)", ge=0, le=0.5)
+
+    @property
+    def enabled(self) -> bool:
+        """True when at least one augmentation is active."""
+        return self.hflip or self.crop_pad > 0 or self.rotate_deg > 0 or self.color_jitter > 0 or self.hue > 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class NormalizeConfig:
     """Per-channel normalisation; when absent, mean/std are computed from the training split."""
 
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    mean: tuple[Float, ...] = _field(fix="give one value per channel, e.g. [0.5, 0.5, 0.5]")
+    std: tuple[Annotated[float, annotated_types.Gt(0)], ...] = _field(
+        fix="use e.g. [0.5, 0.5, 0.5]", problem="must be positive"
+    )
+
+    @model_validator(mode="after")
+    def _same_length(self) -> NormalizeConfig:
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise ConfigError(
+                "",
+                {"mean": list(self.mean), "std": list(self.std)},
+                "mean and std need one value per channel",
+                "give equally long lists",
+            )
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class SyntheticConfig:
     """Random, learnable images for tests: class-dependent patterns plus noise."""
 
-    shape: tuple[int, int, int] = (3, 32, 32)
-    n_classes: int = 10
-    n_samples: int = 512
+    shape: Annotated[tuple[Int, Int, Int], _list_of(3)] = _field(
+        (3, 32, 32), "use e.g. [3, 32, 32]", "[channels (1 or 3), height, width]"
+    )
+    n_classes: Int = _field(10, "use e.g. 10", "number of classes", ge=2, problem="need at least 2 classes")
+    n_samples: Int = _field(512, "use at least 10 per class", "images in all splits together", ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SyntheticConfig:
+        if not (all(v >= 1 for v in self.shape) and self.shape[0] in (1, 3)):
+            raise ConfigError(
+                "shape", self.shape, "expected [channels (1 or 3), height, width]", "use e.g. [3, 32, 32]"
+            )
+        if self.n_samples < 10 * self.n_classes:
+            raise ConfigError(
+                "n_samples",
+                self.n_samples,
+                f"too few for {self.n_classes} classes",
+                f"use at least {10 * self.n_classes}",
+            )
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class DataConfig:
-    dataset: str = "digits"
-    root: str = "storage/data"
-    cache_dir: str = "storage/data/cache"
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    image_size: int | None = None
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    normalize: NormalizeConfig | None = None
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """Which images, where they live, and how they are split and augmented."""
+
+    dataset: Dataset = _field("digits", description="the dataset", problem="unknown dataset")
+    root: Str = _field(
+        "storage/data", "give a folder", "dataset folder (an imagefolder: one folder per class)"
+    )
+    cache_dir: Str = _field("storage/data/cache", "give a folder", "decoded-tensor cache", resumable=True)
+    val_fraction: Float = _field(
+        0.1, "use e.g. 0.1", "validation share", gt=0, lt=1, problem="must be between 0 and 1"
+    )
+    test_fraction: Float = _field(
+        0.2,
+        "use e.g. 0.2",
+        "test share (held out until finetune)",
+        gt=0,
+        lt=1,
+        problem="must be between 0 and 1 and leave room for training",
+    )
+    image_size: Int | None = _field(
+        None, "use e.g. 32, or null to keep the images' own size", "resize images to this square size", ge=1
+    )
+    augment: AugmentConfig = _field(default_factory=AugmentConfig, description="training augmentation")
+    normalize: NormalizeConfig | None = _field(None, description="fixed mean/std (default: measured)")
+    synthetic: SyntheticConfig = _field(default_factory=SyntheticConfig, description="dataset: synthetic")
+
+    @model_validator(mode="after")
+    def _room_for_training(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError(
+                "test_fraction",
+                self.test_fraction,
+                "must be between 0 and 1 and leave room for training",
+                "use e.g. 0.2",
+            )
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class ModelConfig:
-    padding: int = 1
-    dropout: tuple[float, float] = (0.1, 0.5)
+    """The ConvNet's fixed settings (the searched widths are in search.space)."""
+
+    padding: Literal[0, 1, 2] = _field(1, "use 0 for the seed's net, 1 to keep sizes", "conv padding")
+    dropout: Annotated[
+        tuple[
+            Annotated[float, annotated_types.Ge(0), annotated_types.Lt(1)],
+            Annotated[float, annotated_types.Ge(0), annotated_types.Lt(1)],
+        ],
+        _list_of(2),
+    ] = _field(
+        (0.1, 0.5),
+        "use e.g. [0.1, 0.5]",
+        "dropout after the convs and in the head",
+        problem="must be within [0, 1)",
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class TrainConfig:
-    epochs: int = 10
-    patience: int = 3
-    min_delta: float = 0.0
-    weight_decay: float = 0.0
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    eval_batch_size: int = 1024
-    checkpoint_every_s: float = 10.0  # a running trial's resume checkpoint at most this often; 0: every epoch
+    """One trial's training loop."""
+
+    epochs: Int = _field(10, "use e.g. 10", "maximum epochs per trial", ge=1)
+    patience: Int = _field(3, "use e.g. 3", "early-stopping patience (epochs)", ge=1)
+    min_delta: Float = _field(0.0, "use 0.0", "smallest improvement that resets patience", ge=0)
+    weight_decay: Float = _field(0.0, "use 0.0", "optimizer weight decay", ge=0)
+    amp: Bool = _field(True, "write true or false", "mixed precision on CUDA")
+    channels_last: Bool = _field(True, "write true or false", "channels-last memory format on CUDA")
+    compile: Bool = _field(False, "write true or false", "torch.compile the model", resumable=True)
+    eval_batch_size: Int = _field(1024, "use e.g. 1024", "batch size for evaluation", ge=1, resumable=True)
+    checkpoint_every_s: Float = _field(
+        10.0,
+        "use e.g. 10 (seconds), or 0 to checkpoint after every epoch",
+        "a running trial's resume checkpoint at most this often; 0: every epoch",
+        ge=0,
+        resumable=True,
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class ParamSpec:
-    """One searched parameter: ``choices``, a ``low``/``high`` range (+ log/step), or a fixed ``value``."""
+    """One searched parameter: ``choices``, a ``low``/``high`` range (+ log/step), or a fixed ``value``.
 
-    choices: tuple[float, ...] | None = None
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    value: float | None = None
+    A bare number is a fixed value: ``lr: 0.001`` is ``lr: {value: 0.001}``.
+    """
+
+    choices: tuple[Num, ...] | None = _field(None, "list at least one value", "values to choose from")
+    low: Num | None = _field(None, "give both low and high, or choices", "lowest value")
+    high: Num | None = _field(None, "give both low and high, or choices", "highest value")
+    log: Bool = _field(False, "write true or false", "sample on a log scale")
+    step: Num | None = _field(None, "use step > 0", "grid step between low and high")
+    value: Num | None = _field(None, "give a number", "a fixed value (not searched)")
 
     @property
     def fixed(self) -> bool:
@@ -140,249 +317,413 @@ class ParamSpec:
             out["step"] = self.step
         return out
 
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    name: str = "tpe"
-    n_startup_trials: int | None = None
-
-
-@dataclass(frozen=True)
-class PrunerConfig:
-    name: str = "median"
-    n_startup_trials: int = 5
-    n_warmup_steps: int = 2
-    percentile: float = 25.0
-    min_resource: int = 1
-    reduction_factor: int = 3
-
-
-DEFAULT_SPACE: dict[str, ParamSpec] = {
-    "c1": ParamSpec(choices=(8, 16, 32)),
-    "c2": ParamSpec(low=16, high=64, step=16),
-    "l1": ParamSpec(low=32, high=256, log=True),
-    "lr": ParamSpec(low=1.0e-4, high=1.0e-2, log=True),
-    "batch_size": ParamSpec(choices=(32, 64, 128)),
-}
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    n_trials: int = 20
-    timeout_s: float | None = None
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    pruner: PrunerConfig = field(default_factory=PrunerConfig)
-    space: Mapping[str, ParamSpec] = field(default_factory=lambda: dict(DEFAULT_SPACE))
-    keep_top_k: int = 3
-    max_failures: int | None = None
-    heartbeat_interval_s: int = 20  # a running trial's worker writes a heartbeat this often
-    grace_period_s: int = 60  # no heartbeat for this long: the trial is stale, failed and retried
-    max_retry: int = 3  # how often one trial is re-queued after a killed worker or an interrupt
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    epochs: int = 40
-    lr_scale: float = 0.8
-    patience: int = 6
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    name: str = "study"
-    seed: int = 0
-    storage: str = "sqlite:///storage/studies.db"
-    artifacts_dir: str = "storage/artifacts"
-    checkpoints_dir: str = "storage/checkpoints"  # per-epoch checkpoints of running trials (resume)
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-
-
-# --------------------------------------------------------------------------- conversion
-
-_FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
-def _type_name(tp: Any) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )
-
-
-def _to_float(value: Any, path: str) -> float:
-    # PyYAML reads "1e-4" (no dot) as a string; accept it as the number the user meant.
-    if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
-        value = float(value)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(path, value, "expected a number", f"write {path.rsplit('.', 1)[-1]}: 0.5")
-    try:
-        out = float(value)
-    except OverflowError as exc:
-        raise ConfigError(path, value, "number too large", "use a finite value") from exc
-    if not math.isfinite(out):
-        raise ConfigError(path, value, "expected a finite number", "use a finite value")
-    return out
-
-
-def _to_int(value: Any, path: str) -> int:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(path, value, "expected an integer", f"write {path.rsplit('.', 1)[-1]}: 3")
-    return value
-
-
-def _convert(tp: Any, value: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _convert(inner[0], value, path)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)  # type: ignore[arg-type]
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-            raise ConfigError(path, value, "expected a list", f"write {path}: [..]")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(
-                path, value, f"expected a list of {len(args)} values", f"give {len(args)} values"
-            )
-        return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(path, value, "expected true or false", "write true or false")
-        return value
-    if tp is int:
-        return _to_int(value, path)
-    if tp is float:
-        return _to_float(value, path)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(path, value, "expected a string", "quote the value")
-        return value
-    raise TypeError(f"unsupported config type {tp!r} at {path}")  # a bug in this module
-
-
-def _build(cls: type, raw: Any, path: str) -> Any:
-    """Build dataclass ``cls`` from a mapping; unknown keys are errors."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(path or "config", raw, "expected a mapping of keys", "write key: value lines")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        sub = f"{path}.{key}" if path else str(key)
-        if key not in names:
-            raise ConfigError(sub, value, "unknown key", f"remove it or use one of: {', '.join(names)}")
-        if cls is SearchConfig and key == "space":
-            kwargs[key] = _build_space(value, sub)
-        else:
-            kwargs[key] = _convert(hints[key], value, sub)
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:  # a required field is missing
-        missing = [n for n in names if n not in kwargs]
-        raise ConfigError(path, dict(raw), f"missing {missing}", f"add {missing}") from exc
-
-
-def _build_space(raw: Any, path: str) -> dict[str, ParamSpec]:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(path, raw, "expected a mapping of parameters", "write c1: {choices: [8, 16]}")
-    space = dict(DEFAULT_SPACE)
-    for name, spec in raw.items():
-        sub = f"{path}.{name}"
-        if name not in PARAM_NAMES:
-            raise ConfigError(sub, spec, "unknown parameter", f"search one of: {', '.join(PARAM_NAMES)}")
-        space[name] = _param_spec(name, spec, sub)
-    return space
-
-
-def _param_spec(name: str, raw: Any, path: str) -> ParamSpec:
-    number = _to_int if name in INT_PARAMS else _to_float
-    if not isinstance(raw, Mapping):
+    @model_validator(mode="before")
+    @classmethod
+    def _compact_forms(cls, raw: Any) -> Any:
         if isinstance(raw, list):
-            raise ConfigError(path, raw, "a bare list is ambiguous", f"write {name}: {{choices: {raw}}}")
-        return _check_spec(name, ParamSpec(value=number(raw, path)), path)
-    allowed = {"choices", "low", "high", "log", "step", "value"}
-    for key in raw:
-        if key not in allowed:
-            raise ConfigError(
-                f"{path}.{key}",
-                raw[key],
-                "unknown key",
-                f"use one of: {', '.join(sorted(allowed))}",
-            )
-    if "value" in raw and len(raw) > 1:
-        raise ConfigError(path, dict(raw), "value fixes the parameter", "give value alone")
-    if "choices" in raw and ({"low", "high", "step"} & set(raw) or raw.get("log")):
-        raise ConfigError(path, dict(raw), "choices and a range are exclusive", "keep one of them")
-    if "value" in raw:
-        spec = ParamSpec(value=number(raw["value"], f"{path}.value"))
-    elif "choices" in raw:
-        choices = raw["choices"]
-        if not isinstance(choices, list) or not choices:
-            raise ConfigError(
-                f"{path}.choices", choices, "expected a non-empty list", "list at least one value"
-            )
-        values = tuple(number(v, f"{path}.choices[{i}]") for i, v in enumerate(choices))
-        if len(set(values)) != len(values):
-            raise ConfigError(f"{path}.choices", choices, "duplicate choices", "list each value once")
-        spec = ParamSpec(choices=values)
-    else:
-        for key in ("low", "high"):
-            if key not in raw:
-                raise ConfigError(path, dict(raw), f"missing {key}", "give both low and high, or choices")
-        step = raw.get("step")
-        spec = ParamSpec(
-            low=number(raw["low"], f"{path}.low"),
-            high=number(raw["high"], f"{path}.high"),
-            log=_convert(bool, raw.get("log", False), f"{path}.log"),
-            step=None if step is None else number(step, f"{path}.step"),
-        )
-    return _check_spec(name, spec, path)
+            raise ConfigError("", raw, "a bare list is ambiguous", f"write {{choices: {_short_repr(raw)}}}")
+        if isinstance(raw, int | float | str) and not isinstance(raw, bool):
+            return {"value": raw}
+        if isinstance(raw, Mapping):
+            keys = set(raw)
+            if "value" in keys and len(keys) > 1:
+                raise ConfigError("", dict(raw), "value fixes the parameter", "give value alone")
+            if "choices" in keys and (keys & {"low", "high", "step"} or raw.get("log")):
+                raise ConfigError("", dict(raw), "choices and a range are exclusive", "keep one of them")
+            if not keys & {"value", "choices"}:
+                for key in ("low", "high"):
+                    if key not in keys:
+                        raise ConfigError(
+                            "", dict(raw), f"missing {key}", "give both low and high, or choices"
+                        )
+        return raw
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParamSpec:
+        if self.choices is not None:
+            if not self.choices:
+                raise ConfigError("choices", [], "expected a non-empty list", "list at least one value")
+            if len(set(self.choices)) != len(self.choices):
+                raise ConfigError("choices", list(self.choices), "duplicate choices", "list each value once")
+        if self.step is not None and self.step <= 0:
+            raise ConfigError("step", self.step, "step must be positive", "use step > 0")
+        values = [v for v in (self.value, self.low, self.high) if v is not None] + list(self.choices or ())
+        if any(v <= 0 for v in values):
+            raise ConfigError("", self.as_yaml(), "must be positive", "use values > 0")
+        if self.low is not None and self.high is not None:
+            if self.low > self.high:
+                raise ConfigError(
+                    "",
+                    self.as_yaml(),
+                    f"low ({_fmt_num(self.low)}) > high ({_fmt_num(self.high)})",
+                    "swap low and high",
+                )
+            if self.log and self.step is not None:
+                raise ConfigError("", self.as_yaml(), "log and step are exclusive", "drop one of them")
+        return self
 
 
 def _fmt_num(v: float) -> str:
     return f"{v:g}" if isinstance(v, float) else _short_repr(v)
 
 
-def _check_spec(name: str, spec: ParamSpec, path: str) -> ParamSpec:
-    values = [v for v in (spec.value, spec.low, spec.high) if v is not None] + list(spec.choices or ())
-    for v in values:
-        if v <= 0:
-            raise ConfigError(path, spec.as_yaml(), f"{name} must be positive", "use values > 0")
-    if spec.low is not None and spec.high is not None:
-        if spec.low > spec.high:
+def _typed_spec(name: str, spec: ParamSpec) -> ParamSpec:
+    """``spec`` with integer parameters' numbers as ints (integral floats allowed) and the rest floats."""
+    changes: dict[str, Any] = {}
+    for key in ("choices", "low", "high", "step", "value"):
+        raw = getattr(spec, key)
+        if raw is None:
+            continue
+        items = raw if key == "choices" else (raw,)
+        out: list[float] = []
+        for i, v in enumerate(items):
+            sub = f"{name}.{key}[{i}]" if key == "choices" else f"{name}.{key}"
+            if name in INT_PARAMS:
+                if isinstance(v, float) and not v.is_integer():
+                    raise ConfigError(sub, v, "expected an integer", f"write {name}: 3")
+                out.append(int(v))
+            else:
+                try:
+                    out.append(float(v))
+                except OverflowError:
+                    raise ConfigError(sub, v, "number too large", "use a finite value") from None
+        changes[key] = tuple(out) if key == "choices" else out[0]
+    return dataclasses.replace(spec, **changes)
+
+
+DEFAULT_SPACE: Mapping[str, ParamSpec] = types.MappingProxyType(
+    {
+        name: _typed_spec(name, spec)
+        for name, spec in {
+            "c1": ParamSpec(choices=(8, 16, 32)),
+            "c2": ParamSpec(low=16, high=64, step=16),
+            "l1": ParamSpec(low=32, high=256, log=True),
+            "lr": ParamSpec(low=1.0e-4, high=1.0e-2, log=True),
+            "batch_size": ParamSpec(choices=(32, 64, 128)),
+        }.items()
+    }
+)
+
+
+def _space_in(raw: Any) -> Any:
+    """The default space with the given parameters replaced; unknown names are errors."""
+    if raw is None:
+        return dict(DEFAULT_SPACE)
+    if not isinstance(raw, Mapping):
+        raise ConfigError("", raw, "expected a mapping of parameters", "write c1: {choices: [8, 16]}")
+    for name in raw:
+        if name not in PARAM_NAMES:
             raise ConfigError(
-                path,
-                spec.as_yaml(),
-                f"low ({_fmt_num(spec.low)}) > high ({_fmt_num(spec.high)})",
-                "swap low and high",
+                str(name), raw[name], "unknown parameter", f"search one of: {', '.join(PARAM_NAMES)}"
             )
-        if spec.log and spec.step is not None:
-            raise ConfigError(path, spec.as_yaml(), "log and step are exclusive", "drop one of them")
-        if spec.step is not None and spec.step <= 0:
-            raise ConfigError(f"{path}.step", spec.step, "step must be positive", "use step > 0")
-    return spec
+    return {**DEFAULT_SPACE, **raw}
 
 
-# --------------------------------------------------------------------------- validation
+def _space_out(space: Mapping[str, ParamSpec]) -> Mapping[str, ParamSpec]:
+    return types.MappingProxyType({name: _typed_spec(name, spec) for name, spec in space.items()})
 
 
-def _check(ok: bool, path: str, value: Any, problem: str, fix: str) -> None:
-    if not ok:
-        raise ConfigError(path, value, problem, fix)
+Space = Annotated[
+    Mapping[str, ParamSpec],
+    BeforeValidator(_space_in),
+    AfterValidator(_space_out),
+    Field(json_schema_extra={"propertyNames": {"enum": list(PARAM_NAMES)}}),
+]
+
+
+@dataclass(frozen=True, config=SECTION)
+class SamplerConfig:
+    """Optuna's sampler."""
+
+    name: SamplerName = _field("tpe", description="the sampler", problem="unknown sampler")
+    n_startup_trials: Int | None = _field(
+        None, "use e.g. 10, or null for the sampler's default", "random trials first", ge=0
+    )
+
+
+@dataclass(frozen=True, config=SECTION)
+class PrunerConfig:
+    """Optuna's pruner (stops unpromising trials early)."""
+
+    name: PrunerName = _field("median", description="the pruner", problem="unknown pruner")
+    n_startup_trials: Int = _field(5, "use e.g. 5", "trials before pruning starts", ge=0)
+    n_warmup_steps: Int = _field(2, "use e.g. 2", "epochs before a trial can be pruned", ge=0)
+    percentile: Float = _field(25.0, "use e.g. 25", "percentile pruner's cut", gt=0, lt=100)
+    min_resource: Int = _field(1, "use 1", "successive halving / hyperband minimum epochs", ge=1)
+    reduction_factor: Int = _field(3, "use 3", "successive halving / hyperband reduction factor", ge=2)
+
+
+@dataclass(frozen=True, config=SECTION)
+class SearchConfig:
+    """The search: how many trials, the sampler, the pruner and the space."""
+
+    n_trials: Int = _field(
+        20, "use e.g. 20", "total finished trials over all runs and workers", ge=1, resumable=True
+    )
+    timeout_s: Float | None = _field(
+        None,
+        "use null for no limit",
+        "stop starting trials after this many seconds",
+        gt=0,
+        resumable=True,
+        problem="must be positive",
+    )
+    sampler: SamplerConfig = _field(default_factory=SamplerConfig, description="the sampler", resumable=True)
+    pruner: PrunerConfig = _field(default_factory=PrunerConfig, description="the pruner", resumable=True)
+    space: Space = _field(
+        default_factory=lambda: DEFAULT_SPACE,
+        description="searched parameters: a number (fixed), {choices: [...]}, or {low, high, log, step}",
+    )
+    keep_top_k: Int = _field(3, "use e.g. 3", "weights kept for the best k trials", ge=0, resumable=True)
+    max_failures: Int | None = _field(
+        None,
+        "use e.g. 5, or null (a run stops only after as many failures as search.n_trials)",
+        "failed trials after which a run stops",
+        ge=1,
+        resumable=True,
+    )
+    heartbeat_interval_s: Int = _field(
+        20, "use e.g. 20", "a running trial's worker writes a heartbeat this often", ge=1
+    )
+    grace_period_s: Int = _field(
+        60, "use e.g. 60", "no heartbeat for this long: the trial is stale and retried", ge=1
+    )
+    max_retry: Int = _field(3, "use e.g. 3", "how often one trial is re-queued after a killed worker", ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchConfig:
+        if self.grace_period_s <= self.heartbeat_interval_s:
+            raise ConfigError(
+                "grace_period_s",
+                self.grace_period_s,
+                f"must exceed search.heartbeat_interval_s ({self.heartbeat_interval_s})",
+                f"use e.g. {3 * self.heartbeat_interval_s}",
+            )
+        if self.sampler.name == "grid":
+            for name, spec in self.space.items():
+                if not (
+                    spec.fixed or spec.choices is not None or name in INT_PARAMS or spec.step is not None
+                ):
+                    raise ConfigError(
+                        f"space.{name}",
+                        spec.as_yaml(),
+                        "the grid sampler needs a finite set of values",
+                        "give choices, a fixed value, or a step",
+                    )
+        return self
+
+
+@dataclass(frozen=True, config=SECTION)
+class FinetuneConfig:
+    """``search finetune``: continue the best trial from its weights, then test once."""
+
+    epochs: Int = _field(40, "use e.g. 40", "maximum fine-tuning epochs", ge=1)
+    lr_scale: Float = _field(0.8, "use e.g. 0.8", "lr = the best trial's lr x this", gt=0, le=10)
+    patience: Int = _field(6, "use e.g. 6", "early-stopping patience (epochs)", ge=1)
+
+
+def _name_in(value: Any) -> Any:
+    if isinstance(value, str):
+        check_study_name(value, "")
+    return value
+
+
+def _storage_in(value: Any) -> Any:
+    if isinstance(value, str) and "://" not in value:
+        raise ConfigError(
+            "",
+            mask_url(value),
+            "not a database URL",
+            "use sqlite:///storage/studies.db or postgresql+psycopg://user:pw@host/db",
+        )
+    return value
+
+
+@dataclass(frozen=True, config=SECTION)
+class StudyConfig:
+    """A study: its name, seed, storage, data, model, training, search and fine-tuning."""
+
+    name: Annotated[Str, BeforeValidator(_name_in)] = _field(
+        "study", description="study name (default: the config file's name); names folders", resumable=True
+    )
+    seed: Int = _field(
+        0, f"use an integer in [0, {MAX_SEED}]", "seed of splits, sampler and training", ge=0, le=MAX_SEED
+    )
+    storage: Annotated[Str, BeforeValidator(_storage_in)] = _field(
+        "sqlite:///storage/studies.db",
+        "use sqlite:///storage/studies.db",
+        "Optuna storage URL",
+        resumable=True,
+    )
+    artifacts_dir: Str = _field(
+        "storage/artifacts", "give a folder", "the best trials' weights", resumable=True
+    )
+    checkpoints_dir: Str = _field(
+        "storage/checkpoints", "give a folder", "per-epoch checkpoints of running trials (resume)"
+    )
+    data: DataConfig = _field(default_factory=DataConfig, description="the data")
+    model: ModelConfig = _field(default_factory=ModelConfig, description="the model")
+    train: TrainConfig = _field(default_factory=TrainConfig, description="training")
+    search: SearchConfig = _field(default_factory=SearchConfig, description="the search")
+    finetune: FinetuneConfig = _field(
+        default_factory=FinetuneConfig, description="fine-tuning", resumable=True
+    )
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _loc_path(loc: Sequence[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int) and not isinstance(part, bool):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _inner(tp: Any) -> Any:
+    """The dataclass or mapping value type inside ``tp`` (Optional, Annotated unwrapped)."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, types.UnionType):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        else:
+            return tp
+
+
+def _field_at(loc: Sequence[Any]) -> tuple[type | None, FieldInfo | None]:
+    """The section and the field that ``loc`` (a pydantic error location) points into."""
+    cls: Any = StudyConfig
+    info: FieldInfo | None = None
+    owner: type | None = None
+    for part in loc:
+        fields: dict[str, FieldInfo] = getattr(cls, "__pydantic_fields__", {})
+        if isinstance(part, str) and part in fields:
+            owner, info = cls, fields[part]
+            cls = _inner(info.annotation)
+            if typing.get_origin(cls) in (Mapping, dict):
+                cls = typing.get_args(cls)[1]
+        elif typing.get_origin(cls) is tuple:
+            continue
+    return owner, info
+
+
+def _bounds(info: FieldInfo) -> str:
+    lo = hi = None
+    for m in info.metadata:
+        if isinstance(m, annotated_types.Ge):
+            lo = f"[{m.ge}"
+        elif isinstance(m, annotated_types.Gt):
+            lo = f"({m.gt}"
+        elif isinstance(m, annotated_types.Le):
+            hi = f"{m.le}]"
+        elif isinstance(m, annotated_types.Lt):
+            hi = f"{m.lt})"
+    if lo and hi:
+        return f"must be within {lo}, {hi}"
+    if lo:
+        return f"must be {'>=' if lo[0] == '[' else '>'} {lo[1:]}"
+    return f"must be {'<=' if hi and hi[-1] == ']' else '<'} {(hi or '')[:-1]}"
+
+
+_TYPE_PROBLEMS = {
+    "int": "expected an integer",
+    "float": "expected a number",
+    "finite_number": "expected a finite number",
+    "bool": "expected true or false",
+    "string": "expected a string",
+    "tuple": "expected a list",
+    "list": "expected a list",
+    "dataclass": "expected a mapping of keys",
+    "dict": "expected a mapping of keys",
+    "mapping": "expected a mapping of keys",
+    "missing": "missing",
+    "recursion": "a recursive value",
+}
+
+
+def _extra(info: FieldInfo | None, key: str) -> Any:
+    extra = info.json_schema_extra if info is not None else None
+    return extra.get(key) if isinstance(extra, dict) else None
+
+
+def _from_pydantic(exc: ValidationError, root: str = "") -> ConfigError:
+    """One ConfigError for the first problem pydantic found: field path, value, problem, fix."""
+    err = exc.errors(include_url=False)[0]
+    loc, kind, value = tuple(err["loc"]), err["type"], err.get("input")
+    path = ".".join(p for p in (root, _loc_path(loc)) if p) or "config"
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, ConfigError):
+        sub = cause.field
+        joined = (
+            f"{path}{sub}"
+            if sub.startswith("[")
+            else ".".join(p for p in (path if path != "config" else "", sub) if p)
+        )
+        return ConfigError(joined or "config", cause.value, cause.problem, cause.fix)
+    owner, info = _field_at(loc)
+    fix = _extra(info, "x-fix") or "see `search schema`"
+    leaf = str(loc[-1]) if loc else "config"
+    if kind in ("unexpected_keyword_argument", "extra_forbidden", "invalid_key"):
+        path = ".".join(p for p in (root, _loc_path(loc[:-1]), str(loc[-1])) if p)
+        section = _field_at(loc[:-1])[1]
+        cls = _inner(section.annotation) if section is not None else StudyConfig
+        names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+        return ConfigError(path, value, "unknown key", f"remove it or use one of: {', '.join(names)}")
+    if kind == "literal_error" and info is not None:
+        choices = [str(a) for a in typing.get_args(_inner(info.annotation))]
+        listed = ", ".join(choices[:-1]) + f" or {choices[-1]}"
+        fix = fix if fix != "see `search schema`" else f"use one of: {', '.join(choices)}"
+        return ConfigError(path, value, _extra(info, "x-problem") or f"must be {listed}", fix)
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        problem = _extra(info, "x-problem") or (_bounds(info) if info is not None else err["msg"])
+        if info is not None and any(isinstance(p, int) for p in loc[-1:]):  # an item of a list field
+            path, value = path.rsplit("[", 1)[0], None if value is None else value
+        return ConfigError(path, value, problem, fix)
+    if (
+        kind == "missing"
+        and owner is not None
+        and dataclasses.is_dataclass(owner)
+        and loc
+        and loc[-1] not in ("",)
+    ):
+        if isinstance(loc[-1], int):
+            return ConfigError(path, value, "a value is missing", fix)
+        return ConfigError(path.rsplit(".", 1)[0] or "config", None, f"missing {leaf}", f"add {leaf}")
+    problem = next((text for prefix, text in _TYPE_PROBLEMS.items() if kind.startswith(prefix)), None)
+    if problem is None:
+        problem = str(err["msg"]).lower()
+    if problem == "expected a mapping of keys":
+        fix = "write key: value lines"
+    elif fix == "see `search schema`" and problem.startswith("expected"):
+        fix = f"write {leaf}: {'3' if 'integer' in problem else 'true' if 'true' in problem else '0.5'}"
+    return ConfigError(path, value, problem, fix)
+
+
+def build(cls: type[Any], raw: Any, root: str = "") -> Any:
+    """Validate ``raw`` as config section ``cls``; ConfigError names ``root``.field on failure."""
+    try:
+        return _adapter(cls).validate_python({} if raw is None else raw)
+    except ValidationError as exc:
+        raise _from_pydantic(exc, root) from None
+    except RecursionError as exc:
+        raise ConfigError(root or "config", None, "nested too deeply", "flatten the value") from exc
+
+
+_ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {}
+
+
+def _adapter(cls: type[Any]) -> TypeAdapter[Any]:
+    if cls not in _ADAPTERS:
+        _ADAPTERS[cls] = TypeAdapter(cls)
+    return _ADAPTERS[cls]
+
+
+# --------------------------------------------------------------------------- checks
 
 
 def mask_url(url: str) -> str:
@@ -392,231 +733,106 @@ def mask_url(url: str) -> str:
 
 def check_study_name(name: str, field_path: str = "name") -> str:
     """``name`` if it is safe as a folder name (no ``..``, no separators); ConfigError otherwise."""
-    _check(
-        isinstance(name, str) and bool(STUDY_NAME_PATTERN.match(name)) and ".." not in name,
-        field_path,
-        name,
-        "not a safe study name",
-        "use letters, digits, '.', '_' and '-' only, no '..' (it names folders under storage/)",
-    )
+    if not (isinstance(name, str) and STUDY_NAME_PATTERN.fullmatch(name) and ".." not in name):
+        raise ConfigError(
+            field_path,
+            name,
+            "not a safe study name",
+            "use letters, digits, '.', '_' and '-' only, no '..' (it names folders under storage/)",
+        )
     return name
 
 
-def validate(cfg: StudyConfig) -> StudyConfig:
-    """Semantic checks that the types alone cannot express."""
-    check_study_name(cfg.name)
-    _check(
-        "://" in cfg.storage,
-        "storage",
-        mask_url(cfg.storage),
-        "not a database URL",
-        "use sqlite:///storage/studies.db or postgresql+psycopg://user:pw@host/db",
-    )
-    d = cfg.data
-    _check(
-        d.dataset in DATASETS,
-        "data.dataset",
-        d.dataset,
-        "unknown dataset",
-        f"use one of: {', '.join(DATASETS)}",
-    )
-    _check(
-        0 < d.val_fraction < 1,
-        "data.val_fraction",
-        d.val_fraction,
-        "must be between 0 and 1",
-        "use e.g. 0.1",
-    )
-    _check(
-        0 < d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
-        "data.test_fraction",
-        d.test_fraction,
-        "must be between 0 and 1 and leave room for training",
-        "use e.g. 0.2",
-    )
-    _check(
-        d.image_size is None or d.image_size >= 1,
-        "data.image_size",
-        d.image_size,
-        "must be positive",
-        "use e.g. 32, or null to keep the images' own size",
-    )
-    a = d.augment
-    _check(a.crop_pad >= 0, "data.augment.crop_pad", a.crop_pad, "must be >= 0", "use 0 to disable")
-    _check(
-        0 <= a.rotate_deg <= 180,
-        "data.augment.rotate_deg",
-        a.rotate_deg,
-        "must be within [0, 180]",
-        "use e.g. 20",
-    )
-    _check(
-        0 <= a.color_jitter < 1,
-        "data.augment.color_jitter",
-        a.color_jitter,
-        "must be within [0, 1)",
-        "use e.g. 0.2",
-    )
-    _check(0 <= a.hue <= 0.5, "data.augment.hue", a.hue, "must be within [0, 0.5]", "use e.g. 0.1")
-    if d.normalize is not None:
-        n = d.normalize
-        _check(
-            len(n.mean) == len(n.std) and len(n.mean) > 0,
-            "data.normalize",
-            dataclasses.asdict(n),
-            "mean and std need one value per channel",
-            "give equally long lists",
+def check_inputs(cfg: StudyConfig) -> None:
+    """What can be checked about the config's inputs without reading data: folders that must exist."""
+    if cfg.data.dataset == "imagefolder" and not Path(cfg.data.root).is_dir():
+        raise ConfigError(
+            "data.root",
+            cfg.data.root,
+            "folder not found",
+            "point data.root at a folder with one sub-folder of images per class",
         )
-        _check(
-            all(s > 0 for s in n.std),
-            "data.normalize.std",
-            n.std,
-            "must be positive",
-            "use e.g. [0.5, 0.5, 0.5]",
-        )
-    s = d.synthetic
-    _check(
-        all(v >= 1 for v in s.shape) and s.shape[0] in (1, 3),
-        "data.synthetic.shape",
-        s.shape,
-        "expected [channels (1 or 3), height, width]",
-        "use e.g. [3, 32, 32]",
-    )
-    _check(
-        s.n_classes >= 2,
-        "data.synthetic.n_classes",
-        s.n_classes,
-        "need at least 2 classes",
-        "use e.g. 10",
-    )
-    _check(
-        s.n_samples >= 10 * s.n_classes,
-        "data.synthetic.n_samples",
-        s.n_samples,
-        f"too few for {s.n_classes} classes",
-        f"use at least {10 * s.n_classes}",
-    )
-    m = cfg.model
-    _check(
-        m.padding in (0, 1, 2),
-        "model.padding",
-        m.padding,
-        "must be 0, 1 or 2",
-        "use 0 for the seed's net, 1 to keep sizes",
-    )
-    _check(
-        all(0 <= p < 1 for p in m.dropout),
-        "model.dropout",
-        m.dropout,
-        "must be within [0, 1)",
-        "use e.g. [0.1, 0.5]",
-    )
-    t = cfg.train
-    _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1", "use e.g. 10")
-    _check(t.patience >= 1, "train.patience", t.patience, "must be >= 1", "use e.g. 3")
-    _check(t.min_delta >= 0, "train.min_delta", t.min_delta, "must be >= 0", "use 0.0")
-    _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0", "use 0.0")
-    _check(
-        t.checkpoint_every_s >= 0,
-        "train.checkpoint_every_s",
-        t.checkpoint_every_s,
-        "must be >= 0",
-        "use e.g. 10 (seconds), or 0 to checkpoint after every epoch",
-    )
-    _check(
-        t.eval_batch_size >= 1,
-        "train.eval_batch_size",
-        t.eval_batch_size,
-        "must be >= 1",
-        "use e.g. 1024",
-    )
-    se = cfg.search
-    _check(se.n_trials >= 1, "search.n_trials", se.n_trials, "must be >= 1", "use e.g. 20")
-    _check(
-        se.timeout_s is None or se.timeout_s > 0,
-        "search.timeout_s",
-        se.timeout_s,
-        "must be positive",
-        "use null for no limit",
-    )
-    _check(se.keep_top_k >= 0, "search.keep_top_k", se.keep_top_k, "must be >= 0", "use e.g. 3")
-    _check(
-        se.max_failures is None or se.max_failures >= 1,
-        "search.max_failures",
-        se.max_failures,
-        "must be >= 1",
-        "use e.g. 5, or null (a run stops only after as many failures as search.n_trials)",
-    )
-    _check(
-        se.heartbeat_interval_s >= 1,
-        "search.heartbeat_interval_s",
-        se.heartbeat_interval_s,
-        "must be >= 1",
-        "use e.g. 20",
-    )
-    _check(
-        se.grace_period_s > se.heartbeat_interval_s,
-        "search.grace_period_s",
-        se.grace_period_s,
-        f"must exceed search.heartbeat_interval_s ({se.heartbeat_interval_s})",
-        f"use e.g. {3 * se.heartbeat_interval_s}",
-    )
-    _check(se.max_retry >= 0, "search.max_retry", se.max_retry, "must be >= 0", "use e.g. 3")
-    _check(
-        se.sampler.name in SAMPLERS,
-        "search.sampler.name",
-        se.sampler.name,
-        "unknown sampler",
-        f"use one of: {', '.join(SAMPLERS)}",
-    )
-    _check(
-        se.pruner.name in PRUNERS,
-        "search.pruner.name",
-        se.pruner.name,
-        "unknown pruner",
-        f"use one of: {', '.join(PRUNERS)}",
-    )
-    _check(
-        0 < se.pruner.percentile < 100,
-        "search.pruner.percentile",
-        se.pruner.percentile,
-        "must be within (0, 100)",
-        "use e.g. 25",
-    )
-    _check(
-        se.pruner.reduction_factor >= 2,
-        "search.pruner.reduction_factor",
-        se.pruner.reduction_factor,
-        "must be >= 2",
-        "use 3",
-    )
-    if se.sampler.name == "grid":
-        for name, spec in se.space.items():
-            _check(
-                spec.fixed or spec.choices is not None or (name in INT_PARAMS) or spec.step is not None,
-                f"search.space.{name}",
-                spec.as_yaml(),
-                "the grid sampler needs a finite set of values",
-                "give choices, a fixed value, or a step",
-            )
-    f = cfg.finetune
-    _check(f.epochs >= 1, "finetune.epochs", f.epochs, "must be >= 1", "use e.g. 40")
-    _check(
-        0 < f.lr_scale <= 10,
-        "finetune.lr_scale",
-        f.lr_scale,
-        "must be within (0, 10]",
-        "use e.g. 0.8",
-    )
-    _check(f.patience >= 1, "finetune.patience", f.patience, "must be >= 1", "use e.g. 6")
-    return cfg
 
 
-# --------------------------------------------------------------------------- entry points
+def resumable_fields() -> tuple[str, ...]:
+    """Dotted config fields (or whole sections) that may differ between runs of one study."""
+
+    def walk(cls: Any, prefix: str) -> list[str]:
+        out: list[str] = []
+        for name, info in getattr(cls, "__pydantic_fields__", {}).items():
+            path = f"{prefix}{name}"
+            if _extra(info, "x-resumable"):
+                out.append(path)
+            else:
+                out += walk(_inner(info.annotation), path + ".")
+        return out
+
+    return tuple(walk(StudyConfig, ""))
+
+
+def default_of(cls: type[Any], name: str) -> Any:
+    """A section field's default value (so other modules never copy a default)."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+def json_schema() -> dict[str, Any]:
+    """The config's JSON Schema (what ``search schema`` prints and editors check against)."""
+    schema = _adapter(StudyConfig).json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "convnet-search study config"
+    return schema
+
+
+# --------------------------------------------------------------------------- YAML and entry points
 
 # PyYAML raises more than YAMLError on bad input: ValueError for impossible dates ("2001-13-01"),
 # "!!float abc" or ints over 4300 digits, RecursionError for very deep nesting.
 YAML_ERRORS = (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError)
+
+
+def _check_size(raw: Any, path: str) -> None:
+    """Refuse values that expand (YAML aliases share nodes) to more than MAX_CONFIG_NODES, or recurse.
+
+    Counts the expanded size with memoisation by identity, so a "billion laughs" costs little."""
+    sizes: dict[int, int] = {}
+    busy: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, list | dict):
+            return 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in busy:
+            raise ConfigError(
+                path, None, "a value contains itself (recursive YAML alias)", "remove the alias"
+            )
+        busy.add(key)
+        children = node.values() if isinstance(node, dict) else node
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_CONFIG_NODES:
+                raise ConfigError(
+                    path,
+                    None,
+                    f"more than {MAX_CONFIG_NODES} values once aliases are expanded",
+                    "write a smaller config",
+                )
+        busy.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        size(raw)
+    except RecursionError as exc:
+        raise ConfigError(path, None, "nested too deeply", "flatten the config") from exc
+
+
+def _parse_yaml(text: str, path: str) -> Any:
+    raw = yaml.safe_load(text)
+    _check_size(raw, path)
+    return raw
 
 
 def apply_overrides(raw: dict[str, Any], sets: Sequence[str]) -> dict[str, Any]:
@@ -627,55 +843,74 @@ def apply_overrides(raw: dict[str, Any], sets: Sequence[str]) -> dict[str, Any]:
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError("--set", item, "expected KEY=VALUE", "write e.g. --set train.epochs=2")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = _parse_yaml(text, key) if text.strip() else None
         except YAML_ERRORS as exc:
+            if isinstance(exc, ConfigError):
+                raise
             raise ConfigError(
                 key,
                 text,
                 f"not valid YAML ({exc.__class__.__name__})",
                 "quote strings, e.g. --set name='my-study'",
             ) from exc
-        node = raw
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                where = ".".join(parts[: i + 1])
-                raise ConfigError(
-                    where,
-                    child,
-                    "is a value, not a section",
-                    f"set {where} itself, e.g. --set {where}=...",
-                )
-            node = child
-        node[parts[-1]] = value
+        _set_dotted(raw, key, value)
     return raw
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(
+                where, child, "is a value, not a section", f"set {where} itself, e.g. --set {where}=..."
+            )
+        node = child
+    node[parts[-1]] = value
 
 
 def config_from_dict(raw: Mapping[str, Any], *, default_name: str = "study") -> StudyConfig:
     """Build and validate a config from a plain mapping (a parsed YAML file or a study's stored config)."""
     if not isinstance(raw, Mapping):
         raise ConfigError("config", raw, "the top level must be a mapping", "write key: value lines")
+    _check_size(raw, "config")
     data = dict(raw)
     data.setdefault("name", default_name)
-    cfg = _build(StudyConfig, data, "")
-    return validate(cfg)
+    cfg: StudyConfig = build(StudyConfig, data)
+    return cfg
+
+
+def _read_text(p: Path) -> str:
+    try:
+        with p.open("rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError as exc:
+        raise ConfigError("config", str(p), "file not found", "check the path") from exc
+    except OSError as exc:
+        raise ConfigError("config", str(p), f"unreadable ({exc})", "give a UTF-8 YAML file") from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            "config", str(p), f"larger than {MAX_CONFIG_BYTES} bytes", "give a study config (YAML)"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("config", str(p), f"unreadable ({exc})", "give a UTF-8 YAML file") from exc
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
     """Read a YAML study config, apply ``--set`` overrides, validate. Raises ConfigError."""
     p = Path(path)
+    text = _read_text(p)
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise ConfigError("config", str(p), "file not found", "check the path") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("config", str(p), f"unreadable ({exc})", "give a UTF-8 YAML file") from exc
-    try:
-        raw = yaml.safe_load(text)
+        raw = _parse_yaml(text, "config")
     except YAML_ERRORS as exc:
+        if isinstance(exc, ConfigError):
+            raise
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = f"invalid YAML{where}" if isinstance(exc, yaml.YAMLError) else f"invalid YAML value ({exc})"
@@ -688,24 +923,32 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
     return config_from_dict(raw, default_name=p.stem)
 
 
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, ParamSpec):
+        return obj.as_yaml()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, tuple | list):
+        return [_plain(v) for v in obj]
+    return obj
+
+
 def to_dict(cfg: StudyConfig) -> dict[str, Any]:
     """A JSON/YAML-safe mapping that :func:`config_from_dict` turns back into the same config."""
-
-    def plain(obj: Any) -> Any:
-        if isinstance(obj, ParamSpec):
-            return obj.as_yaml()
-        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-        if isinstance(obj, Mapping):
-            return {k: plain(v) for k, v in obj.items()}
-        if isinstance(obj, tuple | list):
-            return [plain(v) for v in obj]
-        return obj
-
-    out: dict[str, Any] = plain(cfg)
+    out: dict[str, Any] = _plain(cfg)
     return out
 
 
+def with_overrides(cfg: StudyConfig, changes: Mapping[str, Any]) -> StudyConfig:
+    """A validated copy of ``cfg`` with dotted fields changed, e.g. ``{"search.n_trials": 5}``."""
+    raw = to_dict(cfg)
+    for key, value in changes.items():
+        _set_dotted(raw, key, _plain(value))
+    return config_from_dict(raw)
+
+
 def replace(cfg: StudyConfig, **changes: Any) -> StudyConfig:
-    """A validated copy of ``cfg`` with top-level fields changed."""
-    return validate(dataclasses.replace(cfg, **changes))
+    """A validated copy of ``cfg`` with top-level fields (values or whole sections) changed."""
+    return with_overrides(cfg, changes)
