@@ -8,12 +8,12 @@ into a normalised ``float32`` batch of the same shape on the same device::
     out = (augment(x / 255) - mean) / std      # train=True
     out = (x / 255 - mean) / std               # train=False
 
-Augmentations (configured by :class:`AugmentSpec`) are drawn independently for every sample and
-applied with a handful of batched tensor ops in the style of airbench: no per-sample Python
-loops, no PIL, and no host<->device synchronisation (no ``.item()``, no ``.cpu()``, no Python
-branching on tensor values). Order: random crop, horizontal flip, rotation, colour jitter
-(brightness, contrast, saturation), hue. Every colour op works on floats in ``[0, 1]`` and
-clamps back to ``[0, 1]``.
+Augmentations (configured by :class:`AugmentSpec`, the config's ``data.augment`` section) are
+drawn independently for every sample and applied with a handful of batched tensor ops in the
+style of airbench: no per-sample Python loops, no PIL, and no host<->device synchronisation
+(no ``.item()``, no ``.cpu()``, no Python branching on tensor values). Order: random crop,
+horizontal flip, rotation, colour jitter (brightness, contrast, saturation), hue. Every colour
+op works on floats in ``[0, 1]`` and clamps back to ``[0, 1]``.
 
 All random draws use ``generator`` when one is given, so a seeded generator gives reproducible
 output. Pass a generator that lives on the images' device; if it lives elsewhere (e.g. a CPU
@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from search.config import AugmentConfig
+
 __all__ = ["AugmentSpec", "BatchTransform", "channel_stats"]
 
 # ITU-R BT.601 luma weights (the ones torchvision uses for grayscale).
@@ -47,33 +49,9 @@ _RGB_TO_YIQ = (
 )
 
 
-@dataclass(frozen=True)
-class AugmentSpec:
-    """Which random augmentations to apply during training (all off by default)."""
-
-    hflip: bool = False  # random horizontal flip, p=0.5 per sample
-    crop_pad: int = 0  # reflect-pad by crop_pad px, then crop back to HxW at a random offset
-    rotate_deg: float = 0.0  # rotation angle uniform in [-rotate_deg, rotate_deg], zero fill
-    color_jitter: float = 0.0  # brightness/contrast/saturation factors uniform in [1-j, 1+j]
-    hue: float = 0.0  # hue shift uniform in [-hue, hue] turns (3-channel only, YIQ rotation)
-
-    @property
-    def enabled(self) -> bool:
-        """True when at least one augmentation is active."""
-        return self.hflip or self.crop_pad > 0 or self.rotate_deg > 0 or self.color_jitter > 0 or self.hue > 0
-
-
-def _validate_spec(spec: AugmentSpec) -> None:
-    if isinstance(spec.crop_pad, bool) or not isinstance(spec.crop_pad, int):
-        raise ValueError(f"crop_pad must be an int, got {spec.crop_pad!r}")
-    if spec.crop_pad < 0:
-        raise ValueError(f"crop_pad must be >= 0, got {spec.crop_pad}")
-    if not (0.0 <= spec.rotate_deg < math.inf):
-        raise ValueError(f"rotate_deg must be a finite number >= 0, got {spec.rotate_deg}")
-    if not (0.0 <= spec.color_jitter < 1.0):
-        raise ValueError(f"color_jitter must be in [0, 1), got {spec.color_jitter}")
-    if not (0.0 <= spec.hue <= 0.5):
-        raise ValueError(f"hue must be in [0, 0.5], got {spec.hue}")
+# The augmentation settings are the config's ``data.augment`` section itself: one declaration,
+# one set of bounds (validated when it is built), no copy here.
+AugmentSpec = AugmentConfig
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,7 +213,6 @@ class BatchTransform:
         if not all(0.0 < s < math.inf for s in std_f):
             raise ValueError(f"every std must be finite and > 0, got {std_f}")
         self.spec = spec if spec is not None else AugmentSpec()
-        _validate_spec(self.spec)
         self.mean: tuple[float, ...] = tuple(mean_f)
         self.std: tuple[float, ...] = tuple(std_f)
         self.channels_last = channels_last

@@ -7,7 +7,6 @@ study behind). No training loop lives here: that is ``train.fit``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import socket
@@ -20,7 +19,7 @@ import torch
 from optuna.trial import TrialState
 
 from search.artifacts import WEIGHTS_ATTR, CheckpointStore, WeightStore
-from search.augment import AugmentSpec, BatchTransform, channel_stats
+from search.augment import BatchTransform, channel_stats
 from search.config import ConfigError, StudyConfig
 from search.data import Splits, load_splits
 from search.failures import FAIL_REASON_ATTR, describe_failure, free_memory
@@ -74,8 +73,7 @@ def normalisation(cfg: StudyConfig, splits: Splits) -> tuple[list[float], list[f
 
 
 def make_transform(cfg: StudyConfig, mean: list[float], std: list[float]) -> BatchTransform:
-    spec = AugmentSpec(**dataclasses.asdict(cfg.data.augment))
-    return BatchTransform(mean, std, spec, channels_last=cfg.train.channels_last)
+    return BatchTransform(mean, std, cfg.data.augment, channels_last=cfg.train.channels_last)
 
 
 def build_model(

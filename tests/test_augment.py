@@ -17,6 +17,7 @@ from search.augment import (
     _rotate,
     channel_stats,
 )
+from search.config import ConfigError, config_from_dict
 
 MEAN3 = (0.49, 0.48, 0.45)
 STD3 = (0.25, 0.24, 0.26)
@@ -346,18 +347,34 @@ def test_channel_stats_bad_input() -> None:
         ({"mean": (0.5,), "std": (-1.0,)}, "std"),
         ({"mean": (0.5,), "std": (float("nan"),)}, "std"),
         ({"mean": (float("inf"),), "std": (1.0,)}, "mean"),
-        ({"spec": AugmentSpec(crop_pad=-1)}, "crop_pad"),
-        ({"spec": AugmentSpec(rotate_deg=-1.0)}, "rotate_deg"),
-        ({"spec": AugmentSpec(color_jitter=1.0)}, "color_jitter"),
-        ({"spec": AugmentSpec(color_jitter=-0.1)}, "color_jitter"),
-        ({"spec": AugmentSpec(hue=0.6)}, "hue"),
-        ({"spec": AugmentSpec(hue=-0.1)}, "hue"),
     ],
 )
 def test_bad_constructor_arguments(kwargs: dict[str, object], match: str) -> None:
     args: dict[str, object] = {"mean": (0.5,), "std": (0.2,), **kwargs}
     with pytest.raises(ValueError, match=match):
         BatchTransform(**args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"crop_pad": -1}, "crop_pad"),
+        ({"crop_pad": 1.5}, "crop_pad"),
+        ({"rotate_deg": -1.0}, "rotate_deg"),
+        ({"rotate_deg": 181.0}, "rotate_deg"),  # the config's bound, not a second copy
+        ({"rotate_deg": float("inf")}, "rotate_deg"),
+        ({"color_jitter": 1.0}, "color_jitter"),
+        ({"color_jitter": -0.1}, "color_jitter"),
+        ({"hue": 0.6}, "hue"),
+        ({"hue": -0.1}, "hue"),
+    ],
+)
+def test_bad_augment_specs_are_refused_when_built(kwargs: dict[str, object], match: str) -> None:
+    """AugmentSpec is the config's data.augment section: the same bounds, checked on construction."""
+    with pytest.raises(ValueError, match=match):
+        AugmentSpec(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=f"data.augment.{match}"):
+        config_from_dict({"data": {"augment": kwargs}})
 
 
 def test_channel_mismatch_at_call_time_names_both_numbers() -> None:
