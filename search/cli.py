@@ -14,7 +14,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from search.config import PARAM_NAMES, ConfigError, StudyConfig, check_study_name, load_config
+from search.config import (
+    PARAM_NAMES,
+    ConfigError,
+    StudyConfig,
+    check_inputs,
+    check_study_name,
+    load_config,
+    with_overrides,
+)
 
 log = logging.getLogger("search")
 
@@ -28,7 +36,7 @@ class BadInput(Exception):
 # --------------------------------------------------------------------------- helpers
 
 
-def _setup_logging(verbosity: int) -> None:
+def _setup_logging(verbosity: int, *, optuna_logs: bool = True) -> None:
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     logging.basicConfig(
         level=level,
@@ -36,6 +44,8 @@ def _setup_logging(verbosity: int) -> None:
         stream=sys.stderr,
         force=True,
     )
+    if not optuna_logs:  # validate/schema never import optuna (start-up time)
+        return
     import optuna
 
     optuna.logging.disable_default_handler()
@@ -93,6 +103,7 @@ def _trial_line(trial: Any) -> str:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
+    check_inputs(cfg)  # what can be checked without reading data (the same check `run` makes)
     from search.space import grid_size
 
     size = f", grid of {grid_size(cfg.search.space)}" if cfg.search.sampler.name == "grid" else ""
@@ -105,6 +116,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
+    check_inputs(cfg)
     import torch
     from tqdm import tqdm
 
@@ -229,7 +241,6 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Join an existing study (its config is stored in it) and run trials until its total."""
-    import dataclasses
     import os
 
     from search.artifacts import WeightStore
@@ -239,9 +250,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from search.train import resolve_device
     from search.workers import StopRequest, run_trials, worker_config
 
+    check_study_name(args.study_name, "--study-name")
     study = load_study(args.study_name, make_storage(args.storage, create=False, heartbeat=False))
-    cfg = worker_config(study, args.n_trials, args.timeout_s)
-    cfg = dataclasses.replace(cfg, storage=args.storage)
+    cfg = with_overrides(worker_config(study, args.n_trials, args.timeout_s), {"storage": args.storage})
     try:
         device = resolve_device(args.device)
     except ValueError as exc:
@@ -346,12 +357,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _results_study(args: argparse.Namespace) -> Any:
     from search.report import open_existing
 
+    check_study_name(args.study_name, "STUDY")
     return open_existing(args.study_name, args.storage)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from search.report import summary_lines, write_report
 
+    check_study_name(args.study_name, "STUDY")
     files = write_report(args.study_name, args.storage, args.out)
     for line in summary_lines(files.summary):
         print(line)
@@ -384,7 +397,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from search.config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
+    check_study_name(args.study_name, "STUDY")
     from search.export import ExportError
     from search.finetune import finetune, settings
     from search.report import study_config
@@ -472,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_validate)
 
+    p = sub.add_parser("schema", help="print the config's JSON Schema (study_configs/schema.json)")
+    p.set_defaults(func=cmd_schema)
+
     p = sub.add_parser("status", help="list studies: trials per state and the best trial")
     p.add_argument("--storage", default=StudyConfig().storage, help="storage URL")
     p.add_argument("--study-name", help="only this study")
@@ -529,20 +553,29 @@ def _add_results_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_finetune)
 
 
+def _loaded_bad_input_errors() -> tuple[type[BaseException], ...]:
+    """DataError, StorageError, ResumeConflict: only from modules already imported (a module that
+    was never imported raised nothing, and importing it here would cost `validate` its speed)."""
+    names = (
+        ("search.data", "DataError"),
+        ("search.study", "StorageError"),
+        ("search.resume", "ResumeConflict"),
+    )
+    return tuple(getattr(sys.modules[m], n) for m, n in names if m in sys.modules)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(-1 if args.quiet else args.verbose)
-    from search.data import DataError
-    from search.resume import ResumeConflict
-    from search.study import StorageError
-
+    _setup_logging(-1 if args.quiet else args.verbose, optuna_logs=args.command not in ("validate", "schema"))
     try:
         code: int = args.func(args)
         return code
-    except ConfigError as exc:
+    except (ConfigError, BadInput) as exc:
         print(f"error: {exc}", file=sys.stderr)
-    except (DataError, StorageError, ResumeConflict, BadInput) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _loaded_bad_input_errors()):
+            raise
         print(f"error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

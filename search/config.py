@@ -772,7 +772,8 @@ def resumable_fields() -> tuple[str, ...]:
 
 def default_of(cls: type[Any], name: str) -> Any:
     """A section field's default value (so other modules never copy a default)."""
-    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    info: FieldInfo = cls.__pydantic_fields__[name]
+    return info.get_default(call_default_factory=True)
 
 
 def json_schema() -> dict[str, Any]:
@@ -780,6 +781,10 @@ def json_schema() -> dict[str, Any]:
     schema = _adapter(StudyConfig).json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "convnet-search study config"
+    space = schema["$defs"]["SearchConfig"]["properties"]["space"]
+    space["additionalProperties"] = {
+        "anyOf": [{"type": "number"}, space["additionalProperties"]]
+    }  # a fixed value
     return schema
 
 
@@ -790,7 +795,7 @@ def json_schema() -> dict[str, Any]:
 YAML_ERRORS = (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError)
 
 
-def _check_size(raw: Any, path: str) -> None:
+def _check_size(raw: Any, path: str, shown: Any = None) -> None:
     """Refuse values that expand (YAML aliases share nodes) to more than MAX_CONFIG_NODES, or recurse.
 
     Counts the expanded size with memoisation by identity, so a "billion laughs" costs little."""
@@ -826,12 +831,12 @@ def _check_size(raw: Any, path: str) -> None:
     try:
         size(raw)
     except RecursionError as exc:
-        raise ConfigError(path, None, "nested too deeply", "flatten the config") from exc
+        raise ConfigError(path, shown, "nested too deeply", "flatten the config") from exc
 
 
-def _parse_yaml(text: str, path: str) -> Any:
+def _parse_yaml(text: str, path: str, shown: Any) -> Any:
     raw = yaml.safe_load(text)
-    _check_size(raw, path)
+    _check_size(raw, path, shown)
     return raw
 
 
@@ -843,7 +848,7 @@ def apply_overrides(raw: dict[str, Any], sets: Sequence[str]) -> dict[str, Any]:
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError("--set", item, "expected KEY=VALUE", "write e.g. --set train.epochs=2")
         try:
-            value = _parse_yaml(text, key) if text.strip() else None
+            value = _parse_yaml(text, key, text) if text.strip() else None
         except YAML_ERRORS as exc:
             if isinstance(exc, ConfigError):
                 raise
@@ -907,7 +912,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
     p = Path(path)
     text = _read_text(p)
     try:
-        raw = _parse_yaml(text, "config")
+        raw = _parse_yaml(text, "config", str(p))
     except YAML_ERRORS as exc:
         if isinstance(exc, ConfigError):
             raise

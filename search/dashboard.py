@@ -33,11 +33,13 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 import optuna
 import yaml
 
+from search.config import StudyConfig, default_of
+
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
-DEFAULT_ARTIFACT_DIR = "storage/artifacts"
+DEFAULT_ARTIFACT_DIR: str = default_of(StudyConfig, "artifacts_dir")
 ALL_INTERFACES = frozenset({"0.0.0.0", "::", ""})
 READY_TIMEOUT_S = 120.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -32,7 +32,7 @@ from optuna.artifacts import upload_artifact
 
 from search.artifacts import WeightStore
 from search.augment import BatchTransform
-from search.config import ConfigError, StudyConfig
+from search.config import ConfigError, FinetuneConfig, StudyConfig, with_overrides
 from search.data import ImageSet, load_splits
 from search.evaluate import (
     TestMetrics,
@@ -55,29 +55,25 @@ FINETUNE_ATTR = "finetune"
 SEED_OFFSET = 100_003  # fine-tuning's shuffling stream differs from every trial's
 
 
-@dataclass(frozen=True)
-class FinetuneSettings:
-    epochs: int
-    lr_scale: float
-    patience: int
+# Fine-tuning's settings are the config's ``finetune`` section: one declaration, one set of bounds.
+FinetuneSettings = FinetuneConfig
+_FLAGS = {"epochs": "--epochs", "lr_scale": "--lr-scale", "patience": "--patience"}
 
 
 def settings(
     cfg: StudyConfig, epochs: int | None, lr_scale: float | None, patience: int | None
 ) -> FinetuneSettings:
-    """The study config's ``finetune`` section with any command-line values applied, validated."""
-    s = FinetuneSettings(
-        epochs=cfg.finetune.epochs if epochs is None else epochs,
-        lr_scale=cfg.finetune.lr_scale if lr_scale is None else lr_scale,
-        patience=cfg.finetune.patience if patience is None else patience,
-    )
-    if s.epochs < 1:
-        raise ConfigError("--epochs", s.epochs, "must be >= 1", "use e.g. 40")
-    if not 0 < s.lr_scale <= 10:
-        raise ConfigError("--lr-scale", s.lr_scale, "must be within (0, 10]", "use e.g. 0.8")
-    if s.patience < 1:
-        raise ConfigError("--patience", s.patience, "must be >= 1", "use e.g. 6")
-    return s
+    """The study config's ``finetune`` section with any command-line values applied, validated by
+    the same model; an error names the flag that was given (``--epochs``) or the config field."""
+    given = {"epochs": epochs, "lr_scale": lr_scale, "patience": patience}
+    changes = {f"finetune.{k}": v for k, v in given.items() if v is not None}
+    try:
+        return with_overrides(cfg, changes).finetune
+    except ConfigError as exc:
+        key = exc.field.removeprefix("finetune.")
+        if given.get(key) is None:
+            raise
+        raise ConfigError(_FLAGS[key], exc.value, exc.problem, exc.fix) from None
 
 
 def default_finetune_dir(study_name: str) -> Path:

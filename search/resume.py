@@ -18,28 +18,14 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage
 
-from search.config import ConfigError, StudyConfig, config_from_dict, mask_url, to_dict
+from search.config import ConfigError, StudyConfig, config_from_dict, mask_url, resumable_fields, to_dict
 from search.study import CONFIG_ATTR, DATA_ATTR
 
 log = logging.getLogger(__name__)
 
-# Config fields (and whole sections) that may differ between runs of one study.
-RESUMABLE_FIELDS = (
-    "name",
-    "storage",
-    "artifacts_dir",
-    "data.cache_dir",
-    "train.eval_batch_size",
-    "train.checkpoint_every_s",
-    "train.compile",
-    "search.n_trials",
-    "search.timeout_s",
-    "search.max_failures",
-    "search.keep_top_k",
-    "search.sampler",
-    "search.pruner",
-    "finetune",
-)
+# Config fields (and whole sections) that may differ between runs of one study: declared on the
+# config's fields (``x-resumable``), never listed here.
+RESUMABLE_FIELDS = resumable_fields()
 # Data facts that must match: what the stored weights and trial values were computed on.
 DATA_FIELDS = ("in_shape", "classes")
 

@@ -28,7 +28,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from search.config import ConfigError, StudyConfig, mask_url, to_dict
+from search.config import ConfigError, SearchConfig, StudyConfig, default_of, mask_url, to_dict
 from search.dashboard import save_config_note
 from search.failures import FailureBudget
 from search.space import grid_values
@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 CONFIG_ATTR = "config"
 DATA_ATTR = "data"
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
-HEARTBEAT_INTERVAL_S = 20
-GRACE_PERIOD_S = 60
+HEARTBEAT_INTERVAL_S: int = default_of(SearchConfig, "heartbeat_interval_s")
+GRACE_PERIOD_S: int = default_of(SearchConfig, "grace_period_s")
+MAX_RETRY: int = default_of(SearchConfig, "max_retry")
 SQLITE_TIMEOUT_S = 60
 
 
@@ -75,7 +76,7 @@ def make_storage(
     heartbeat: bool = True,
     heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
     grace_period_s: int = GRACE_PERIOD_S,
-    max_retry: int = 3,
+    max_retry: int = MAX_RETRY,
 ) -> RDBStorage:
     """Open (and with ``create``, create) the RDB storage at ``url``.
 
@@ -191,7 +192,7 @@ def _sqlite_wal(db: Path) -> None:
 def make_sampler(cfg: StudyConfig, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """The configured sampler; missing optional dependencies fail here, before any trial."""
     s = cfg.search.sampler
-    seed = cfg.seed + seed_offset
+    seed = (cfg.seed + seed_offset) % 2**32  # numpy seeds are 0..2**32-1; seed + offset may pass it
     startup: dict[str, Any] = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
     if s.name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, **startup)

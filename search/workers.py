@@ -20,7 +20,6 @@ checkpoint; a second signal aborts at once. This module does not know about mode
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
@@ -404,7 +403,7 @@ def run_parallel(
 
 def worker_config(study: optuna.Study, n_trials: int | None, timeout_s: float | None) -> StudyConfig:
     """The config stored on the study (by ``search run``), with this worker's overrides."""
-    from search.config import config_from_dict
+    from search.config import config_from_dict, with_overrides
     from search.study import CONFIG_ATTR, StorageError
 
     raw = study.user_attrs.get(CONFIG_ATTR)
@@ -412,10 +411,9 @@ def worker_config(study: optuna.Study, n_trials: int | None, timeout_s: float | 
         raise StorageError(
             f"study {study.study_name!r} has no stored config. Fix: create it with `search run CONFIG`"
         )
-    cfg = config_from_dict(raw)
-    search = cfg.search
+    changes: dict[str, object] = {"name": study.study_name}
     if n_trials is not None:
-        search = dataclasses.replace(search, n_trials=n_trials)
+        changes["search.n_trials"] = n_trials
     if timeout_s is not None:
-        search = dataclasses.replace(search, timeout_s=timeout_s)
-    return dataclasses.replace(cfg, name=study.study_name, search=search)
+        changes["search.timeout_s"] = timeout_s
+    return with_overrides(config_from_dict(raw), changes)  # validated: --n-trials -5 is refused

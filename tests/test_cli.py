@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from tests.conftest import CIFAR_SAMPLE, cli_env, run_cli, tiny_config, write_config
 
 URL = "sqlite:///storage/studies.db"
+REPO = Path(__file__).resolve().parents[1]
 OPTUNA_CLI = str(Path(sys.executable).parent / "optuna")
 
 
@@ -110,6 +111,13 @@ def test_cli_flags_override_the_config(workdir: Path) -> None:
         (["--set", "model.padding=0"], "the net needs at least 9x9 pixels"),
         (["--device", "cuda:7"], "--device"),
         (["--storage", "not-a-url"], "storage: not a database URL"),
+        (["--set", "seed=-5"], r"seed: must be within \[0, 4294967295\]"),
+        (["--set", "seed=100000000000000000000000"], r"seed: must be within \[0, 4294967295\]"),
+        (["--set", 'name="abc\\n"'], "name: not a safe study name"),
+        (
+            ["--set", "data.dataset=imagefolder", "--set", "data.root=no/such/folder"],
+            "data.root: folder not found",
+        ),
     ],
 )
 def test_bad_input_exits_2_and_creates_nothing(workdir: Path, args: list[str], message: str) -> None:
@@ -135,6 +143,89 @@ def test_validate(workdir: Path) -> None:
     proc = run_cli("validate", str(bad), cwd=workdir, check=2)
     assert "data.dataset: unknown dataset (got 'imagenet')" in proc.stderr and "Fix:" in proc.stderr
     assert not (workdir / "storage").exists()
+
+
+def test_validate_checks_inputs_without_reading_data(workdir: Path) -> None:
+    cfg = write_config(workdir / "f.yaml", tiny_config(data={"dataset": "imagefolder", "root": "missing"}))
+    proc = run_cli("validate", str(cfg), cwd=workdir, check=2)
+    assert "error: data.root: folder not found (got 'missing')" in proc.stderr and "Fix:" in proc.stderr
+
+
+def test_validate_imports_neither_torch_nor_optuna(workdir: Path) -> None:
+    """`search validate` starts fast: no torch, optuna, optuna_dashboard, pandas or matplotlib."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "search",
+            "validate",
+            str(REPO / "study_configs" / "digits.yaml"),
+        ],
+        cwd=workdir,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "search.config" in imported and "ok: study 'digits'" in proc.stdout
+    for heavy in ("torch", "optuna", "optuna_dashboard", "pandas", "matplotlib"):
+        assert heavy not in imported, heavy
+
+
+def test_schema_json_is_current_and_bundled_configs_use_it(workdir: Path) -> None:
+    printed = json.loads(run_cli("schema", cwd=workdir, check=0).stdout)
+    committed = json.loads((REPO / "study_configs" / "schema.json").read_text())
+    assert printed == committed, "stale: run `search schema > study_configs/schema.json`"
+    assert printed["additionalProperties"] is False
+    train = printed["$defs"]["TrainConfig"]["properties"]
+    assert (
+        train["epochs"]["default"] == 10
+        and train["epochs"]["minimum"] == 1
+        and train["epochs"]["description"]
+    )
+    for path in sorted((REPO / "study_configs").glob("*.yaml")):
+        first = path.read_text().splitlines()[0]
+        assert first == "# yaml-language-server: $schema=schema.json", path.name
+
+
+@pytest.mark.parametrize("command", ["report", "export", "finetune", "worker"])
+def test_unsafe_study_names_are_refused_by_every_command(workdir: Path, command: str) -> None:
+    url = f"sqlite:///{workdir}/storage/studies.db"
+    (workdir / "storage").mkdir()
+    optuna.create_study(study_name="../../escaped", storage=url)  # Optuna's own API allows it
+    args = ["--study-name", "../../escaped"] if command == "worker" else ["../../escaped"]
+    proc = run_cli(command, *args, "--storage", url, cwd=workdir, check=2)
+    flag = "--study-name" if command == "worker" else "STUDY"
+    assert f"error: {flag}: not a safe study name" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (workdir.parent.parent / "escaped").exists() and not (workdir / "escaped").exists()
+
+
+def test_worker_overrides_are_validated(workdir: Path) -> None:
+    from search.config import config_from_dict, to_dict
+
+    url = f"sqlite:///{workdir}/storage/studies.db"
+    (workdir / "storage").mkdir()
+    study = optuna.create_study(study_name="tiny", storage=url, direction="maximize")
+    study.set_user_attr("config", to_dict(config_from_dict(tiny_config())))
+    proc = run_cli(
+        "worker", "--study-name", "tiny", "--storage", url, "--n-trials", "-5", cwd=workdir, check=2
+    )
+    assert "error: search.n_trials: must be >= 1 (got -5)" in proc.stderr and "Traceback" not in proc.stderr
+    assert not optuna.load_study(study_name="tiny", storage=url).trials
+
+
+def test_the_largest_seed_resumes(workdir: Path) -> None:
+    """seed + the sampler's offset passes 2**32 - 1 on resume; it must still run."""
+    cfg = write_config(
+        workdir / "tiny.yaml", tiny_config(seed=4294967295, train={"epochs": 1, "patience": 1})
+    )
+    run_cli("run", str(cfg), "--device", "cpu", "--n-trials", "1", cwd=workdir, check=0)
+    proc = run_cli("run", str(cfg), "--device", "cpu", "--n-trials", "2", cwd=workdir, check=0)
+    assert "study tiny: 2/2 trials finished" in proc.stdout
 
 
 def test_status_without_storage_exits_2(workdir: Path) -> None:

@@ -6,14 +6,19 @@ import pytest
 
 from search.config import (
     DEFAULT_SPACE,
+    PARAM_NAMES,
     ConfigError,
     ParamSpec,
     StudyConfig,
     apply_overrides,
     config_from_dict,
     load_config,
+    replace,
+    resumable_fields,
     to_dict,
+    with_overrides,
 )
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,6 +109,19 @@ BAD = [
     ),
     ({"name": "../escape"}, "name", "safe study name"),
     ({"name": "a/b"}, "name", "safe study name"),
+    ({"name": "abc\n"}, "name", "safe study name"),  # a pattern's $ would match before the newline
+    ({"seed": -5}, "seed", r"within \[0, 4294967295\]"),
+    ({"seed": 10**23}, "seed", r"within \[0, 4294967295\]"),
+    ({"data": {"augment": {"rotate_deg": 181}}}, "data.augment.rotate_deg", r"\[0, 180\]"),
+    ({"data": {"val_fraction": 0.5, "test_fraction": 0.5}}, "data.test_fraction", "room for training"),
+    ({"data": {"normalize": {"mean": [0.5], "std": [0.5, 0.5]}}}, "data.normalize", "one value per channel"),
+    ({"data": {"synthetic": {"n_samples": 20}}}, "data.synthetic.n_samples", "too few"),
+    ({"search": {"grace_period_s": 20}}, "search.grace_period_s", "must exceed"),
+    ({"search": {"space": {"lr": {"value": 0.1, "low": 0.01}}}}, "search.space.lr", "value alone"),
+    ({"search": {"space": {"lr": {"choices": [0.1], "low": 0.01}}}}, "search.space.lr", "exclusive"),
+    ({"search": {"space": {"c2": {"low": 16, "high": 64, "step": -16}}}}, "search.space.c2.step", "positive"),
+    ({"train": {"epochs": True}}, "train.epochs", "expected an integer"),
+    ({"train": {"epochs": 2.5}}, "train.epochs", "expected an integer"),
     ({"storage": "studies.db"}, "storage", "database URL"),
     ({"finetune": {"lr_scale": 0}}, "finetune.lr_scale", r"\(0, 10\]"),
 ]
@@ -176,3 +194,81 @@ def test_config_is_frozen() -> None:
     cfg = StudyConfig()
     with pytest.raises(AttributeError):
         cfg.seed = 1  # type: ignore[misc]
+    space = config_from_dict({}).search.space
+    with pytest.raises(TypeError):
+        space["lr"] = ParamSpec(value=0.1)  # type: ignore[index]
+    assert dict(space.items()) == dict(DEFAULT_SPACE) and list(space) == list(PARAM_NAMES)
+
+
+def test_overrides_are_validated() -> None:
+    cfg = config_from_dict({})
+    assert with_overrides(cfg, {"search.n_trials": 5, "train.epochs": 2}).search.n_trials == 5
+    with pytest.raises(ConfigError, match=r"search\.n_trials: must be >= 1 \(got -5\)"):
+        with_overrides(cfg, {"search.n_trials": -5})
+    with pytest.raises(ConfigError, match=r"^seed: must be within"):
+        replace(cfg, seed=-1)
+    assert replace(cfg, seed=7).seed == 7
+
+
+def test_integral_floats_are_integers_and_params_keep_their_types() -> None:
+    cfg = config_from_dict(
+        {"train": {"epochs": 4.0}, "search": {"space": {"c1": {"choices": [8.0, 16]}, "lr": 1}}}
+    )
+    assert cfg.train.epochs == 4 and isinstance(cfg.train.epochs, int)
+    assert cfg.search.space["c1"].choices == (8, 16) and all(
+        isinstance(v, int) for v in cfg.search.space["c1"].choices
+    )
+    assert isinstance(cfg.search.space["lr"].value, float)
+
+
+def test_resumable_fields_come_from_field_metadata() -> None:
+    fields = resumable_fields()
+    assert {"name", "storage", "search.n_trials", "search.sampler", "finetune", "train.compile"} <= set(
+        fields
+    )
+    assert not {"seed", "train.epochs", "search.space", "data.dataset"} & set(fields)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # "billion laughs": 10 levels of ten aliases, 10**10 values once expanded
+        "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10))
+        + "train: {epochs: *a9}\n",
+        "train: &r {epochs: [*r]}\n",  # a recursive alias
+    ],
+    ids=["billion-laughs", "recursive"],
+)
+def test_alias_bombs_are_refused_cheaply(tmp_path: Path, text: str) -> None:
+    p = tmp_path / "bomb.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match="alias") as info:
+        load_config(p)
+    assert len(str(info.value)) < 500
+
+
+def test_alias_bombs_in_overrides_are_refused(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("name: c\n")
+    levels = ["&a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"&a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    bomb = "[" + ", ".join(levels) + "]"
+    with pytest.raises(ConfigError, match=r"train\.epochs: more than 100000 values once aliases"):
+        load_config(p, [f"train.epochs={bomb}"])
+    with pytest.raises(ConfigError, match="recursive"):
+        load_config(p, ["train.epochs=&r [*r]"])
+
+
+def test_validate_ends_quickly_on_alias_bombs_and_dev_zero(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(
+        "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10))
+    )
+    for path, message in (
+        (bomb, "more than 100000 values once aliases are expanded"),
+        (Path("/dev/zero"), "larger than"),
+    ):
+        proc = run_cli("validate", str(path), cwd=tmp_path, timeout=60, check=2)
+        assert f"error: config: {message}" in proc.stderr and "Traceback" not in proc.stderr
