@@ -172,4 +172,8 @@ def test_bad_input_exits_2(
     assert "no study named 'nope'" in capsys.readouterr().err
     assert main(["finetune", "s", "--storage", url, "--lr-scale", "0"]) == 2
     assert "--lr-scale: must be within (0, 10]" in capsys.readouterr().err
+    assert main(["finetune", "s", "--storage", url, "--epochs", "0", "--patience", "2"]) == 2
+    assert "error: --epochs: must be >= 1 (got 0). Fix: use e.g. 40" in capsys.readouterr().err
+    assert main(["finetune", "../../escaped", "--storage", url]) == 2
+    assert "error: STUDY: not a safe study name" in capsys.readouterr().err
     assert not (tmp_path / "storage" / "finetune").exists()

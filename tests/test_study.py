@@ -131,6 +131,9 @@ def test_samplers_build(tmp_path: Path, name: str) -> None:
     }
     cfg = _cfg(tmp_path, search={"sampler": {"name": name}, "space": space})
     assert isinstance(make_sampler(cfg), optuna.samplers.BaseSampler)
+    # the largest seed plus a resume's or worker's offset stays a valid numpy seed
+    top = _cfg(tmp_path, seed=2**32 - 1, search={"sampler": {"name": name}, "space": space})
+    assert isinstance(make_sampler(top, seed_offset=7919 * 3), optuna.samplers.BaseSampler)
 
 
 @pytest.mark.parametrize(
