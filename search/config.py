@@ -595,21 +595,18 @@ def _inner(tp: Any) -> Any:
             return tp
 
 
-def _field_at(loc: Sequence[Any]) -> tuple[type | None, FieldInfo | None]:
-    """The section and the field that ``loc`` (a pydantic error location) points into."""
+def _field_at(loc: Sequence[Any]) -> FieldInfo | None:
+    """The (deepest) field that ``loc``, a pydantic error location, points into."""
     cls: Any = StudyConfig
     info: FieldInfo | None = None
-    owner: type | None = None
-    for part in loc:
+    for part in loc:  # list indices and space parameter names are skipped
         fields: dict[str, FieldInfo] = getattr(cls, "__pydantic_fields__", {})
         if isinstance(part, str) and part in fields:
-            owner, info = cls, fields[part]
+            info = fields[part]
             cls = _inner(info.annotation)
             if typing.get_origin(cls) in (Mapping, dict):
                 cls = typing.get_args(cls)[1]
-        elif typing.get_origin(cls) is tuple:
-            continue
-    return owner, info
+    return info
 
 
 def _bounds(info: FieldInfo) -> str:
@@ -651,56 +648,53 @@ def _extra(info: FieldInfo | None, key: str) -> Any:
     return extra.get(key) if isinstance(extra, dict) else None
 
 
+_NO_FIX = "see `search schema`"
+_BOUND_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+_UNKNOWN_KEY_ERRORS = ("unexpected_keyword_argument", "extra_forbidden", "invalid_key")
+
+
+def _unknown_key(root: str, loc: tuple[Any, ...], value: Any) -> ConfigError:
+    path = ".".join(p for p in (root, _loc_path(loc[:-1]), str(loc[-1])) if p)
+    section = _field_at(loc[:-1])
+    cls = _inner(section.annotation) if section is not None else StudyConfig
+    names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+    return ConfigError(path, value, "unknown key", f"remove it or use one of: {', '.join(names)}")
+
+
 def _from_pydantic(exc: ValidationError, root: str = "") -> ConfigError:
     """One ConfigError for the first problem pydantic found: field path, value, problem, fix."""
     err = exc.errors(include_url=False)[0]
     loc, kind, value = tuple(err["loc"]), err["type"], err.get("input")
-    path = ".".join(p for p in (root, _loc_path(loc)) if p) or "config"
+    path = ".".join(p for p in (root, _loc_path(loc)) if p)
     cause = (err.get("ctx") or {}).get("error")
-    if isinstance(cause, ConfigError):
+    if isinstance(cause, ConfigError):  # from this module's validators; its field is relative to loc
         sub = cause.field
-        joined = (
-            f"{path}{sub}"
-            if sub.startswith("[")
-            else ".".join(p for p in (path if path != "config" else "", sub) if p)
-        )
-        return ConfigError(joined or "config", cause.value, cause.problem, cause.fix)
-    owner, info = _field_at(loc)
-    fix = _extra(info, "x-fix") or "see `search schema`"
-    leaf = str(loc[-1]) if loc else "config"
-    if kind in ("unexpected_keyword_argument", "extra_forbidden", "invalid_key"):
-        path = ".".join(p for p in (root, _loc_path(loc[:-1]), str(loc[-1])) if p)
-        section = _field_at(loc[:-1])[1]
-        cls = _inner(section.annotation) if section is not None else StudyConfig
-        names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
-        return ConfigError(path, value, "unknown key", f"remove it or use one of: {', '.join(names)}")
+        full = path + sub if sub.startswith("[") else ".".join(p for p in (path, sub) if p)
+        return ConfigError(full or "config", cause.value, cause.problem, cause.fix)
+    if kind in _UNKNOWN_KEY_ERRORS and loc:
+        return _unknown_key(root, loc, value)
+    path = path or "config"
+    info = _field_at(loc)
+    fix = _extra(info, "x-fix") or _NO_FIX
     if kind == "literal_error" and info is not None:
         choices = [str(a) for a in typing.get_args(_inner(info.annotation))]
         listed = ", ".join(choices[:-1]) + f" or {choices[-1]}"
-        fix = fix if fix != "see `search schema`" else f"use one of: {', '.join(choices)}"
+        fix = fix if fix != _NO_FIX else f"use one of: {', '.join(choices)}"
         return ConfigError(path, value, _extra(info, "x-problem") or f"must be {listed}", fix)
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        problem = _extra(info, "x-problem") or (_bounds(info) if info is not None else err["msg"])
-        if info is not None and any(isinstance(p, int) for p in loc[-1:]):  # an item of a list field
-            path, value = path.rsplit("[", 1)[0], None if value is None else value
-        return ConfigError(path, value, problem, fix)
-    if (
-        kind == "missing"
-        and owner is not None
-        and dataclasses.is_dataclass(owner)
-        and loc
-        and loc[-1] not in ("",)
-    ):
-        if isinstance(loc[-1], int):
-            return ConfigError(path, value, "a value is missing", fix)
-        return ConfigError(path.rsplit(".", 1)[0] or "config", None, f"missing {leaf}", f"add {leaf}")
+    if kind in _BOUND_ERRORS and info is not None:
+        if isinstance(loc[-1], int):  # an item of a list field: name the field
+            path = path.rsplit("[", 1)[0]
+        return ConfigError(path, value, _extra(info, "x-problem") or _bounds(info), fix)
+    if kind == "missing" and loc and isinstance(loc[-1], str):
+        leaf = loc[-1]
+        return ConfigError(path.rpartition(".")[0] or "config", None, f"missing {leaf}", f"add {leaf}")
     problem = next((text for prefix, text in _TYPE_PROBLEMS.items() if kind.startswith(prefix)), None)
-    if problem is None:
-        problem = str(err["msg"]).lower()
+    problem = problem or str(err["msg"]).lower()
     if problem == "expected a mapping of keys":
         fix = "write key: value lines"
-    elif fix == "see `search schema`" and problem.startswith("expected"):
-        fix = f"write {leaf}: {'3' if 'integer' in problem else 'true' if 'true' in problem else '0.5'}"
+    elif fix == _NO_FIX and problem.startswith("expected"):
+        example = "3" if "integer" in problem else "true" if "true" in problem else "0.5"
+        fix = f"write {loc[-1] if loc else 'key'}: {example}"
     return ConfigError(path, value, problem, fix)
 
 
