@@ -804,7 +804,7 @@ def _check_size(raw: Any, path: str, shown: Any = None) -> None:
             return sizes[key]
         if key in busy:
             raise ConfigError(
-                path, None, "a value contains itself (recursive YAML alias)", "remove the alias"
+                path, shown, "a value contains itself (recursive YAML alias)", "remove the alias"
             )
         busy.add(key)
         children = node.values() if isinstance(node, dict) else node
@@ -814,7 +814,7 @@ def _check_size(raw: Any, path: str, shown: Any = None) -> None:
             if total > MAX_CONFIG_NODES:
                 raise ConfigError(
                     path,
-                    None,
+                    shown,
                     f"more than {MAX_CONFIG_NODES} values once aliases are expanded",
                     "write a smaller config",
                 )
