@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,22 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-CIFAR_SAMPLE = REPO.parent / "shared" / "data" / "cifar10-sample"
+CIFAR_SAMPLE = REPO / "tests" / "data" / "cifar10-sample"  # 200 real CIFAR-10 PNGs, 20 per class
+
+REPO_STORAGE = REPO / "storage"  # what `search run` from the project root writes; tests must not
+
+
+def _repo_storage_paths() -> set[Path]:
+    return set(REPO_STORAGE.rglob("*")) if REPO_STORAGE.is_dir() else set()
+
+
+@pytest.fixture(autouse=True)
+def _writes_only_to_temporary_directories() -> Iterator[None]:
+    """Fail a test (or the module fixture it started) that adds anything under the repo's storage/."""
+    before = _repo_storage_paths()
+    yield
+    added = sorted(str(p.relative_to(REPO)) for p in _repo_storage_paths() - before)
+    assert not added, f"the test wrote into the repository (use tmp_path / workdir): {added}"
 
 
 def cli_env() -> dict[str, str]:

@@ -41,7 +41,6 @@ def test_search_never_sees_the_test_split(tmp_path: Path) -> None:
     assert torch.equal(s.train.images, full.train.images)  # same train/val with or without the test
 
 
-@pytest.mark.skipif(not CIFAR_SAMPLE.is_dir(), reason="cifar10-sample not present")
 def test_imagefolder_cifar_sample(tmp_path: Path) -> None:
     cfg = DataConfig(dataset="imagefolder", root=str(CIFAR_SAMPLE), cache_dir=str(tmp_path))
     s = load_splits(cfg, seed=0, with_test=True)

@@ -173,7 +173,6 @@ def test_predict_unreadable_image_exits_2(
     assert f"cannot read image {bad}" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not CIFAR_SAMPLE.is_dir(), reason="cifar10-sample not present")
 def test_cifar_sample_export_and_predict(tmp_path: Path) -> None:
     raw = cifar_sample_config(tmp_path, search={"n_trials": 2})
     study = build_study(raw)

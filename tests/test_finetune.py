@@ -138,7 +138,6 @@ def test_classification_metrics_known_values() -> None:
     assert (c["precision"], c["recall"], c["f1"], c["support"]) == (0.0, 0.0, 0.0, 1)
 
 
-@pytest.mark.skipif(not CIFAR_SAMPLE.is_dir(), reason="cifar10-sample not present")
 def test_cifar_sample_finetune(tmp_path: Path) -> None:
     raw = cifar_sample_config(tmp_path, search={"n_trials": 2})
     study = build_study(raw)
