@@ -99,10 +99,18 @@ class CheckpointStore:
         return self.dir / f"trial-{trial_number}.pt"
 
     def save(self, trial_number: int, state: Mapping[str, Any]) -> Path:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(dict(state), buffer)
         final = self.path(trial_number)
         tmp = final.with_suffix(".pt.tmp")
-        torch.save(dict(state), tmp)
+        for attempt in range(2):  # another worker may remove the (empty) folder before we write
+            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                tmp.write_bytes(buffer.getbuffer())
+                break
+            except FileNotFoundError:
+                if attempt:
+                    raise
         tmp.replace(final)
         return final
 
@@ -121,3 +129,5 @@ class CheckpointStore:
     def remove(self, *trial_numbers: int) -> None:
         for number in trial_numbers:
             self.path(number).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the study's folder goes once empty (not empty: kept)
+            self.dir.rmdir()
