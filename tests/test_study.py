@@ -8,7 +8,7 @@ import torch
 from optuna.trial import TrialState
 
 from search.artifacts import WEIGHTS_ATTR, WeightStore
-from search.config import ConfigError, config_from_dict, to_dict
+from search.config import SAMPLERS, ConfigError, config_from_dict, to_dict
 from search.model import ConvNet
 from search.objective import Objective, check_input_size
 from search.study import (
@@ -25,6 +25,7 @@ from search.study import (
     sqlite_path,
 )
 from tests.conftest import tiny_config
+from tests.studies import build_study, study_config
 
 
 def _cfg(tmp: Path, **sections: object):  # type: ignore[no-untyped-def]
@@ -179,3 +180,23 @@ def test_sqlite_storage_uses_wal(tmp_path: Path) -> None:
     make_storage(f"sqlite:///{tmp_path}/s.db")
     with sqlite3.connect(tmp_path / "s.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_documented_sampler_runs_a_trial(sampler: str, tmp_path: Path) -> None:
+    """Each choice works after `pip install -e .` (its packages are dependencies)."""
+    space = {
+        "c1": {"choices": [4, 8]},
+        "c2": {"choices": [8]},
+        "l1": {"choices": [16]},
+        "lr": {"choices": [1.0e-3, 1.0e-2]},
+        "batch_size": {"choices": [64]},
+    }
+    raw = study_config(
+        tmp_path,
+        train={"epochs": 1, "patience": 1},
+        search={**tiny_config()["search"], "n_trials": 1, "sampler": {"name": sampler}, "space": space},
+    )
+    study = build_study(raw)
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE and 0.0 < trial.value <= 1.0
