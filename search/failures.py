@@ -19,7 +19,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import optuna
-import torch
 from optuna.trial import FrozenTrial, TrialState
 
 log = logging.getLogger(__name__)
@@ -30,6 +29,8 @@ MAX_MESSAGE_CHARS = 300
 
 def describe_failure(exc: BaseException, params: Mapping[str, Any]) -> str:
     """The ``fail_reason`` text for an exception raised inside a trial."""
+    import torch  # here, not at the top: `search dashboard` and `status` load this module without torch
+
     if isinstance(exc, torch.OutOfMemoryError):
         batch = params.get("batch_size")
         return f"oom (batch_size={batch})" if batch is not None else "oom"
@@ -42,6 +43,8 @@ def describe_failure(exc: BaseException, params: Mapping[str, Any]) -> str:
 
 def free_memory() -> None:
     """Collect garbage and return cached accelerator memory, so the next trial starts clean."""
+    import torch
+
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_ATTR = "config"
 DATA_ATTR = "data"
+METRIC_NAME = "val_accuracy"  # the one objective: accuracy on the validation split
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_INTERVAL_S: int = default_of(SearchConfig, "heartbeat_interval_s")
 GRACE_PERIOD_S: int = default_of(SearchConfig, "grace_period_s")
@@ -268,6 +269,10 @@ def open_study(
         log.info("resuming study %s (%d trials so far)", cfg.name, n_existing)
     elif seed_offset:
         study.sampler = make_sampler(cfg, seed_offset=seed_offset)
+    if study.metric_names is None:  # the dashboard's plots and best-trial card name the objective
+        with warnings.catch_warnings():  # experimental since optuna 3.2, still the public API
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([METRIC_NAME])
     if CONFIG_ATTR not in study.user_attrs:
         stored = {**to_dict(cfg), "storage": mask_url(cfg.storage)}
         study.set_user_attr(CONFIG_ATTR, stored)

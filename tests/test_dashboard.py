@@ -4,6 +4,7 @@ rendered in headless Chromium."""
 from __future__ import annotations
 
 import html
+import http.client
 import json
 import os
 import re
@@ -361,6 +362,7 @@ def test_api_shows_what_each_trial_recorded(served: str, finished_study: Path) -
         elif trial["state"] == "Pruned":  # its curve ends where it was pruned
             assert len(steps) == int(user["pruned_at_epoch"]) <= epochs
 
+    assert detail["objective_names"] == ["val_accuracy"]  # not "Objective 0" in plots and cards
     best = detail["best_trials"][0]
     (artifact,) = best["artifacts"]
     assert artifact["filename"].endswith(".pt")
@@ -503,3 +505,33 @@ def test_live_study_in_headless_chromium(workdir: Path) -> None:
     assert not port_is_open(port)  # the dashboard stopped with the run
     if not browser:
         needs_chromium()  # skips: the browser part did not run
+
+
+def test_dashboard_exits_promptly_on_sigterm_with_a_keep_alive_client(finished_study: Path) -> None:
+    port = free_port()
+    proc = popen_cli(
+        "dashboard",
+        "--storage",
+        f"sqlite:///{finished_study}/storage/studies.db",
+        "--port",
+        str(port),
+        cwd=finished_study,
+    )
+    url = read_line_with(proc, "http", timeout_s=120)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/api/studies", headers={"Connection": "keep-alive"})
+    assert conn.getresponse().read()
+    idle = socket.create_connection(("127.0.0.1", port))  # a browser's open, idle connection
+    try:
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        code = proc.wait(timeout=30)
+        waited = time.monotonic() - sent
+    finally:
+        conn.close()
+        idle.close()
+    _, err = proc.communicate(timeout=30)
+    assert code == 0, err
+    assert waited <= 2.0, f"took {waited:.1f}s to exit on SIGTERM"  # the issue's limit (was 3-8 s)
+    assert "dashboard stopped" in err and "Traceback" not in err
+    assert url.endswith("/dashboard") and not port_is_open(port)
