@@ -27,6 +27,7 @@ from search.config import (
 log = logging.getLogger("search")
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+DISTRIBUTION = "convnet-search"  # the name in pyproject.toml; `search --version` reads its metadata
 
 
 class BadInput(Exception):
@@ -119,6 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_inputs(cfg)
     import torch
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from search.artifacts import WeightStore
     from search.failures import FailureBudget
@@ -184,7 +186,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     budget = FailureBudget.for_run(cfg.search.max_failures, cfg.search.n_trials)
-    with dashboard as url:  # a background optuna-dashboard, stopped however the run ends
+    # log lines go above the bar while it is shown (tqdm.write), not into it; a background
+    # optuna-dashboard is stopped however the run ends
+    with logging_redirect_tqdm(), dashboard as url:
         if url is not None:
             page = study_url(url, storage.get_study_id_from_name(cfg.name))
             bar.write(f"dashboard: {page}", file=sys.stdout)
@@ -225,7 +229,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import os
 
-    from search.dashboard import STORAGE_ENV, DashboardError, open_dashboard
+    from search.dashboard import STORAGE_ENV, DashboardError, exit_process, open_dashboard
     from search.study import mask_url
 
     storage = args.storage or os.environ.get(STORAGE_ENV) or StudyConfig().storage
@@ -236,7 +240,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     print(dashboard.url, flush=True)
     log.info("serving optuna-dashboard on %s (Ctrl-C to stop)", mask_url(storage))
     dashboard.serve(watch_parent=args.exit_with_parent)
-    return EXIT_OK  # Ctrl-C / SIGTERM is how a dashboard normally ends
+    exit_process(EXIT_OK)  # Ctrl-C / SIGTERM is how a dashboard normally ends; exits within a second
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -443,10 +447,23 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def package_version() -> str:
+    """The installed distribution's version; the package's own when it runs from a plain checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        from search import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="search", description="Hyperparameter search for image-classification ConvNets."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -506,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage (Ctrl-C to stop)")
+    p = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage (Ctrl-C stops)")
     p.add_argument("--storage", help=f"storage URL (default {StudyConfig().storage})")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
@@ -524,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_results_parsers(sub: Any) -> None:
     default_storage = StudyConfig().storage
-    p = sub.add_parser("report", help="trials table (CSV, Parquet, Markdown, HTML), summary and plots")
+    p = sub.add_parser("report", help="trials table (CSV, Parquet, Markdown, HTML), summary, plots")
     p.add_argument("study_name", metavar="STUDY")
     p.add_argument("--storage", default=default_storage, help="storage URL")
     p.add_argument("--out", help="output folder (default storage/reports/STUDY)")

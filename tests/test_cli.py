@@ -1,15 +1,22 @@
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 import json
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import CIFAR_SAMPLE, cli_env, run_cli, tiny_config, write_config
+import search
+from search.cli import build_parser
+from search.config import load_config
+from tests.conftest import CIFAR_SAMPLE, REPO, cli_env, run_cli, tiny_config, write_config
 
 URL = "sqlite:///storage/studies.db"
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +65,6 @@ def test_run_digits_end_to_end(workdir: Path) -> None:
     assert len(_load(workdir).trials) == 4
 
 
-@pytest.mark.skipif(not CIFAR_SAMPLE.is_dir(), reason="cifar10-sample not present")
 def test_run_imagefolder_cifar_sample(workdir: Path) -> None:
     cfg = tiny_config(
         name="sample",
@@ -234,7 +240,48 @@ def test_status_without_storage_exits_2(workdir: Path) -> None:
     assert not (workdir / "storage").exists()
 
 
-def test_python_m_search_help(workdir: Path) -> None:
-    out = run_cli("--help", cwd=workdir, check=0).stdout
-    for command in ("run", "validate", "status"):
-        assert command in out
+def test_help_lists_every_command_on_one_line(workdir: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "search", "-h"],
+        cwd=workdir,
+        env={**cli_env(), "COLUMNS": "80"},  # a plain 80-column terminal
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = proc.stdout.splitlines()
+    start = lines.index("  COMMAND") + 1
+    rows = lines[start : lines.index("", start)]
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert [row.split()[0] for row in rows] == list(sub.choices)  # no wrapped continuation lines
+    assert all(len(row.split()) > 2 and len(row) <= 80 for row in rows)
+    assert "--version" in proc.stdout
+
+
+def test_version_is_the_package_version(workdir: Path) -> None:
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert search.__version__ == declared  # the fallback for a checkout that is not installed
+    try:
+        installed = importlib.metadata.version("convnet-search")
+    except importlib.metadata.PackageNotFoundError:
+        installed = declared
+    proc = run_cli("--version", cwd=workdir, check=0)
+    assert proc.stdout == f"search {installed}\n"
+
+
+def test_readme_and_tests_use_only_files_in_the_repo() -> None:
+    readme = (REPO / "README.md").read_text()
+    for target in re.findall(r"\]\(([^)#]+)[^)]*\)", readme):
+        if "://" not in target:
+            assert (REPO / target).exists(), f"README links {target}, which is not in the repository"
+    texts = {p: p.read_text() for p in [REPO / "README.md", *(REPO / "tests").glob("*.py")]}
+    assert not [p.name for p, text in texts.items() if "../" + "shared" in text]
+    cfg = load_config(REPO / "study_configs" / "cifar10_sample.yaml")
+    assert Path(cfg.data.root).resolve() == CIFAR_SAMPLE == REPO / "tests" / "data" / "cifar10-sample"
+    assert len(list(CIFAR_SAMPLE.glob("*/*.png"))) == 200
+
+
+def test_validate_the_bundled_sample_config_from_the_project_root() -> None:
+    proc = run_cli("validate", "study_configs/cifar10_sample.yaml", cwd=REPO, check=0)
+    assert "ok: study 'cifar10_sample' on imagefolder" in proc.stdout
