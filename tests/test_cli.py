@@ -1,11 +1,16 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import importlib.metadata
 import json
+import os
+import pty
 import re
+import struct
 import subprocess
 import sys
+import termios
 import tomllib
 from pathlib import Path
 
@@ -285,3 +290,37 @@ def test_readme_and_tests_use_only_files_in_the_repo() -> None:
 def test_validate_the_bundled_sample_config_from_the_project_root() -> None:
     proc = run_cli("validate", "study_configs/cifar10_sample.yaml", cwd=REPO, check=0)
     assert "ok: study 'cifar10_sample' on imagefolder" in proc.stdout
+
+
+def test_log_lines_sit_above_the_progress_bar_in_a_terminal(workdir: Path) -> None:
+    """On a terminal (a pseudo-terminal here) INFO lines are not glued to the tqdm bar."""
+    cfg = write_config(workdir / "tiny.yaml", tiny_config(search={"n_trials": 5, "keep_top_k": 1}))
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 120 x 40
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "search", "run", str(cfg), "--device", "cpu"],
+        cwd=workdir,
+        env={**cli_env(), "COLUMNS": "120"},
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert proc.wait(timeout=300) == 0
+    text = b"".join(chunks).decode(errors="replace")
+    assert "100%|" in text, text[-1500:]  # the bar was drawn
+    segments = re.split(r"[\r\n]+", text)
+    logs = [s for s in segments if " INFO " in s]
+    assert any("removed 1 weights file(s)" in s for s in logs)  # logged while the bar was shown
+    stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+    assert all(stamp.match(s) for s in logs), [s for s in logs if not stamp.match(s)]
