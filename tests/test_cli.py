@@ -24,7 +24,6 @@ from search.config import load_config
 from tests.conftest import CIFAR_SAMPLE, REPO, cli_env, run_cli, tiny_config, write_config
 
 URL = "sqlite:///storage/studies.db"
-REPO = Path(__file__).resolve().parents[1]
 OPTUNA_CLI = str(Path(sys.executable).parent / "optuna")
 
 
