@@ -1,6 +1,6 @@
 """Per-trial time spent outside training: sampler, storage, report/prune, artifact save.
 
-Runs the real per-trial machinery (``search.study.open_study`` / ``search.workers.run_trials``, the real
+Runs the real per-trial machinery (``search.run.run_study``, the real
 ``search.objective.Objective`` with its sampler, pruner, ``trial.report``/``should_prune`` each
 epoch, user attrs and the top-k weights save) with the training loop replaced by a stand-in that
 takes no time: it reports ``train.epochs`` made-up validation accuracies through the same
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -50,10 +51,10 @@ from benchmarks._common import REPO, machine, median, quiet_logging, table
 from search.artifacts import WeightStore
 from search.config import StudyConfig, load_config
 from search.objective import Objective
+from search.run import run_study
 from search.space import suggest
 from search.study import open_study, storage_for
 from search.train import EpochMetrics, FitResult, StopKind, StopReason
-from search.workers import run_trials
 
 log = logging.getLogger("overhead")
 CONFIG = REPO / "study_configs" / "cifar10.yaml"
@@ -282,10 +283,19 @@ def bench_storage(label: str, url: str, work: Path, args: argparse.Namespace) ->
     rows: list[list[object]] = []
     for level in args.levels:
         prefill_s = prefill(study, cfg, level, cfg.seed)
-        instrument_sampler(study.sampler, timers)
         timers.clear()
         clock = TrialClock()
-        run_trials(study, objective, _with_n_trials(cfg, level + args.trials), storage, callbacks=[clock])
+
+        def instrumented(run: optuna.Study) -> contextlib.AbstractContextManager[None]:
+            instrument_sampler(run.sampler, timers)  # the sampler of the study the run uses
+            return contextlib.nullcontext()
+
+        run_study(
+            _with_n_trials(cfg, level + args.trials),
+            objective=objective,
+            on_trial=functools.partial(clock, study),
+            around=instrumented,
+        )
         failed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
         if failed:  # a broken stand-in must not pass for a fast framework
             reason = failed[-1].user_attrs.get("fail_reason", "no reason recorded")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import optuna
 import torch
 from optuna.trial import TrialState
 
@@ -30,7 +31,8 @@ from benchmarks._common import REPO, machine, quiet_logging, table
 from search.artifacts import WeightStore
 from search.config import load_config
 from search.objective import Objective
-from search.study import make_storage, open_study, run_study
+from search.run import run_study
+from search.study import make_storage
 
 log = logging.getLogger("pruning")
 CONFIG = REPO / "study_configs" / "digits.yaml"
@@ -62,8 +64,8 @@ def run_one(pruner: str, work: Path, args: argparse.Namespace) -> dict[str, floa
     cfg = load_config(CONFIG, overrides)
     t0 = time.perf_counter()
     objective = Objective(cfg, torch.device("cpu"), WeightStore(cfg.artifacts_dir))
-    study = open_study(cfg, make_storage(cfg.storage), objective.data_attrs())
-    run_study(study, objective, cfg)
+    run_study(cfg, objective=objective)
+    study = optuna.load_study(study_name=cfg.name, storage=make_storage(cfg.storage))
     wall = time.perf_counter() - t0
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import optuna
 import torch
 from optuna.trial import TrialState
 
@@ -32,7 +33,8 @@ from benchmarks._common import REPO, machine, median, quiet_logging, table
 from search.artifacts import WeightStore
 from search.config import load_config
 from search.objective import Objective, build_model
-from search.study import make_storage, open_study, run_study
+from search.run import run_study
+from search.study import make_storage
 from search.train import fit, resolve_device
 
 log = logging.getLogger("seed_grid")
@@ -66,8 +68,8 @@ def run_grid(work: Path, device: torch.device, args: argparse.Namespace) -> tupl
     cfg = load_config(CONFIG, grid_config(work, args))
     t0 = time.perf_counter()
     objective = Objective(cfg, device, WeightStore(cfg.artifacts_dir))
-    study = open_study(cfg, make_storage(cfg.storage), objective.data_attrs())
-    run_study(study, objective, cfg)
+    run_study(cfg, objective=objective)
+    study = optuna.load_study(study_name=cfg.name, storage=make_storage(cfg.storage))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0

@@ -33,16 +33,11 @@ def worker_main(url: str, name: str, n_trials: int, seed: int, sleep_s: float, h
     import optuna
 
     from search.config import config_from_dict
-    from search.study import storage_for
-    from search.workers import run_trials
+    from search.run import run_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = {"n_trials": n_trials, "heartbeat_interval_s": heartbeat_s, "grace_period_s": 3 * heartbeat_s}
-    cfg = config_from_dict({"name": name, "storage": url, "search": search})
-    storage = storage_for(cfg)
-    study = optuna.load_study(
-        study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(seed=seed)
-    )
+    cfg = config_from_dict({"name": name, "storage": url, "seed": seed, "search": search})
 
     def objective(trial: optuna.Trial) -> float:
         if sleep_s:
@@ -52,8 +47,8 @@ def worker_main(url: str, name: str, n_trials: int, seed: int, sleep_s: float, h
     print("ready", flush=True)
     sys.stdin.readline()
     start = time.time()
-    outcome = run_trials(study, objective, cfg, storage)
-    print(f"done {start} {time.time()} {outcome.started}", flush=True)
+    result = run_study(cfg, objective=objective, join=True)
+    print(f"done {start} {time.time()} {result.started}", flush=True)
 
 
 def _spawn(

@@ -10,8 +10,7 @@ import contextlib
 import json
 import logging
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from search.config import (
@@ -115,111 +114,132 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _device(flag: str) -> Any:
+    from search.train import resolve_device
+
+    try:
+        return resolve_device(flag)
+    except ValueError as exc:
+        raise BadInput(f"--device: {exc}. Fix: use --device cpu or auto") from exc
+
+
+def _worker_devices(args: argparse.Namespace) -> list[str]:
+    """One device per ``--workers`` process; empty for the in-process default."""
+    from search.workers import assign_devices
+
+    if args.workers == 1 and args.workers_per_gpu == 1:
+        return []
+    try:
+        return assign_devices(args.device, args.workers, args.workers_per_gpu)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+
+
+class _Progress:
+    """The run's progress bar and trial lines; with ``dashboard_port``, a background dashboard."""
+
+    def __init__(self, cfg: StudyConfig, dashboard_port: int | None) -> None:
+        self.cfg = cfg
+        self.dashboard_port = dashboard_port
+        self.bar: Any = None
+        if dashboard_port is not None:
+            from search.dashboard import DEFAULT_HOST, DashboardError, check_port
+
+            try:
+                check_port(DEFAULT_HOST, dashboard_port, "--dashboard-port")  # before anything is created
+            except DashboardError as exc:
+                raise BadInput(str(exc)) from exc
+
+    @contextlib.contextmanager
+    def around(self, study: Any) -> Iterator[None]:
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        from search.study import finished_count
+
+        cfg = self.cfg
+        dashboard: contextlib.AbstractContextManager[str | None] = contextlib.nullcontext()
+        if self.dashboard_port is not None:
+            from search.dashboard import background_dashboard
+
+            dashboard = background_dashboard(
+                cfg.storage, port=self.dashboard_port, artifact_dir=cfg.artifacts_dir
+            )
+        done = finished_count(study)
+        self.bar = tqdm(
+            total=cfg.search.n_trials,
+            initial=min(done, cfg.search.n_trials),
+            unit="trial",
+            desc=cfg.name,
+            disable=None,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+        # log lines go above the bar while it is shown (tqdm.write), not into it; a background
+        # optuna-dashboard is stopped however the run ends
+        with logging_redirect_tqdm(), dashboard as url:
+            if url is not None:
+                from search.dashboard import study_url
+                from search.study import make_storage
+
+                storage = make_storage(cfg.storage, create=False, heartbeat=False)
+                page = study_url(url, storage.get_study_id_from_name(cfg.name))
+                self.bar.write(f"dashboard: {page}", file=sys.stdout)
+                sys.stdout.flush()
+            try:
+                yield
+            finally:
+                self.bar.close()
+
+    def on_trial(self, trial: Any) -> None:
+        self.bar.write(_trial_line(trial), file=sys.stdout)
+        sys.stdout.flush()
+        if trial.state.name in ("COMPLETE", "PRUNED"):
+            self.bar.update(1)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     check_inputs(cfg)
-    import torch
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
+    from search.run import run_study
+    from search.study import mask_url
 
-    from search.artifacts import WeightStore
-    from search.failures import FailureBudget
-    from search.objective import Objective
-    from search.resume import prepare_resume
-    from search.study import best_trial, finished_count, mask_url, open_study, storage_for
-    from search.train import resolve_device
-    from search.workers import StopRequest, assign_devices, run_parallel, run_trials
-
-    try:
-        device = resolve_device(args.device)
-    except ValueError as exc:
-        raise BadInput(f"--device: {exc}. Fix: use --device cpu or auto") from exc
-    parallel = args.workers != 1 or args.workers_per_gpu != 1
-    devices: list[str] = []
-    if parallel:
-        try:
-            devices = assign_devices(args.device, args.workers, args.workers_per_gpu)
-        except ValueError as exc:
-            raise BadInput(str(exc)) from exc
+    device = _device(args.device)
+    devices = _worker_devices(args)
     log.info("study %s on %s, storage %s", cfg.name, devices or device, mask_url(cfg.storage))
-    dashboard_port = args.dashboard_port if args.dashboard_port is not None else 8080
-    if args.dashboard or args.dashboard_port is not None:
-        from search.dashboard import (
-            DEFAULT_HOST,
-            DashboardError,
-            background_dashboard,
-            check_port,
-            study_url,
-        )
-
-        try:
-            check_port(DEFAULT_HOST, dashboard_port, "--dashboard-port")  # before anything is created
-        except DashboardError as exc:
-            raise BadInput(str(exc)) from exc
-    stop = StopRequest()
-    # With --workers, this process only checks the data and creates the study; workers train.
-    objective = Objective(
-        cfg, torch.device("cpu") if parallel else device, WeightStore(cfg.artifacts_dir), stop
+    wants_dashboard = args.dashboard or args.dashboard_port is not None
+    progress = _Progress(cfg, (args.dashboard_port or 8080) if wants_dashboard else None)
+    result = run_study(
+        cfg,
+        device=device,
+        workers=devices,
+        fresh=args.fresh,
+        on_trial=progress.on_trial,
+        around=progress.around,
     )
-    storage = storage_for(cfg)
-    prepare_resume(storage, cfg, objective.data_attrs(), fresh=args.fresh)
-    study = open_study(cfg, storage, objective.data_attrs())
-    dashboard: contextlib.AbstractContextManager[str | None] = contextlib.nullcontext()
-    if args.dashboard or args.dashboard_port is not None:
-        dashboard = background_dashboard(cfg.storage, port=dashboard_port, artifact_dir=cfg.artifacts_dir)
-    done = finished_count(study)
-    bar = tqdm(
-        total=cfg.search.n_trials,
-        initial=min(done, cfg.search.n_trials),
-        unit="trial",
-        desc=cfg.name,
-        disable=None,
-        dynamic_ncols=True,
-        file=sys.stderr,
-    )
+    return _run_exit(result)
 
-    def on_trial(_study: Any, trial: Any) -> None:
-        bar.write(_trial_line(trial), file=sys.stdout)
-        sys.stdout.flush()
-        if trial.state.is_finished() and trial.state.name in ("COMPLETE", "PRUNED"):
-            bar.update(1)
 
-    started = time.perf_counter()
-    budget = FailureBudget.for_run(cfg.search.max_failures, cfg.search.n_trials)
-    # log lines go above the bar while it is shown (tqdm.write), not into it; a background
-    # optuna-dashboard is stopped however the run ends
-    with logging_redirect_tqdm(), dashboard as url:
-        if url is not None:
-            page = study_url(url, storage.get_study_id_from_name(cfg.name))
-            bar.write(f"dashboard: {page}", file=sys.stdout)
-            sys.stdout.flush()
-        try:
-            if parallel:
-                del objective
-                outcome = run_parallel(cfg, devices, on_trial=lambda t: on_trial(study, t))
-            else:
-                with stop.installed():
-                    outcome = run_trials(
-                        study, objective, cfg, storage, stop=stop, callbacks=[on_trial], budget=budget
-                    )
-        finally:
-            bar.close()
-    best = best_trial(study)
-    elapsed = time.perf_counter() - started
-    if outcome.interrupted:
+def _run_exit(result: Any) -> int:
+    """Print how a `search run` ended and return its exit code."""
+    from search.run import Outcome
+
+    name, n, elapsed = result.study_name, result.n_trials, result.elapsed_s
+    if result.outcome is Outcome.INTERRUPTED:
         print(
-            f"study {cfg.name}: interrupted with {finished_count(study)}/{cfg.search.n_trials} trials "
+            f"study {name}: interrupted with {result.finished}/{n} trials "
             f"finished ({elapsed:.1f}s); run the same command again to resume"
         )
         return EXIT_INTERRUPTED
-    if budget.tripped:
-        print(f"study {cfg.name}: {budget.stop_message()}; see `search status` for the reasons")
+    if result.outcome is Outcome.FAILURE_BUDGET:
+        print(f"study {name}: {result.stop_message}; see `search status` for the reasons")
         return EXIT_FAILED
-    if best is None:
-        print(f"study {cfg.name}: no trial completed ({elapsed:.1f}s)")
+    if result.outcome is Outcome.NO_TRIAL_COMPLETED:
+        print(f"study {name}: no trial completed ({elapsed:.1f}s)")
         return EXIT_FAILED
+    best = result.best
     print(
-        f"study {cfg.name}: {finished_count(study)}/{cfg.search.n_trials} trials finished in "
+        f"study {name}: {result.finished}/{n} trials finished in "
         f"{elapsed:.1f}s; best trial {best.number} value={best.value:.4f} "
         f"{_format_params(best.params)}"
     )
@@ -247,44 +267,41 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Join an existing study (its config is stored in it) and run trials until its total."""
     import os
 
-    from search.artifacts import WeightStore
-    from search.failures import FailureBudget
-    from search.objective import Objective
-    from search.study import best_trial, finished_count, load_study, make_storage, open_study, storage_for
-    from search.train import resolve_device
-    from search.workers import StopRequest, run_trials, worker_config
+    from search.run import Outcome, run_study
+    from search.study import load_study, make_storage
+    from search.workers import STORAGE_ENV, StopRequest, worker_config
 
     check_study_name(args.study_name, "--study-name")
-    study = load_study(args.study_name, make_storage(args.storage, create=False, heartbeat=False))
-    cfg = with_overrides(worker_config(study, args.n_trials, args.timeout_s), {"storage": args.storage})
-    try:
-        device = resolve_device(args.device)
-    except ValueError as exc:
-        raise BadInput(f"--device: {exc}. Fix: use --device cpu or auto") from exc
-    stop = StopRequest(parent_pid=args.parent_pid)
-    objective = Objective(cfg, device, WeightStore(cfg.artifacts_dir), stop)
-    storage = storage_for(cfg, create=False)
-    seed_offset = os.getpid() if args.worker_index is None else 7919 * (args.worker_index + 1)
-    study = open_study(cfg, storage, seed_offset=seed_offset)
+    url = args.storage or os.environ.get(STORAGE_ENV)
+    if not url:
+        raise BadInput(f"--storage: missing (got nothing). Fix: pass --storage URL or set {STORAGE_ENV}")
+    study = load_study(args.study_name, make_storage(url, create=False, heartbeat=False))
+    cfg = with_overrides(worker_config(study, args.n_trials, args.timeout_s), {"storage": url})
+    device = _device(args.device)
     log.info("worker pid %d on %s joins study %s", os.getpid(), device, cfg.name)
-
-    def on_trial(_study: Any, trial: Any) -> None:
-        print(_trial_line(trial), flush=True)
-
-    budget = FailureBudget.for_run(cfg.search.max_failures, cfg.search.n_trials)
-    with stop.installed(ignore_sigint=args.parent_pid is not None):
-        outcome = run_trials(study, objective, cfg, storage, stop=stop, callbacks=[on_trial], budget=budget)
-    done = finished_count(study)
-    print(
-        f"worker {os.getpid()}: {outcome.started} trial(s) run; study {cfg.name}: "
-        f"{done}/{cfg.search.n_trials} finished" + (" (interrupted)" if outcome.interrupted else "")
+    result = run_study(
+        cfg,
+        device=device,
+        join=True,
+        stop=StopRequest(parent_pid=args.parent_pid),
+        ignore_sigint=args.parent_pid is not None,
+        on_trial=lambda trial: print(_trial_line(trial), flush=True),
     )
-    if outcome.interrupted:
+    interrupted = result.outcome is Outcome.INTERRUPTED
+    print(
+        f"worker {os.getpid()}: {result.started} trial(s) run; study {cfg.name}: "
+        f"{result.finished}/{cfg.search.n_trials} finished" + (" (interrupted)" if interrupted else "")
+    )
+    if interrupted:
         return EXIT_INTERRUPTED
-    if budget.tripped:
-        print(f"worker {os.getpid()}: {budget.stop_message()}")
+    if result.outcome is Outcome.FAILURE_BUDGET:
+        print(f"worker {os.getpid()}: {result.stop_message}")
         return EXIT_FAILED
-    return EXIT_OK if best_trial(study) is not None else EXIT_FAILED
+    return EXIT_OK if result.outcome is Outcome.COMPLETED else EXIT_FAILED
+
+
+def _numbers(numbers: Sequence[int]) -> str:
+    return ", ".join(f"#{n}" for n in numbers)
 
 
 def _age(seconds: float | None) -> str:
@@ -294,7 +311,7 @@ def _age(seconds: float | None) -> str:
 def _status_running(study: Any, storage: Any, fail_stale: bool) -> None:
     """Print the study's RUNNING trials (worker host, pid, device, heartbeat); optionally fail stale ones."""
     from search.config import config_from_dict
-    from search.study import CONFIG_ATTR, GRACE_PERIOD_S, fail_stale_trials, running_trials
+    from search.study import CONFIG_ATTR, GRACE_PERIOD_S, RetryStale, fail_stale_trials, running_trials
 
     raw = study.user_attrs.get(CONFIG_ATTR)
     cfg = config_from_dict(raw) if isinstance(raw, dict) else None
@@ -311,8 +328,16 @@ def _status_running(study: Any, storage: Any, fail_stale: bool) -> None:
         )
     stale = [r.number for r in rows if r.stale]
     if stale and fail_stale:
-        failed = fail_stale_trials(study, storage, grace, cfg.search.max_retry if cfg else 3)
-        print(f"  marked FAIL (reason 'stale') and re-queued: {', '.join(f'#{n}' for n in failed)}")
+        max_retry = cfg.search.max_retry if cfg else 3
+        retry = RetryStale(max_retry, cfg.checkpoints_dir if cfg else None)
+        done = fail_stale_trials(study, storage, grace, retry)
+        if done.requeued:
+            print(f"  marked FAIL (reason 'stale') and re-queued: {_numbers(done.requeued)}")
+        if done.not_requeued:
+            print(
+                f"  marked FAIL (reason 'stale'), not re-queued (retried search.max_retry={max_retry} "
+                f"times already; checkpoint deleted): {_numbers(done.not_requeued)}"
+            )
     elif stale:
         print(
             f"  {len(stale)} stale trial(s); `search status --fail-stale` marks them FAIL and re-queues them"
@@ -498,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="join an existing study and run its trials (any machine)")
     p.add_argument("--study-name", required=True, help="the study to join")
-    p.add_argument("--storage", required=True, help="the study's storage URL")
+    p.add_argument("--storage", help="the study's storage URL (default: $SEARCH_WORKER_STORAGE)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--n-trials", type=int, help="total finished trials (default: the study's config)")
     p.add_argument("--timeout-s", type=float, help="stop starting trials after this many seconds")
@@ -570,15 +595,17 @@ def _add_results_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_finetune)
 
 
-def _loaded_bad_input_errors() -> tuple[type[BaseException], ...]:
-    """DataError, StorageError, ResumeConflict: only from modules already imported (a module that
-    was never imported raised nothing, and importing it here would cost `validate` its speed)."""
-    names = (
-        ("search.data", "DataError"),
-        ("search.study", "StorageError"),
-        ("search.resume", "ResumeConflict"),
-    )
-    return tuple(getattr(sys.modules[m], n) for m, n in names if m in sys.modules)
+INPUT_ERRORS = {
+    "search.data": "DataError",
+    "search.storage": "StorageError",
+    "search.resume": "ResumeConflict",
+}
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    """The library's bad-input errors, from the modules this command imported: an error cannot
+    come from a module never imported, and importing search.data for its class would load torch."""
+    return tuple(getattr(sys.modules[m], name) for m, name in INPUT_ERRORS.items() if m in sys.modules)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -591,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, BadInput) as exc:
         print(f"error: {exc}", file=sys.stderr)
     except Exception as exc:
-        if not isinstance(exc, _loaded_bad_input_errors()):
+        if not isinstance(exc, _input_errors()):
             raise
         print(f"error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:

@@ -1,6 +1,6 @@
 """optuna-dashboard on the study storage and the weights' artifact directory, loopback by default.
 
-:func:`open_dashboard` opens the storage (SQLite through :func:`search.study.make_storage`: WAL and
+:func:`open_dashboard` opens the storage (SQLite through :func:`search.storage.make_storage`: WAL and
 a busy timeout, so the dashboard reads while trials write), binds the port (a port in use is a
 :class:`DashboardError`, raised before anything is served) and returns a :class:`Dashboard`;
 :meth:`Dashboard.serve` blocks until SIGINT (Ctrl-C) or SIGTERM and then closes the socket.
@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import optuna
+import sqlalchemy.exc
 import yaml
 
 from search.config import StudyConfig, default_of
@@ -122,6 +123,24 @@ def save_config_note(study: optuna.Study, config: Mapping[str, Any]) -> None:
 
     if not get_note(study):
         save_note(study, config_note(config))
+
+
+def save_config_notes(storage: optuna.storages.BaseStorage) -> None:
+    """A config note on every study that has a stored config and no note yet.
+
+    Written here, when a dashboard opens, rather than when a study is created: so `search run`
+    without ``--dashboard`` never imports optuna_dashboard (seconds of start-up).
+    """
+    from search.storage import CONFIG_ATTR
+
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        config = summary.user_attrs.get(CONFIG_ATTR)
+        if not isinstance(config, Mapping):
+            continue
+        try:
+            save_config_note(optuna.load_study(study_name=summary.study_name, storage=storage), config)
+        except sqlalchemy.exc.OperationalError as exc:  # e.g. a read-only storage: show it without notes
+            log.warning("cannot write the config note of study %s: %s", summary.study_name, exc.orig)
 
 
 # --------------------------------------------------------------------------- server
@@ -300,16 +319,17 @@ def open_dashboard(
 ) -> Dashboard:
     """Open the storage (it must exist), build optuna-dashboard's app and bind ``host:port``.
 
-    Raises :class:`DashboardError` for a bad port or host and :class:`search.study.StorageError`
+    Raises :class:`DashboardError` for a bad port or host and :class:`search.storage.StorageError`
     for a storage that cannot be opened; nothing is served or created before this returns.
     """
     import optuna_dashboard
     from optuna.artifacts import FileSystemArtifactStore
 
-    from search.study import make_storage
+    from search.storage import make_storage
 
     _check_port_range(port)
     storage = make_storage(storage_url, create=False, heartbeat=False)
+    save_config_notes(storage)
     artifacts = Path(artifact_dir)
     server = _bind(host, port)
     app = optuna_dashboard.wsgi(storage, artifact_store=FileSystemArtifactStore(str(artifacts)))

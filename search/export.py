@@ -26,7 +26,7 @@ from search.augment import BatchTransform
 from search.config import StudyConfig
 from search.model import ConvNet, count_parameters
 from search.space import params_of
-from search.study import DATA_ATTR, best_trial
+from search.storage import DATA_ATTR, best_trial
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ from search.export import pick_trial, trial_weights
 from search.model import ConvNet
 from search.objective import build_model, make_transform
 from search.space import params_of
-from search.study import DATA_ATTR
+from search.storage import DATA_ATTR
 from search.train import EpochMetrics, eval_batch_size, fit, predict_logits, validate
 
 log = logging.getLogger(__name__)

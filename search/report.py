@@ -27,7 +27,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import PARAM_NAMES, ConfigError, StudyConfig, config_from_dict
-from search.study import CONFIG_ATTR, best_trial, load_study, make_storage
+from search.storage import CONFIG_ATTR, best_trial, load_study, make_storage
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import optuna
 from optuna.storages import BaseStorage
 
 from search.config import ConfigError, StudyConfig, config_from_dict, mask_url, resumable_fields, to_dict
-from search.study import CONFIG_ATTR, DATA_ATTR
+from search.storage import CONFIG_ATTR, DATA_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def archive_study(storage: BaseStorage, name: str) -> str:
 
 
 def prepare_resume(
-    storage: BaseStorage, cfg: StudyConfig, data_attrs: Mapping[str, Any], *, fresh: bool = False
+    storage: BaseStorage, cfg: StudyConfig, data_attrs: Mapping[str, Any] | None, *, fresh: bool = False
 ) -> str | None:
     """Check that study ``cfg.name`` (if it exists) may be resumed with ``cfg``.
 
@@ -123,7 +123,7 @@ def prepare_resume(
         return None
     diffs = config_diff(stored_cfg, to_dict(cfg))
     stored_data = study.user_attrs.get(DATA_ATTR)
-    if isinstance(stored_data, Mapping):
+    if isinstance(stored_data, Mapping) and data_attrs is not None:
         diffs += data_diff(stored_data, data_attrs)
     if diffs:
         raise ResumeConflict(

@@ -7,14 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from search.artifacts import WeightStore
 from search.config import config_from_dict
-from search.objective import Objective
-from search.study import make_storage, open_study, run_study
+from search.run import run_study
+from search.study import make_storage
 from tests.conftest import CIFAR_SAMPLE, tiny_config
 
 
@@ -45,10 +43,8 @@ def cifar_sample_config(root: Path, **sections: Any) -> dict[str, Any]:
 def build_study(raw: dict[str, Any]) -> optuna.Study:
     """Run the study described by ``raw`` on the CPU, as `search run` does."""
     cfg = config_from_dict(raw)
-    objective = Objective(cfg, torch.device("cpu"), WeightStore(cfg.artifacts_dir))
-    study = open_study(cfg, make_storage(cfg.storage), objective.data_attrs())
-    run_study(study, objective, cfg)
-    return study
+    run_study(cfg, device="cpu")
+    return optuna.load_study(study_name=cfg.name, storage=make_storage(cfg.storage))
 
 
 def fake_trial(

@@ -11,6 +11,7 @@ from search.artifacts import WEIGHTS_ATTR, WeightStore
 from search.config import SAMPLERS, ConfigError, config_from_dict, to_dict
 from search.model import ConvNet
 from search.objective import Objective, check_input_size
+from search.run import run_study
 from search.study import (
     CONFIG_ATTR,
     DATA_ATTR,
@@ -21,7 +22,6 @@ from search.study import (
     make_storage,
     mask_url,
     open_study,
-    run_study,
     sqlite_path,
 )
 from tests.conftest import tiny_config
@@ -37,10 +37,8 @@ def _cfg(tmp: Path, **sections: object):  # type: ignore[no-untyped-def]
 
 
 def _run(cfg):  # type: ignore[no-untyped-def]
-    objective = Objective(cfg, torch.device("cpu"), WeightStore(cfg.artifacts_dir))
-    study = open_study(cfg, make_storage(cfg.storage), objective.data_attrs())
-    run_study(study, objective, cfg)
-    return study
+    run_study(cfg, device="cpu")
+    return optuna.load_study(study_name=cfg.name, storage=make_storage(cfg.storage))
 
 
 def test_study_records_attrs_weights_and_config(tmp_path: Path) -> None:
@@ -71,7 +69,7 @@ def test_resume_finishes_the_remainder(tmp_path: Path) -> None:
     study = _run(cfg)
     assert finished_count(study) == 3
     # a second run of the same config starts nothing; raising n_trials runs only the difference
-    assert run_study(study, Objective(cfg, torch.device("cpu"), None), cfg) == 0
+    assert run_study(cfg, objective=Objective(cfg, torch.device("cpu"), None)).started == 0
     bigger = config_from_dict({**to_dict(cfg), "search": {**to_dict(cfg)["search"], "n_trials": 5}})
     study = _run(bigger)
     assert finished_count(study) == 5 and len(study.trials) == 5
@@ -89,7 +87,7 @@ def test_median_pruner_prunes_bad_trials(tmp_path: Path) -> None:
     study = open_study(cfg, make_storage(cfg.storage))
     for lr in (3e-3, 3e-3, 1e-7, 1e-7):  # two good trials set the median, two hopeless ones follow
         study.enqueue_trial({"lr": lr})
-    run_study(study, objective, cfg)
+    run_study(cfg, objective=objective)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED] * 2
     for t in study.get_trials(states=(TrialState.PRUNED,)):
         assert t.user_attrs["pruned_at_epoch"] == 1 and list(t.intermediate_values) == [1]
@@ -108,8 +106,10 @@ def test_nan_trial_fails_and_study_goes_on(tmp_path: Path) -> None:
     }
     study = _run(_cfg(tmp_path, search=search, train={"epochs": 3}))
     failed = study.get_trials(states=(TrialState.FAIL,))
-    assert len(failed) == 1 and failed[0].user_attrs["fail_reason"].startswith("nan_loss at epoch")
-    assert len(study.get_trials(states=(TrialState.COMPLETE,))) >= 1
+    # The run replaces failed trials until the total; the grid's only other point fails again.
+    assert failed and all(t.user_attrs["fail_reason"].startswith("nan_loss at epoch") for t in failed)
+    assert all(t.params["lr"] == 1e6 for t in failed)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 1
 
 
 def test_input_too_small_is_a_config_error_before_any_study(tmp_path: Path) -> None:
@@ -132,9 +132,11 @@ def test_samplers_build(tmp_path: Path, name: str) -> None:
     }
     cfg = _cfg(tmp_path, search={"sampler": {"name": name}, "space": space})
     assert isinstance(make_sampler(cfg), optuna.samplers.BaseSampler)
-    # the largest seed plus a resume's or worker's offset stays a valid numpy seed
+    # the largest seed plus the trial number (each trial's sampler seed) stays a valid numpy seed
     top = _cfg(tmp_path, seed=2**32 - 1, search={"sampler": {"name": name}, "space": space})
-    assert isinstance(make_sampler(top, seed_offset=7919 * 3), optuna.samplers.BaseSampler)
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(top))
+    study.optimize(lambda t: float(t.suggest_categorical("c1", [4, 8])), n_trials=2)
+    assert len(study.trials) == 2
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
@@ -24,7 +25,7 @@ from search.augment import AugmentSpec, BatchTransform
 from search.config import ConfigError, TrainConfig, config_from_dict, to_dict
 from search.data import ImageSet
 from search.model import ConvNet
-from search.study import CONFIG_ATTR, enqueue_retry, make_storage, running_trials
+from search.study import CONFIG_ATTR, RetryStale, make_storage, running_trials
 from search.train import fit
 from search.workers import assign_devices
 from tests.conftest import cli_env, popen_cli, run_cli, tiny_config, write_config
@@ -132,28 +133,38 @@ def test_assign_devices_on_cpu_and_bad_counts() -> None:
         assign_devices("cpu", 2, 0)
 
 
-def test_enqueue_retry_keeps_params_and_history_up_to_max_retry(tmp_path: Path) -> None:
+def test_retry_keeps_params_and_history_up_to_max_retry_then_drops_the_checkpoint(tmp_path: Path) -> None:
+    from search.artifacts import CheckpointStore
+
     storage = make_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=False)
     study = optuna.create_study(storage=storage, study_name="r")
+    checkpoints = CheckpointStore(str(tmp_path / "ckpt"), "r")
+    retry = RetryStale(max_retry=2, checkpoints_dir=str(tmp_path / "ckpt"))
     trial = study.ask()
     trial.suggest_int("c1", 4, 8)
     trial.set_user_attr("fail_reason", "interrupted")
     trial.report(0.5, 1)
     study.tell(trial, state=TrialState.FAIL)
     failed = study.trials[0]
-    assert enqueue_retry(study, failed, max_retry=2)
-    retry = study.trials[1]
-    assert retry.state == TrialState.WAITING
-    assert retry.params == failed.params
-    assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 0
-    assert "fail_reason" not in retry.user_attrs
-    assert retry.intermediate_values == {1: 0.5}
-    # A retry of the retry continues the history; the third attempt is refused.
+    assert retry.retry(study, failed)
+    retry_trial = study.trials[1]
+    assert retry_trial.state == TrialState.WAITING
+    assert retry_trial.params == failed.params
+    assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry_trial) == 0
+    assert "fail_reason" not in retry_trial.user_attrs
+    assert study.trials[0].user_attrs["fail_reason"] == "interrupted"  # the failed attempt keeps it
+    assert retry_trial.intermediate_values == {1: 0.5}
+    # A retry of the retry continues the history; the third attempt is refused and, as nothing
+    # will resume them, the attempts' checkpoints are deleted.
     study.tell(study.ask(), state=TrialState.FAIL)  # takes the WAITING trial (number 1)
-    assert enqueue_retry(study, study.trials[1], max_retry=2)
+    assert retry.retry(study, study.trials[1])
     assert RetryHeartbeatStaleTrialCallback.retry_history(study.trials[2]) == [0, 1]
     study.tell(study.ask(), state=TrialState.FAIL)
-    assert not enqueue_retry(study, study.trials[2], max_retry=2)
+    for n in (0, 1, 2):
+        checkpoints.save(n, {"epoch": 1})
+    assert not retry.retry(study, study.trials[2])
+    assert len(study.trials) == 3
+    assert all(checkpoints.load(n) is None for n in (0, 1, 2))
 
 
 # --------------------------------------------------------------------------- many workers, one study
@@ -161,14 +172,11 @@ def test_enqueue_retry_keeps_params_and_history_up_to_max_retry(tmp_path: Path) 
 TRIVIAL_WORKER = """
 import sys, optuna
 from search.config import config_from_dict
-from search.study import storage_for
-from search.workers import run_trials
+from search.run import run_study
 url, name, n, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-cfg = config_from_dict({"name": name, "storage": url, "search": {"n_trials": n}})
-storage = storage_for(cfg)
-study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(seed=seed))
-outcome = run_trials(study, lambda t: t.suggest_float("x", 0, 1), cfg, storage)
-print(outcome.started)
+cfg = config_from_dict({"name": name, "storage": url, "seed": seed, "search": {"n_trials": n}})
+result = run_study(cfg, objective=lambda t: t.suggest_float("x", 0, 1), join=True)
+print(result.started)
 """
 
 
@@ -332,7 +340,8 @@ def test_checkpoints_are_throttled_by_checkpoint_every_s(
     import search.artifacts
     from search.artifacts import CheckpointStore
     from search.objective import Objective
-    from search.study import open_study, run_study
+    from search.run import run_study
+    from search.study import open_study
 
     saved: list[int] = []
     real_save = CheckpointStore.save
@@ -350,7 +359,101 @@ def test_checkpoints_are_throttled_by_checkpoint_every_s(
     )
     cfg = config_from_dict(raw)
     study = open_study(cfg, make_storage(cfg.storage))
-    run_study(study, Objective(cfg, torch.device("cpu"), None), cfg)
+    run_study(cfg, objective=Objective(cfg, torch.device("cpu"), None))
     assert study.trials[0].state == TrialState.COMPLETE
     assert len(saved) == saves
     assert not list((tmp_path / "ckpt").rglob("*.pt"))  # a finished trial leaves no checkpoint
+
+
+def test_second_ctrl_c_aborts_at_once_and_leaves_a_resumable_study(workdir: Path) -> None:
+    """Two SIGINTs 0.2 s apart mid-trial: exit 130 without a traceback, the trial FAIL with reason
+    'interrupted' and re-queued, its checkpoint kept; the same command then resumes it."""
+    url = f"sqlite:///{workdir}/studies.db"
+    write_config(workdir / "faults.yaml", _slow_config(url, workdir, n_trials=1, epochs=6))
+    proc = popen_cli("run", "faults.yaml", cwd=workdir)
+    victim = _wait_for_trial_mid_run(url, "faults", proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "UpdateFinishedTrialError" not in err
+    trials = _trials(url, "faults")
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert trials[victim.number].state == TrialState.FAIL
+    assert trials[victim.number].user_attrs["fail_reason"] == "interrupted"
+    assert (workdir / "storage" / "checkpoints" / "faults" / f"trial-{victim.number}.pt").is_file()
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert [RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in waiting] == [victim.number]
+
+    run_cli("run", "faults.yaml", cwd=workdir, check=0)
+    trials = _trials(url, "faults")
+    resumed = next(
+        t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == victim.number
+    )
+    assert resumed.state == TrialState.COMPLETE
+    assert resumed.user_attrs["resumed_from_trial"] == victim.number
+    assert not list((workdir / "storage" / "checkpoints").rglob("*.pt"))  # the finished retry removed it
+
+
+def test_fail_stale_says_which_trials_were_not_requeued_and_drops_their_checkpoint(workdir: Path) -> None:
+    from search.artifacts import CheckpointStore
+
+    url = f"sqlite:///{workdir}/studies.db"
+    raw = tiny_config(storage=url, checkpoints_dir=str(workdir / "ckpt"))
+    raw["search"] = {**raw["search"], "max_retry": 1}
+    cfg = config_from_dict(raw)
+    storage = make_storage(url, heartbeat=False)
+    study = optuna.create_study(storage=storage, study_name="tiny")
+    study.set_user_attr(CONFIG_ATTR, to_dict(cfg))
+    first = study.ask()  # an attempt that failed once and was retried: the retry is its last
+    first.suggest_int("c1", 4, 8)
+    study.tell(first, state=TrialState.FAIL)
+    RetryStale(1).retry(study, study.trials[0])
+    retried = study.ask()  # takes the retry (number 1); then its worker crashes
+    fresh = study.ask()  # a first attempt (number 2) that crashes too
+    fresh.suggest_int("c1", 4, 8)
+    checkpoints = CheckpointStore(str(workdir / "ckpt"), "tiny")
+    for trial in (retried, fresh):
+        checkpoints.save(trial.number, {"epoch": 1})
+    with storage.engine.begin() as conn:  # the crashes happened two minutes ago
+        conn.execute(
+            sqlalchemy.text("UPDATE trials SET datetime_start = :t WHERE number IN (1, 2)"),
+            {"t": datetime.now() - timedelta(minutes=2)},
+        )
+    proc = run_cli("status", "--storage", url, "--fail-stale", cwd=workdir, check=0)
+    assert "marked FAIL (reason 'stale') and re-queued: #2\n" in proc.stdout, proc.stdout
+    assert "not re-queued (retried search.max_retry=1 times already; checkpoint deleted): #1" in proc.stdout
+    assert checkpoints.load(retried.number) is None  # nothing will resume it
+    assert checkpoints.load(fresh.number) is not None  # its retry will
+    waiting = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert [RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in waiting] == [fresh.number]
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def test_workers_get_the_storage_url_with_its_password_from_the_environment(
+    postgres_server: Any,  # noqa: F811
+    workdir: Path,
+) -> None:
+    """`ps` must never show the password: read each worker's /proc/PID/cmdline while it runs."""
+    url = postgres_server.new_database().replace("postgres@", "postgres:hunter2secret@")  # trust auth
+    write_config(workdir / "tiny.yaml", tiny_config(search={**tiny_config()["search"], "n_trials": 2}))
+    proc = popen_cli("run", "tiny.yaml", "--storage", url, "--workers", "2", "--device", "cpu", cwd=workdir)
+    seen: dict[int, str] = {}
+    while proc.poll() is None and len(seen) < 2:
+        for pid in _children(proc.pid):
+            with contextlib.suppress(FileNotFoundError):  # the worker has just exited
+                seen.setdefault(pid, Path(f"/proc/{pid}/cmdline").read_bytes().decode().replace("\0", " "))
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    workers = [cmd for cmd in seen.values() if " worker " in cmd]
+    assert len(workers) == 2, seen
+    for cmd in workers:
+        assert "hunter2secret" not in cmd and "postgresql" not in cmd, cmd
+    assert "hunter2secret" not in out + err
+    assert "study tiny: 2/2 trials finished" in out
