@@ -444,10 +444,10 @@ def test_workers_get_the_storage_url_with_its_password_from_the_environment(
     write_config(workdir / "tiny.yaml", tiny_config(search={**tiny_config()["search"], "n_trials": 2}))
     proc = popen_cli("run", "tiny.yaml", "--storage", url, "--workers", "2", "--device", "cpu", cwd=workdir)
     seen: dict[int, str] = {}
-    while proc.poll() is None and len(seen) < 2:
-        for pid in _children(proc.pid):
+    while proc.poll() is None and sum(" worker " in cmd for cmd in seen.values()) < 2:
+        for pid in _children(proc.pid):  # read again: before its exec, a child shows the parent's
             with contextlib.suppress(FileNotFoundError):  # the worker has just exited
-                seen.setdefault(pid, Path(f"/proc/{pid}/cmdline").read_bytes().decode().replace("\0", " "))
+                seen[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().decode().replace("\0", " ")
         time.sleep(0.05)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
