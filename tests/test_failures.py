@@ -317,7 +317,7 @@ def test_read_only_storage_is_refused(workdir: Path, monkeypatch: pytest.MonkeyP
     def access(path: Any, mode: int) -> bool:
         return False if Path(path) == Path("ro") and mode == os.W_OK else real_access(path, mode)
 
-    monkeypatch.setattr("search.study.os.access", access)
+    monkeypatch.setattr("search.storage.os.access", access)
     with pytest.raises(StorageError, match=r"storage ro is read-only"):
         make_storage("sqlite:///ro/studies.db")
     assert not (workdir / "ro" / "studies.db").exists()
