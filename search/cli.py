@@ -285,6 +285,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         join=True,
         stop=StopRequest(parent_pid=args.parent_pid),
         ignore_sigint=args.parent_pid is not None,
+        release_memory=args.shared_gpu,
         on_trial=lambda trial: print(_trial_line(trial), flush=True),
     )
     interrupted = result.outcome is Outcome.INTERRUPTED
@@ -528,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=int, help="total finished trials (default: the study's config)")
     p.add_argument("--timeout-s", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--shared-gpu", action="store_true", help=argparse.SUPPRESS)  # set by --workers-per-gpu
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_worker)
 
@@ -618,6 +620,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, BadInput) as exc:
         print(f"error: {exc}", file=sys.stderr)
     except Exception as exc:
+        failures = sys.modules.get("search.failures")  # loaded by any command that trains
+        if failures is not None and isinstance(exc, failures.DeviceFailure):
+            # the trial is re-queued; a fresh process can resume it
+            print(
+                f"error: device: {exc}. Fix: the trial was re-queued; run the same command again "
+                "(or let the other workers take it), and check the GPU (nvidia-smi) if it repeats",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
         if not isinstance(exc, _input_errors()):
             raise
         print(f"error: {exc}", file=sys.stderr)

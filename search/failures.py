@@ -7,6 +7,12 @@ user attribute ``fail_reason`` and the study goes on. Reasons read:
 - ``oom (batch_size=512)`` for ``torch.OutOfMemoryError`` (CUDA or other accelerators),
 - ``<ExceptionType>: <message>`` for anything else.
 
+A broken accelerator context (``torch.AcceleratorError``: a device-side assert, an illegal memory
+access) is not a failed trial: every later CUDA call of the process fails too. The objective
+raises :class:`DeviceFailure` instead; the trial is recorded FAIL with ``fail_reason``
+``device error: ...`` (not counted against the budget), re-queued with its checkpoint, and the
+worker process exits 1, so the retry runs in a fresh process (this one or another worker).
+
 ``search.max_failures`` (default null: never) stops the run through :class:`FailureBudget`.
 """
 
@@ -25,6 +31,22 @@ log = logging.getLogger(__name__)
 
 FAIL_REASON_ATTR = "fail_reason"
 MAX_MESSAGE_CHARS = 300
+DEVICE_ERROR_PREFIX = "device error: "
+
+
+class DeviceFailure(Exception):
+    """The accelerator context of this process is broken: end the worker, retry the trial elsewhere."""
+
+
+def is_device_fatal(exc: BaseException) -> bool:
+    """True for errors after which the process's CUDA context is unusable (not out-of-memory)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return False
+    accelerator_error = getattr(torch, "AcceleratorError", None)  # torch >= 2.8
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    # older torch raises a plain RuntimeError for the same CUDA errors
+    return isinstance(exc, RuntimeError) and str(exc).lstrip().startswith("CUDA error:")
 
 
 def describe_failure(exc: BaseException, params: Mapping[str, Any]) -> str:
@@ -34,6 +56,12 @@ def describe_failure(exc: BaseException, params: Mapping[str, Any]) -> str:
     if isinstance(exc, torch.OutOfMemoryError):
         batch = params.get("batch_size")
         return f"oom (batch_size={batch})" if batch is not None else "oom"
+    if is_device_fatal(exc):
+        return DEVICE_ERROR_PREFIX + _exception_text(exc)
+    return _exception_text(exc)
+
+
+def _exception_text(exc: BaseException) -> str:
     message = " ".join(str(exc).split())
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[: MAX_MESSAGE_CHARS - 3] + "..."
@@ -58,7 +86,7 @@ class FailureBudget:
     """
 
     #: fail reasons that are not the trial's fault: they never count against the budget
-    NOT_COUNTED = frozenset({"surplus", "interrupted"})
+    NOT_COUNTED = frozenset({"surplus", "interrupted"})  # and any "device error: ..." reason
 
     def __init__(self, max_failures: int | None, *, fallback: int | None = None) -> None:
         self.max_failures = max_failures
@@ -84,7 +112,9 @@ class FailureBudget:
         return f"stopped after {self.failures} failed trials ({setting})"
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state != TrialState.FAIL or trial.user_attrs.get(FAIL_REASON_ATTR) in self.NOT_COUNTED:
+        reason = str(trial.user_attrs.get(FAIL_REASON_ATTR, ""))
+        not_counted = reason in self.NOT_COUNTED or reason.startswith(DEVICE_ERROR_PREFIX)
+        if trial.state != TrialState.FAIL or not_counted:
             return
         self.failures += 1
         if self.limit is not None and self.failures >= self.limit and not self.tripped:

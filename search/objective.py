@@ -22,7 +22,7 @@ from search.artifacts import WEIGHTS_ATTR, CheckpointStore, WeightStore
 from search.augment import BatchTransform, channel_stats
 from search.config import ConfigError, StudyConfig
 from search.data import Splits, load_splits
-from search.failures import FAIL_REASON_ATTR, describe_failure, free_memory
+from search.failures import FAIL_REASON_ATTR, DeviceFailure, describe_failure, free_memory, is_device_fatal
 from search.model import ConvNet, count_parameters, feature_hw, min_input_size
 from search.space import suggest
 from search.train import EpochMetrics, FitResult, FitState, StopKind, fit
@@ -90,6 +90,19 @@ def build_model(
     )
 
 
+def device_label(device: torch.device) -> str:
+    """``str(device)``; on CUDA under ``CUDA_VISIBLE_DEVICES`` also the GPU it is (``cuda:0 (GPU 2)``).
+
+    Local workers each see one GPU as ``cuda:0``; the label keeps ``search status`` telling them apart.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if device.type != "cuda" or visible is None:
+        return str(device)
+    gpus = [v.strip() for v in visible.split(",") if v.strip()]
+    index = device.index or 0
+    return f"{device} (GPU {gpus[index]})" if index < len(gpus) else str(device)
+
+
 class Objective:
     """Callable for ``study.optimize``; holds the process's data on the training device."""
 
@@ -99,9 +112,14 @@ class Objective:
         device: torch.device,
         weights: WeightStore | None,
         should_stop: Callable[[], bool] | None = None,
+        *,
+        release_memory: bool = False,
     ) -> None:
         self.cfg = cfg
         self.device = device
+        # a GPU shared with other workers: return its cached memory after every trial, so a
+        # neighbour's next trial is not refused memory this process only holds in its cache
+        self.release_memory = release_memory
         self.weights = weights
         self.should_stop = should_stop or (lambda: False)
         splits = load_splits(cfg.data, cfg.seed, with_test=False)
@@ -126,18 +144,34 @@ class Objective:
         }
 
     def __call__(self, trial: optuna.Trial) -> float:
-        """One trial; any exception but pruning becomes a FAIL with ``fail_reason``, never a crash."""
+        """One trial; any exception but pruning becomes a FAIL with ``fail_reason``, never a crash.
+
+        Except a broken accelerator context (:func:`is_device_fatal`): then the trial's reason is
+        ``device error: ...`` and :class:`DeviceFailure` ends this process's trial loop.
+        """
+        self._release()  # what a pruned trial left (its traceback held it when it ended)
         try:
-            return self._run_trial(trial)
+            value = self._run_trial(trial)
         except (optuna.TrialPruned, TrialInterrupted):
             raise
         except Exception as exc:  # a failing trial must not end the study: record it and go on
             reason = describe_failure(exc, trial.params)
+            if is_device_fatal(exc):  # every later CUDA call of this process would fail too
+                log.error("trial %d: %s; this process cannot use %s again", trial.number, reason, self.device)
+                trial.set_user_attr(FAIL_REASON_ATTR, reason)
+                raise DeviceFailure(f"trial {trial.number}: {reason}") from exc
             oom = isinstance(exc, torch.OutOfMemoryError)
             log.warning("trial %d failed: %s", trial.number, reason, exc_info=not oom)
+        else:
+            self._release()
+            return value
         free_memory()  # outside the except block, so the traceback's tensors are already gone
         trial.set_user_attr(FAIL_REASON_ATTR, reason)
         return float("nan")  # Optuna records a NaN objective as FAIL; the study goes on
+
+    def _release(self) -> None:
+        if self.release_memory:
+            free_memory()
 
     def _run_trial(self, trial: optuna.Trial) -> float:
         cfg = self.cfg
@@ -145,7 +179,7 @@ class Objective:
         torch.manual_seed(cfg.seed + trial.number)
         model = build_model(cfg, params, self.in_shape, self.n_classes)
         trial.set_user_attr("n_params", count_parameters(model))
-        trial.set_user_attr("device", str(self.device))
+        trial.set_user_attr("device", device_label(self.device))
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         checkpoints = CheckpointStore(cfg.checkpoints_dir, trial.study.study_name)
@@ -190,6 +224,9 @@ class Objective:
             )
         except (TrialInterrupted, KeyboardInterrupt):
             keep_checkpoint = True  # its retry continues from here
+            raise
+        except Exception as exc:
+            keep_checkpoint = is_device_fatal(exc)  # re-queued: its retry continues from here
             raise
         finally:
             if not keep_checkpoint:

@@ -36,7 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.artifacts import WeightStore
 from search.config import StudyConfig
-from search.failures import FAIL_REASON_ATTR, FailureBudget
+from search.failures import FAIL_REASON_ATTR, DeviceFailure, FailureBudget
 from search.objective import Objective, TrialInterrupted
 from search.resume import prepare_resume
 from search.storage import retrying
@@ -101,6 +101,7 @@ def run_study(
     ignore_sigint: bool = False,
     on_trial: TrialCallback = _ignore,
     around: Callable[[optuna.Study], AbstractContextManager[Any]] | None = None,
+    release_memory: bool = False,
 ) -> RunResult:
     """Create or resume study ``cfg.name`` and run its trials until it holds ``search.n_trials``
     finished ones, the timeout, a stop (SIGINT/SIGTERM, handled here) or the failure budget.
@@ -113,6 +114,7 @@ def run_study(
     - ``objective``: instead of the model-training :class:`~search.objective.Objective` (tests).
     - ``on_trial``: called with each finished trial; ``around(study)``: a context entered once the
       study is open and left however the run ends (the CLI's dashboard and progress bar).
+    - ``release_memory``: return cached GPU memory around every trial (a worker sharing its GPU).
 
     Raises ConfigError, DataError, StorageError or ResumeConflict before anything is created.
     """
@@ -120,7 +122,9 @@ def run_study(
     data_attrs: dict[str, Any] | None = None
     if objective is None:
         train_device = torch.device("cpu") if workers else _device(device)
-        built = Objective(cfg, train_device, WeightStore(cfg.artifacts_dir), stop)
+        built = Objective(
+            cfg, train_device, WeightStore(cfg.artifacts_dir), stop, release_memory=release_memory
+        )
         objective, data_attrs = built, built.data_attrs()
     storage = storage_for(cfg, create=not join)
     if not join:
@@ -285,6 +289,9 @@ def _loop(
             log.warning("trial %s interrupted; recorded as FAIL (reason 'interrupted')", guarded.current)
             _requeue(study, storage, guarded.current, retry)
             return started, True
+        except DeviceFailure:  # this process's GPU context is broken: retry the trial in a fresh one
+            _requeue(study, storage, guarded.current, retry)
+            raise
 
 
 def _sleep(seconds: float, stop: Callable[[], bool]) -> None:

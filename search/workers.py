@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -137,6 +137,33 @@ def worker_command(cfg: StudyConfig, device: str, index: int) -> list[str]:
     return cmd
 
 
+def worker_process(
+    cfg: StudyConfig,
+    device: str,
+    index: int,
+    base_env: Mapping[str, str],
+    *,
+    shared_gpu: bool = False,
+) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of local worker ``index`` on ``device`` (from :func:`assign_devices`).
+
+    A worker on ``cuda:i`` sees only that GPU (``CUDA_VISIBLE_DEVICES``, mapped through the
+    parent's own ``CUDA_VISIBLE_DEVICES`` when set) and trains on its ``cuda:0``, so nothing that
+    uses the current device lands on GPU 0. With ``shared_gpu`` (several workers on that GPU) it
+    returns its cached GPU memory after every trial.
+    """
+    env = dict(base_env)
+    if device.startswith("cuda"):
+        i = int(device.partition(":")[2] or 0)
+        parent = [v.strip() for v in base_env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        env["CUDA_VISIBLE_DEVICES"] = parent[i] if "CUDA_VISIBLE_DEVICES" in base_env else str(i)
+        device = "cuda:0"
+    cmd = worker_command(cfg, device, index)
+    if shared_gpu:
+        cmd.append("--shared-gpu")
+    return cmd, env
+
+
 def run_parallel(
     cfg: StudyConfig,
     devices: Sequence[str],
@@ -175,14 +202,10 @@ def run_parallel(
         signal.signal(s, forward)
     try:
         for i, device in enumerate(devices):
-            procs.append(
-                subprocess.Popen(
-                    worker_command(cfg, device, i),
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                )
-            )
-            log.info("worker %d: pid %d on %s", i, procs[-1].pid, device)
+            shared = device != "cpu" and list(devices).count(device) > 1
+            cmd, worker_env = worker_process(cfg, device, i, env, shared_gpu=shared)
+            procs.append(subprocess.Popen(cmd, env=worker_env, stdout=subprocess.DEVNULL))
+            log.info("worker %d: pid %d on %s%s", i, procs[-1].pid, device, " (shared)" if shared else "")
         while True:
             alive = [p for p in procs if p.poll() is None]
             for t in retrying("polling trials", lambda: study.get_trials(deepcopy=False)):

@@ -11,6 +11,8 @@ import os
 import pickle
 import re
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,9 @@ import search.objective
 from search import cli
 from search.artifacts import WEIGHTS_ATTR, WeightStore
 from search.config import ConfigError, StudyConfig, config_from_dict, load_config, mask_url
-from search.failures import describe_failure
+from search.failures import describe_failure, is_device_fatal
 from search.study import StorageError, make_storage, open_study
-from tests.conftest import run_cli, tiny_config, write_config
+from tests.conftest import cli_env, run_cli, tiny_config, write_config
 
 DB = "storage/studies.db"
 
@@ -144,6 +146,69 @@ def test_describe_failure_texts() -> None:
     assert describe_failure(KeyError("c9"), {}) == "KeyError: 'c9'"
     assert describe_failure(RuntimeError(), {}) == "RuntimeError"
     assert len(describe_failure(RuntimeError("x" * 5000), {})) < 400
+
+
+def test_a_broken_gpu_context_is_not_a_trial_failure() -> None:
+    illegal = torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+    assert is_device_fatal(illegal)
+    assert is_device_fatal(RuntimeError("CUDA error: device-side assert triggered"))  # torch < 2.8
+    assert not is_device_fatal(torch.OutOfMemoryError("CUDA out of memory"))
+    assert not is_device_fatal(RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR"))
+    assert describe_failure(illegal, {}) == (
+        "device error: AcceleratorError: CUDA error: an illegal memory access was encountered"
+    )
+
+
+# `search` with fit raising torch.AcceleratorError after the first epoch of the first trial
+BROKEN_GPU = """
+import sys, torch, search.objective
+real_fit, calls = search.objective.fit, []
+def fit(*args, **kwargs):
+    calls.append(1)
+    inner = kwargs["on_epoch"]
+    def on_epoch(epoch, metrics):
+        inner(epoch, metrics)
+        if len(calls) == 1:
+            raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+    return real_fit(*args, **{**kwargs, "on_epoch": on_epoch})
+search.objective.fit = fit
+from search.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_broken_gpu_context_ends_the_worker_and_its_trial_is_retried(workdir: Path) -> None:
+    raw = tiny_config(train={"epochs": 2, "patience": 2, "checkpoint_every_s": 0})
+    raw["search"] = {**raw["search"], "n_trials": 2}
+    write_config(workdir / "tiny.yaml", raw)
+    proc = subprocess.run(
+        [sys.executable, "-c", BROKEN_GPU, "run", "tiny.yaml", "--device", "cpu"],
+        cwd=workdir,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr
+    reason = "device error: AcceleratorError: CUDA error: an illegal memory access was encountered"
+    assert f"error: device: trial 0: {reason}" in proc.stderr
+    assert "Fix: the trial was re-queued" in proc.stderr
+    trials = _study(workdir).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]  # no later trial ran
+    assert trials[0].user_attrs["fail_reason"] == reason
+    assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].params == trials[0].params
+    assert (workdir / "storage" / "checkpoints" / "tiny" / "trial-0.pt").is_file()  # kept for the retry
+
+    # another process (here a `search worker` joining the study) resumes the trial from its epoch
+    url = f"sqlite:///{workdir / DB}"
+    run_cli("worker", "--study-name", "tiny", "--storage", url, "--device", "cpu", cwd=workdir, check=0)
+    trials = _study(workdir).trials
+    retry = trials[1]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["resumed_from_trial"] == 0 and retry.user_attrs["resumed_from_epoch"] == 1
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+    assert [t.state for t in trials].count(TrialState.FAIL) == 1
 
 
 @pytest.mark.parametrize("value", [0, -1, "many"])

@@ -25,9 +25,10 @@ from search.augment import AugmentSpec, BatchTransform
 from search.config import ConfigError, TrainConfig, config_from_dict, to_dict
 from search.data import ImageSet
 from search.model import ConvNet
+from search.objective import device_label
 from search.study import CONFIG_ATTR, RetryStale, make_storage, running_trials
 from search.train import fit
-from search.workers import assign_devices
+from search.workers import assign_devices, worker_process
 from tests.conftest import cli_env, popen_cli, run_cli, tiny_config, write_config
 from tests.pg import postgres_server, storage_url  # noqa: F401  (fixtures)
 
@@ -131,6 +132,29 @@ def test_assign_devices_on_cpu_and_bad_counts() -> None:
         assign_devices("cpu", 0, 1)
     with pytest.raises(ValueError, match="--workers-per-gpu must be >= 1"):
         assign_devices("cpu", 2, 0)
+
+
+def test_each_local_gpu_worker_sees_only_its_gpu_and_shared_ones_release_memory() -> None:
+    cfg = config_from_dict({"name": "g", "search": {"n_trials": 4}})
+    cmd, env = worker_process(cfg, "cuda:1", 3, {"PATH": "/bin"}, shared_gpu=True)
+    assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "1"}
+    assert cmd[cmd.index("--device") + 1] == "cuda:0" and cmd[cmd.index("--worker-index") + 1] == "3"
+    assert cmd[-1] == "--shared-gpu"
+    # under the parent's own CUDA_VISIBLE_DEVICES, its cuda:1 is the second GPU listed there
+    _, env = worker_process(cfg, "cuda:1", 0, {"CUDA_VISIBLE_DEVICES": "4, 6"})
+    assert env["CUDA_VISIBLE_DEVICES"] == "6"
+    cmd, env = worker_process(cfg, "cpu", 0, {"PATH": "/bin"})
+    assert env == {"PATH": "/bin"} and "--shared-gpu" not in cmd
+    assert cmd[cmd.index("--device") + 1] == "cpu"
+
+
+def test_trials_record_which_gpu_their_worker_sees(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert device_label(torch.device("cuda:0")) == "cuda:0" and device_label(torch.device("cpu")) == "cpu"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4, 6")
+    assert device_label(torch.device("cuda:0")) == "cuda:0 (GPU 4)"
+    assert device_label(torch.device("cuda:1")) == "cuda:1 (GPU 6)"
+    assert device_label(torch.device("cpu")) == "cpu"
 
 
 def test_retry_keeps_params_and_history_up_to_max_retry_then_drops_the_checkpoint(tmp_path: Path) -> None:
