@@ -16,8 +16,23 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def machine() -> str:
-    """One line naming the machine: CPU model and cores, GPU (if any), torch version."""
+def gpu_name(device: torch.device | None = None) -> str:
+    """The GPU a run uses (``device``; None: GPU 0, if any), with its CUDA and cuDNN versions."""
+    if device is not None and device.type != "cuda":
+        return "no GPU used"
+    if not torch.cuda.is_available():
+        return "no GPU"
+    index = 0 if device is None else device.index
+    if index is None:
+        index = torch.cuda.current_device()
+    return (
+        f"{torch.cuda.get_device_name(index)} (cuda:{index}), CUDA {torch.version.cuda}, "
+        f"cuDNN {torch.backends.cudnn.version()}"
+    )
+
+
+def machine(device: torch.device | None = None) -> str:
+    """One line naming the machine: CPU model and cores, the GPU used (if any), torch version."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -26,7 +41,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    gpu = gpu_name(device)
     return (
         f"{cpu}, {os.cpu_count()} CPU(s), torch {torch.__version__} "
         f"({torch.get_num_threads()} thread(s)), {gpu}"

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.batch_sizes:
             rate, compile_s = throughput(objective, batch, args)
             rows.append([batch, f"{rate:,.0f}", f"{compile_s:.1f}" if args.compile else "-"])
-    print(f"machine: {machine()}; load average at the end: {os.getloadavg()[0]:.1f}")
+    print(f"machine: {machine(device)}; load average at the end: {os.getloadavg()[0]:.1f}")
     print(
         f"device: {device}; {CONFIG.relative_to(REPO)} on CIFAR-shaped synthetic data, "
         f"{len(objective.train):,} training / {len(objective.val):,} validation images; "
