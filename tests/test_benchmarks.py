@@ -163,3 +163,31 @@ def test_evaluation_batches_are_larger_than_training_batches() -> None:
     eval_batches = [b for training, b in seen if not training]
     assert train_batches == [8] * 5
     assert eval_batches == [16, 16, 8]  # twice the training batch
+
+
+def test_gpu_check_dry_run_writes_its_table(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.sh --dry-run: the whole GPU check on the CPU, tiny, into $OUT."""
+    out = tmp_path / "out"
+    env = {**cli_env(), "OUT": str(out), "PYTHON": sys.executable}
+    proc = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh"), "--dry-run"],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    table = (out / "gpu_check.md").read_text()
+    assert "DRY RUN" in table and "every step passed" in table
+    rows = {r[0]: r for r in table_rows(table.splitlines())}
+    assert rows["packages"][1] == "ok"
+    assert rows["CUDA tests: pytest -m cuda tests/test_cuda.py"][1].startswith("ok")
+    assert re.search(r"\d+ (skipped|passed)", rows["CUDA tests: pytest -m cuda tests/test_cuda.py"][2])
+    throughput = rows["throughput.py --device cpu --batch-size 8"]
+    assert throughput[1] == "ok" and re.search(r"speedup \d+\.\d\dx", throughput[2])
+    grid = rows["seed_grid.py --device cpu --quick --batch-sizes 8"]
+    assert grid[1] == "ok" and re.search(r"grid: \d+\.\d s, .* 8: \d", grid[2])
+    assert "== seed grid: exit 0" in (out / "gpu_check.log").read_text()
+    assert table in proc.stdout
