@@ -9,12 +9,14 @@ export and predict of a study trained on the GPU. Run them with ``pytest -m cuda
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,11 @@ def _model() -> ConvNet:
     return ConvNet(c1=8, c2=16, l1=32, in_shape=(3, 16, 16), n_classes=3, padding=1)
 
 
+def _keep(states: list[dict[str, Any]]) -> Callable[[dict[str, Any]], None]:
+    """A checkpoint callback keeping copies (fit's state holds its live tensors, as a save would not)."""
+    return lambda state: states.append(copy.deepcopy(state))
+
+
 TRANSFORM = BatchTransform([0.5] * 3, [0.25] * 3, AugmentSpec(hflip=True), channels_last=True)
 
 
@@ -81,7 +88,7 @@ def test_fit_trains_in_bf16_with_fused_adam_channels_last_and_cudnn() -> None:
     states: list[dict[str, Any]] = []
     cfg = TrainConfig(epochs=3, patience=3, amp=True, channels_last=True)
     result = fit(
-        model, train, val, lr=1e-2, batch_size=32, cfg=cfg, transform=TRANSFORM, on_checkpoint=states.append
+        model, train, val, lr=1e-2, batch_size=32, cfg=cfg, transform=TRANSFORM, on_checkpoint=_keep(states)
     )
     assert seen and set(seen) == {(torch.bfloat16, True)}  # bf16 autocast, channels_last input
     assert states[-1]["optimizer"]["param_groups"][0]["fused"] is True  # one fused Adam kernel
@@ -106,8 +113,8 @@ def test_evaluate_under_autocast_matches_fp32_and_the_cpu() -> None:
     loss_cpu, acc_cpu = evaluate(model, cpu_val, TRANSFORM, batch_size=50, amp=True)
     assert loss_bf16 == pytest.approx(loss_fp32, rel=0.05, abs=0.02)
     assert abs(acc_bf16 - acc_fp32) <= 0.05
-    assert loss_fp32 == pytest.approx(loss_cpu, rel=1e-3, abs=1e-3)
-    assert abs(acc_fp32 - acc_cpu) <= 1 / len(val) + 1e-9
+    assert loss_fp32 == pytest.approx(loss_cpu, rel=1e-2, abs=1e-2)  # cuDNN may use TF32
+    assert abs(acc_fp32 - acc_cpu) <= 0.03
 
 
 # --------------------------------------------------------------------------- checkpoint and resume
@@ -125,7 +132,7 @@ def test_resume_on_cuda_from_a_cuda_and_from_a_cpu_checkpoint() -> None:
         batch_size=32,
         cfg=cfg,
         transform=TRANSFORM,
-        on_checkpoint=states.append,
+        on_checkpoint=_keep(states),
     )
     resumed = fit(
         _model(), train, val, lr=1e-2, batch_size=32, cfg=cfg, transform=TRANSFORM, resume=states[0]
@@ -147,7 +154,7 @@ def test_resume_on_cuda_from_a_cuda_and_from_a_cpu_checkpoint() -> None:
         batch_size=32,
         cfg=cpu_cfg,
         transform=TRANSFORM,
-        on_checkpoint=cpu_states.append,
+        on_checkpoint=_keep(cpu_states),
     )
     after: list[dict[str, Any]] = []
     moved = fit(
@@ -159,7 +166,7 @@ def test_resume_on_cuda_from_a_cuda_and_from_a_cpu_checkpoint() -> None:
         cfg=cfg,
         transform=TRANSFORM,
         resume=cpu_states[0],
-        on_checkpoint=after.append,
+        on_checkpoint=_keep(after),
     )
     assert moved.epochs_run == 3
     assert [s["epoch"] for s in after] == [2, 3]
