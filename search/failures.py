@@ -40,6 +40,8 @@ class DeviceFailure(Exception):
 
 def is_device_fatal(exc: BaseException) -> bool:
     """True for errors after which the process's CUDA context is unusable (not out-of-memory)."""
+    import torch
+
     if isinstance(exc, torch.OutOfMemoryError):
         return False
     accelerator_error = getattr(torch, "AcceleratorError", None)  # torch >= 2.8
