@@ -375,6 +375,7 @@ def test_checkpoints_are_throttled_by_checkpoint_every_s(
         return real_save(self, number, state)
 
     monkeypatch.setattr(search.artifacts.CheckpointStore, "save", counting_save)
+    monkeypatch.chdir(tmp_path)  # the data cache (storage/data/cache) lands in tmp_path, not the repo
     raw = tiny_config(
         storage=f"sqlite:///{tmp_path}/s.db",
         checkpoints_dir=str(tmp_path / "ckpt"),
