@@ -209,6 +209,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("study %s on %s, storage %s", cfg.name, devices or device, mask_url(cfg.storage))
     wants_dashboard = args.dashboard or args.dashboard_port is not None
     progress = _Progress(cfg, (args.dashboard_port or 8080) if wants_dashboard else None)
+    warm = None
+    if args.warm_start is not None:  # read-only, before anything is created
+        from search.confirm import plan_warm_start
+
+        source_storage = args.warm_start_storage or cfg.storage
+        warm = plan_warm_start(cfg, args.warm_start, source_storage, args.warm_start_top)
     result = run_study(
         cfg,
         device=device,
@@ -216,8 +222,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         on_trial=progress.on_trial,
         around=progress.around,
+        warm_start=warm,
+        on_warm_start=_print_warm_start,
     )
     return _run_exit(result)
+
+
+def _print_warm_start(source: str, ws: Any) -> None:
+    print(
+        f"warm start from {source}: enqueued {len(ws.enqueued)} trial(s)"
+        + (f" ({', '.join(f'#{n}' for n in ws.enqueued)})" if ws.enqueued else "")
+        + (f", {len(ws.already)} enqueued by an earlier run" if ws.already else "")
+        + (f", skipped {len(ws.skipped)} outside this space" if ws.skipped else ""),
+        flush=True,
+    )
 
 
 def _run_exit(result: Any) -> int:
@@ -436,6 +454,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     check_study_name(args.study_name, "STUDY")
+    from search.confirm import finetune_start
     from search.export import ExportError
     from search.finetune import finetune, settings
     from search.report import study_config
@@ -448,8 +467,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     study = _results_study(args)
     cfg = study_config(study)
     ft = settings(cfg, args.epochs, args.lr_scale, args.patience)
+    start = finetune_start(study, args.trial)
+    print(f"finetune {args.study_name}: starting from {start.reason}", flush=True)
     try:
-        res = finetune(study, cfg, device, ft, args.out)
+        res = finetune(study, cfg, device, ft, args.out, trial_number=start.trial, started_from=start.reason)
     except ExportError as exc:
         raise BadInput(str(exc)) from exc
     print(
@@ -458,6 +479,61 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         f"test accuracy {res.test.accuracy:.4f} on {res.test.n} images; files in {res.out}"
     )
     return EXIT_OK
+
+
+def _confirm_table(result: Any) -> list[str]:
+    winner = result.winner
+    rows = [(r, _format_params(r.params)) for r in result.rows]
+    width = max([len("params"), *(len(p) for _, p in rows)])
+    lines = [f"{'trial':>5}  {'params':<{width}}  {'study':>6}  {'mean ± std':<15}  {'n':>2}"]
+    for r, params in rows:
+        mean = "-" if not r.n else f"{r.mean:.4f} ± " + ("-" if r.n < 2 else f"{r.std:.4f}")
+        mark = "  <- confirmed winner" if winner is not None and r.trial == winner.trial else ""
+        failed = f" ({r.failed} failed)" if r.failed else ""
+        cells = f"{r.trial:>5}  {params:<{width}}  {r.study_value:.4f}  {mean:<15}  {r.n:>2}"
+        lines.append(cells + failed + mark)
+    return lines
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    check_study_name(args.study_name, "STUDY")
+    from search.confirm import load_for_confirm, run_confirm, settings
+    from search.train import resolve_device
+    from search.workers import StopRequest
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise BadInput(f"--device: {exc}. Fix: use --device cpu or auto") from exc
+    study, cfg = load_for_confirm(args.study_name, args.storage)
+    s = settings(cfg, args.top, args.seeds, args.folds)
+    print(f"confirm {args.study_name}: top {s.top} trial(s), {s.describe()} each, on {device}", flush=True)
+
+    def on_run(record: Any, done: int, total: int) -> None:
+        what = f"fold {record.fold + 1}/{s.folds}" if record.fold is not None else f"seed {record.seed}"
+        value = "failed" if record.value is None else f"val {record.value:.4f}"
+        print(
+            f"run {done}/{total}: trial {record.trial} {what}: {value} (best epoch {record.best_epoch} "
+            f"of {record.epochs_run}, {record.seconds:.1f}s)",
+            flush=True,
+        )
+
+    stop = StopRequest()
+    with stop.installed():
+        result = run_confirm(study, cfg, s, device, should_stop=stop, on_run=on_run)
+    if result.interrupted:
+        print(
+            f"confirm {args.study_name}: interrupted with {result.runs_done}/{result.runs_total} runs "
+            "recorded; run the same command again to continue"
+        )
+        return EXIT_INTERRUPTED
+    if result.runs_this_call < result.runs_done:
+        print(f"({result.runs_done - result.runs_this_call} run(s) were recorded by an earlier confirm)")
+    for line in _confirm_table(result):
+        print(line)
+    print(f"confirm: {result.summary['verdict']}")
+    print(f"confirm: {result.csv_path}; summary stored on the study (user attr 'confirm')")
+    return EXIT_OK if result.winner is not None else EXIT_FAILED
 
 
 # --------------------------------------------------------------------------- parser
@@ -516,6 +592,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--workers", type=int, default=1, help="worker processes on this machine (default 1: in-process)"
+    )
+    p.add_argument("--warm-start", metavar="STUDY", help="first try the top param sets of this earlier study")
+    p.add_argument(
+        "--warm-start-storage", metavar="URL", help="the --warm-start study's storage (default: this one)"
+    )
+    p.add_argument(
+        "--warm-start-top", type=int, default=5, metavar="N", help="how many of its best trials (default 5)"
     )
     p.add_argument(
         "--workers-per-gpu", type=int, default=1, help="how many workers may share one GPU (default 1)"
@@ -586,12 +669,26 @@ def _add_results_parsers(sub: Any) -> None:
     p.add_argument("images", metavar="IMAGE", nargs="+")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser(
+        "confirm", help="re-train the top trials with new seeds (or folds): is the best really the best?"
+    )
+    p.add_argument("study_name", metavar="STUDY")
+    p.add_argument("--storage", default=default_storage, help="storage URL")
+    p.add_argument("--top", type=int, help="how many of the best trials (default: the study's confirm.top)")
+    p.add_argument("--seeds", type=int, help="new seeds per trial (default confirm.seeds)")
+    p.add_argument("--folds", type=int, help="F >= 2: F-fold CV of train+val instead (default confirm.folds)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.set_defaults(func=cmd_confirm)
+
     p = sub.add_parser("finetune", help="fine-tune the best trial from its weights, then test once")
     p.add_argument("study_name", metavar="STUDY")
     p.add_argument("--storage", default=default_storage, help="storage URL")
     p.add_argument("--epochs", type=int, help="maximum epochs (default: the study config's finetune.epochs)")
     p.add_argument("--lr-scale", type=float, help="lr = best trial's lr x this (default finetune.lr_scale)")
     p.add_argument("--patience", type=int, help="early stopping patience (default finetune.patience)")
+    p.add_argument(
+        "--trial", type=int, help="start from this trial (default: the confirmed winner, else the best trial)"
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--out", help="output folder (default storage/finetune/STUDY)")
     p.set_defaults(func=cmd_finetune)

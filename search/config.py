@@ -540,6 +540,31 @@ def _storage_in(value: Any) -> Any:
 
 
 @dataclass(frozen=True, config=SECTION)
+class ConfirmConfig:
+    """``search confirm``: re-train the top trials with new seeds (or on folds of train+val)."""
+
+    top: Int = _field(3, "use e.g. 3", "how many of the best COMPLETE trials to re-train", ge=1)
+    seeds: Int = _field(3, "use e.g. 3", "new seeds per trial (ignored with folds)", ge=1)
+    folds: Int = _field(
+        0,
+        "use 0, or e.g. 5 for 5-fold cross-validation",
+        "0: new seeds on the study's own split; F >= 2: F-fold cross-validation of train+val",
+        ge=0,
+    )
+
+    @model_validator(mode="after")
+    def _not_one_fold(self) -> ConfirmConfig:
+        if self.folds == 1:
+            raise ConfigError(
+                "folds",
+                self.folds,
+                "must be 0 (new seeds on the study's split) or at least 2",
+                "use 0, or e.g. 5 for 5-fold cross-validation",
+            )
+        return self
+
+
+@dataclass(frozen=True, config=SECTION)
 class StudyConfig:
     """A study: its name, seed, storage, data, model, training, search and fine-tuning."""
 
@@ -567,6 +592,9 @@ class StudyConfig:
     search: SearchConfig = _field(default_factory=SearchConfig, description="the search")
     finetune: FinetuneConfig = _field(
         default_factory=FinetuneConfig, description="fine-tuning", resumable=True
+    )
+    confirm: ConfirmConfig = _field(
+        default_factory=ConfirmConfig, description="`search confirm` defaults", resumable=True
     )
 
 

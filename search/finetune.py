@@ -111,8 +111,11 @@ def finetune(
     device: torch.device,
     ft: FinetuneSettings,
     out: str | Path | None = None,
+    *,
+    trial_number: int | None = None,
+    started_from: str | None = None,
 ) -> FinetuneResult:
-    """Fine-tune the study's best trial from its weights, then evaluate once on the test split."""
+    """Fine-tune trial ``trial_number`` (default: the best) from its weights, then test once."""
     started = time.perf_counter()
     previous = study.user_attrs.get(FINETUNE_ATTR)
     if isinstance(previous, dict):
@@ -123,7 +126,7 @@ def finetune(
             previous.get("finished_at"),
             previous.get("test_accuracy", float("nan")),
         )
-    trial = pick_trial(study, None)
+    trial = pick_trial(study, trial_number)
     assert trial.value is not None
     state = trial_weights(study, trial, cfg)
     params = params_of(trial.params, cfg.search.space)
@@ -193,6 +196,7 @@ def finetune(
         "study": study.study_name,
         "trial": trial.number,
         "trial_value": trial.value,
+        "started_from": started_from or f"trial {trial.number}",
         "params": params,
         "start_val_acc": start_acc,
         "final_val_acc": final_val,

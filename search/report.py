@@ -156,6 +156,7 @@ class Summary:
     saved_by_pruning_s: float
     saved_by_early_stopping_s: float
     notes: list[str] = field(default_factory=list)
+    confirm: dict[str, Any] | None = None  # the study user attr ``confirm`` (`search confirm`)
 
     @property
     def saved_seconds(self) -> float:
@@ -193,7 +194,13 @@ def summarize(study: optuna.Study, df: pd.DataFrame, epochs: int) -> Summary:
         full_run_seconds=float((per_epoch * epochs).sum()),
         saved_by_pruning_s=float(saved[finished["state"] == "PRUNED"].sum()),
         saved_by_early_stopping_s=float(saved[finished["state"] == "COMPLETE"].sum()),
+        confirm=_confirm_attr(study),
     )
+
+
+def _confirm_attr(study: optuna.Study) -> dict[str, Any] | None:
+    raw = study.user_attrs.get("confirm")  # written by search.confirm (a layer above this one)
+    return dict(raw) if isinstance(raw, dict) and isinstance(raw.get("verdict"), str) else None
 
 
 def summary_lines(s: Summary) -> list[str]:
@@ -214,6 +221,8 @@ def summary_lines(s: Summary) -> list[str]:
         f"{s.saved_by_early_stopping_s:.1f} s (vs {s.full_run_seconds:.1f} s estimated for every "
         f"trial running all {s.epochs_per_trial} epochs)",
     ]
+    if s.confirm is not None:
+        lines.append(f"confirm: {s.confirm['verdict']}")
     return lines + [f"note: {n}" for n in s.notes]
 
 

@@ -37,6 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.artifacts import WeightStore
 from search.config import StudyConfig
 from search.failures import FAIL_REASON_ATTR, DeviceFailure, FailureBudget
+from search.confirm import WarmStartPlan, WarmStartResult, apply_warm_start
 from search.objective import Objective, TrialInterrupted
 from search.resume import prepare_resume
 from search.storage import retrying
@@ -102,6 +103,8 @@ def run_study(
     on_trial: TrialCallback = _ignore,
     around: Callable[[optuna.Study], AbstractContextManager[Any]] | None = None,
     release_memory: bool = False,
+    warm_start: WarmStartPlan | None = None,
+    on_warm_start: Callable[[str, WarmStartResult], None] | None = None,
 ) -> RunResult:
     """Create or resume study ``cfg.name`` and run its trials until it holds ``search.n_trials``
     finished ones, the timeout, a stop (SIGINT/SIGTERM, handled here) or the failure budget.
@@ -114,6 +117,8 @@ def run_study(
     - ``objective``: instead of the model-training :class:`~search.objective.Objective` (tests).
     - ``on_trial``: called with each finished trial; ``around(study)``: a context entered once the
       study is open and left however the run ends (the CLI's dashboard and progress bar).
+    - ``warm_start``: enqueue another study's top param sets (``--warm-start``) once the study is
+      open, before any sampling; ``on_warm_start(source, result)`` hears what was enqueued.
     - ``release_memory``: return cached GPU memory around every trial (a worker sharing its GPU).
 
     Raises ConfigError, DataError, StorageError or ResumeConflict before anything is created.
@@ -130,6 +135,10 @@ def run_study(
     if not join:
         prepare_resume(storage, cfg, data_attrs, fresh=fresh)
     study = open_study(cfg, storage, None if join else data_attrs)
+    if warm_start is not None:
+        ws = apply_warm_start(study, warm_start)
+        if on_warm_start is not None:
+            on_warm_start(warm_start.source, ws)
     budget = FailureBudget.for_run(cfg.search.max_failures, cfg.search.n_trials)
     started = time.perf_counter()
     with around(study) if around is not None else contextlib.nullcontext():
