@@ -149,8 +149,9 @@ def test_verdict_compares_the_lead_with_the_seed_noise() -> None:
     ]
     v = verdict(close, close[1], s)
     # pooled std 0.02; 2 standard errors of a difference of two 3-run means: 2 * 0.02 * sqrt(2/3)
-    assert v["noise_std"] == pytest.approx(0.02) and v["threshold"] == pytest.approx(0.04 * math.sqrt(2 / 3))
-    assert v["lead"] == pytest.approx(0.01) and v["beyond_noise"] is False
+    assert v["noise_std"] == pytest.approx(0.02, abs=1e-6)  # stored rounded to 6 digits
+    assert v["threshold"] == pytest.approx(0.04 * math.sqrt(2 / 3), abs=1e-6)
+    assert v["lead"] == pytest.approx(0.01, abs=1e-6) and v["beyond_noise"] is False
     assert (
         "trial 2 is the confirmed winner" in v["verdict"] and "the study's best was trial 1" in v["verdict"]
     )
