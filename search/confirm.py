@@ -37,7 +37,6 @@ from search.config import (
     ConfigError,
     ParamSpec,
     StudyConfig,
-    config_from_dict,
     with_overrides,
 )
 from search.data import ImageSet, load_splits
@@ -45,7 +44,6 @@ from search.model import count_parameters
 from search.objective import build_model, make_transform, normalisation
 from search.report import default_report_dir, open_existing, study_config
 from search.space import params_of
-from search.study import CONFIG_ATTR
 from search.train import fit
 
 log = logging.getLogger(__name__)
@@ -612,13 +610,11 @@ def plan_warm_start(cfg: StudyConfig, source: str, storage: str, top: int) -> Wa
             "--warm-start", source, "a study cannot warm-start from itself", "name another study"
         )
     study = open_existing(source, storage)
-    raw = study.user_attrs.get(CONFIG_ATTR)
     source_cfg: StudyConfig | None = None
-    if isinstance(raw, Mapping):
-        try:
-            source_cfg = config_from_dict(raw)
-        except ConfigError:
-            source_cfg = None
+    try:
+        source_cfg = study_config(study)  # its fixed values complete a trial's params
+    except ConfigError:
+        source_cfg = None
     space = cfg.search.space
     candidates: list[tuple[int, dict[str, int | float]]] = []
     skipped: list[tuple[int, str]] = []
