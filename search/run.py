@@ -36,8 +36,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.artifacts import WeightStore
 from search.config import StudyConfig
-from search.failures import FAIL_REASON_ATTR, DeviceFailure, FailureBudget
 from search.confirm import WarmStartPlan, WarmStartResult, apply_warm_start
+from search.failures import FAIL_REASON_ATTR, DeviceFailure, FailureBudget
 from search.objective import Objective, TrialInterrupted
 from search.resume import prepare_resume
 from search.storage import retrying
