@@ -69,6 +69,8 @@ def _config_from_args(args: argparse.Namespace) -> StudyConfig:
         value = getattr(args, attr, None)
         if value is not None:
             sets.append(f"{key}={_quote(value)}")
+    if getattr(args, "tensorboard", False):
+        sets.append("train.tensorboard=true")
     return load_config(args.config, sets)
 
 
@@ -470,7 +472,16 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     start = finetune_start(study, args.trial)
     print(f"finetune {args.study_name}: starting from {start.reason}", flush=True)
     try:
-        res = finetune(study, cfg, device, ft, args.out, trial_number=start.trial, started_from=start.reason)
+        res = finetune(
+            study,
+            cfg,
+            device,
+            ft,
+            args.out,
+            trial_number=start.trial,
+            started_from=start.reason,
+            tensorboard=args.tensorboard,
+        )
     except ExportError as exc:
         raise BadInput(str(exc)) from exc
     print(
@@ -536,6 +547,58 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     return EXIT_OK if result.winner is not None else EXIT_FAILED
 
 
+def cmd_tensorboard(args: argparse.Namespace) -> int:
+    from search.tensorboard import TensorBoardError, serve_logs, study_log_dir
+
+    logdir = args.logdir
+    if args.study_name:
+        check_study_name(args.study_name, "STUDY")
+        logdir = study_log_dir(args.logdir, args.study_name)
+    try:
+        url = serve_logs(logdir, host=args.host, port=args.port)
+    except TensorBoardError as exc:
+        raise BadInput(str(exc)) from exc
+    print(url, flush=True)
+    log.info("serving TensorBoard on %s (Ctrl-C to stop)", logdir)
+    _wait_for_stop()
+    return EXIT_OK  # Ctrl-C / SIGTERM is how a server normally ends
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from search.app import AppError, open_app
+
+    try:
+        app = open_app(args.export_dir, host=args.host, port=args.port)
+    except AppError as exc:
+        raise BadInput(str(exc)) from exc
+    print(app.url, flush=True)
+    log.info("serving the predictor for %s (Ctrl-C to stop)", args.export_dir)
+    try:
+        _wait_for_stop()
+    finally:
+        app.close()
+    return EXIT_OK
+
+
+def _wait_for_stop() -> None:
+    """Block until Ctrl-C (SIGINT) or SIGTERM; a server running in another thread keeps serving."""
+    import signal
+    import threading
+
+    stopped = threading.Event()
+
+    def stop(_signum: int, _frame: Any) -> None:
+        stopped.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stopped.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -589,6 +652,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--fresh",
         action="store_true",
         help="start the study over: an existing study of this name is kept as NAME-old-TIMESTAMP",
+    )
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="TensorBoard logs per trial under storage/tensorboard/STUDY/ (train.tensorboard: true)",
     )
     p.add_argument(
         "--workers", type=int, default=1, help="worker processes on this machine (default 1: in-process)"
@@ -691,7 +759,25 @@ def _add_results_parsers(sub: Any) -> None:
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--out", help="output folder (default storage/finetune/STUDY)")
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="TensorBoard log of the run under storage/tensorboard/STUDY/finetune/",
+    )
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("tensorboard", help="serve TensorBoard on the studies' logs (extra [tensorboard])")
+    p.add_argument("study_name", metavar="STUDY", nargs="?", help="only this study's runs (default: all)")
+    p.add_argument("--logdir", default=StudyConfig().tensorboard_dir, help="log root (default %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=6006, help="port (default 6006)")
+    p.set_defaults(func=cmd_tensorboard)
+
+    p = sub.add_parser("app", help="drawing-pad and upload predictor for an exported model (extra [app])")
+    p.add_argument("export_dir", metavar="EXPORT_DIR", help="a `search export` folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.set_defaults(func=cmd_app)
 
 
 INPUT_ERRORS = {

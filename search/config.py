@@ -284,6 +284,12 @@ class TrainConfig:
         ge=0,
         resumable=True,
     )
+    tensorboard: Bool = _field(
+        False,
+        "write true or false",
+        "TensorBoard scalars per epoch and hparams per trial (extra [tensorboard])",
+        resumable=True,
+    )
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -585,6 +591,12 @@ class StudyConfig:
     )
     checkpoints_dir: Str = _field(
         "storage/checkpoints", "give a folder", "per-epoch checkpoints of running trials (resume)"
+    )
+    tensorboard_dir: Str = _field(
+        "storage/tensorboard",
+        "give a folder",
+        "TensorBoard runs, <study>/trial-<n>/, when train.tensorboard is on",
+        resumable=True,
     )
     data: DataConfig = _field(default_factory=DataConfig, description="the data")
     model: ModelConfig = _field(default_factory=ModelConfig, description="the model")

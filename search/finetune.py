@@ -114,6 +114,7 @@ def finetune(
     *,
     trial_number: int | None = None,
     started_from: str | None = None,
+    tensorboard: bool = False,
 ) -> FinetuneResult:
     """Fine-tune trial ``trial_number`` (default: the best) from its weights, then test once."""
     started = time.perf_counter()
@@ -146,7 +147,16 @@ def finetune(
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     lr = float(params["lr"]) * ft.lr_scale
 
+    board = None
+    if tensorboard or cfg.train.tensorboard:  # <tensorboard_dir>/<study>/finetune/
+        from search.tensorboard import finetune_log, require_tensorboard
+
+        require_tensorboard("--tensorboard" if tensorboard else "train.tensorboard")
+        board = finetune_log(cfg, study.study_name, params, lr, trial.number)
+
     def on_epoch(epoch: int, m: EpochMetrics) -> None:
+        if board is not None:
+            board.epoch(m)
         log.info(
             "finetune epoch %d: train_loss %.4f val_acc %.4f (%.1fs)",
             epoch,
@@ -156,17 +166,22 @@ def finetune(
         )
 
     train_cfg = dataclasses.replace(cfg.train, epochs=ft.epochs, patience=ft.patience)
-    result = fit(
-        model,
-        train,
-        val,
-        lr=lr,
-        batch_size=batch_size,
-        cfg=train_cfg,
-        transform=transform,
-        seed=cfg.seed + SEED_OFFSET,
-        on_epoch=on_epoch,
-    )
+    try:
+        result = fit(
+            model,
+            train,
+            val,
+            lr=lr,
+            batch_size=batch_size,
+            cfg=train_cfg,
+            transform=transform,
+            seed=cfg.seed + SEED_OFFSET,
+            on_epoch=on_epoch,
+        )
+    except BaseException as exc:  # the run's log still ends with its hparams
+        if board is not None:
+            board.finish("INTERRUPTED" if isinstance(exc, KeyboardInterrupt) else "FAIL")
+        raise
     best_epoch, final_val = result.best_epoch, result.best_val_acc
     if result.best_state is None or not final_val > start_acc:
         log.info("finetune: no epoch beat the starting accuracy %.4f; keeping the trial's weights", start_acc)
@@ -180,6 +195,12 @@ def finetune(
     conf, pred = probs.max(1)
     metrics = classification_metrics(test.labels, pred, splits.classes)
     log.info("finetune %s: test accuracy %.4f on %d images", study.study_name, metrics.accuracy, metrics.n)
+    if board is not None:
+        board.finish(
+            "FAIL" if result.failed else "COMPLETE",
+            final_val,
+            {"start_val_acc": start_acc, "test_acc": metrics.accuracy, "test_macro_f1": metrics.macro_f1},
+        )
 
     folder = Path(out) if out is not None else default_finetune_dir(study.study_name)
     folder.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
@@ -26,6 +26,9 @@ from search.failures import FAIL_REASON_ATTR, DeviceFailure, describe_failure, f
 from search.model import ConvNet, count_parameters, feature_hw, min_input_size
 from search.space import suggest
 from search.train import EpochMetrics, FitResult, FitState, StopKind, fit
+
+if TYPE_CHECKING:
+    from search.tensorboard import RunLog
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +125,10 @@ class Objective:
         self.release_memory = release_memory
         self.weights = weights
         self.should_stop = should_stop or (lambda: False)
+        if cfg.train.tensorboard:
+            from search.tensorboard import require_tensorboard
+
+            require_tensorboard()  # a missing extra is bad input, found before any study exists
         splits = load_splits(cfg.data, cfg.seed, with_test=False)
         check_input_size(splits.in_shape, cfg.model.padding)
         self.in_shape = splits.in_shape
@@ -185,8 +192,11 @@ class Objective:
         checkpoints = CheckpointStore(cfg.checkpoints_dir, trial.study.study_name)
         earlier = retry_history(trial)
         resume = self._resume_state(trial, checkpoints, earlier, params)
+        board = self._trial_log(trial, params, resume)
 
         def on_epoch(epoch: int, metrics: EpochMetrics) -> bool:
+            if board is not None:  # host floats only: no extra sync
+                board.epoch(metrics)
             trial.report(metrics.val_acc, epoch)  # one storage write an epoch; epochs_run at the end
             if trial.should_prune():
                 return True  # fit stops here and returns its figures; pruned below
@@ -208,6 +218,7 @@ class Objective:
                 last_checkpoint = now
 
         keep_checkpoint = False
+        ended, value = "FAIL", None  # how the trial ended, for its TensorBoard hparams
         try:
             result = fit(
                 model,
@@ -222,8 +233,13 @@ class Objective:
                 on_checkpoint=on_checkpoint,
                 resume=resume,
             )
+            if result.stop.kind is StopKind.PRUNED:
+                ended = "PRUNED"
+            elif not (result.failed or result.best_state is None):
+                ended, value = "COMPLETE", result.best_val_acc
         except (TrialInterrupted, KeyboardInterrupt):
             keep_checkpoint = True  # its retry continues from here
+            ended = "INTERRUPTED"
             raise
         except Exception as exc:
             keep_checkpoint = is_device_fatal(exc)  # re-queued: its retry continues from here
@@ -231,6 +247,8 @@ class Objective:
         finally:
             if not keep_checkpoint:
                 checkpoints.remove(trial.number, *earlier)
+            if board is not None:
+                board.finish(ended, value)
         self._record_fit(trial, result)
         if result.stop.kind is StopKind.PRUNED:
             trial.set_user_attr("pruned_at_epoch", result.stop.epoch)
@@ -252,6 +270,16 @@ class Objective:
         trial.set_user_attr("images_per_s", round(result.images_per_s, 1))
         if self.cfg.train.compile:
             trial.set_user_attr("compile_seconds", round(result.compile_seconds, 3))
+
+    def _trial_log(
+        self, trial: optuna.Trial, params: dict[str, Any], resume: dict[str, Any] | None
+    ) -> RunLog | None:
+        """The trial's TensorBoard run when ``train.tensorboard`` is on (imported only then)."""
+        if not self.cfg.train.tensorboard:
+            return None
+        from search.tensorboard import trial_log
+
+        return trial_log(self.cfg, trial.study.study_name, trial.number, params, resume)
 
     def _resume_state(
         self,
