@@ -103,7 +103,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "space": {"c1": 16, "c2": 32, "l1": 64, "lr": 0.005, "batch_size": 32},
         },
     )
+    raw["tensorboard_dir"] = str(root / "storage" / "tensorboard")
     study = build_study(raw)
+    assert not Path(raw["tensorboard_dir"]).exists()  # train.tensorboard is off: no logs written
     done = export_trial(study, config_from_dict(raw), out=root / "export")
     return done.out
 
