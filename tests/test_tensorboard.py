@@ -1,7 +1,7 @@
 """TensorBoard logs: a study run with --tensorboard read back with TensorBoard's own reader and
 checked against the trials' reported values and hparams (completed and pruned trials), a resumed
-trial's continued steps, finetune's run (nothing written when off: tests/test_app.py), and `search tensorboard`
-serving the page over HTTP (bad input: missing extra, no logs, port in use)."""
+trial's continued steps, finetune's run (nothing written when off: tests/test_app.py), and
+`search tensorboard` serving the page over HTTP (bad input: missing extra, no logs, port in use)."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from tests.conftest import popen_cli, run_cli, tiny_config, write_config
 from tests.test_dashboard import free_port, interrupt, read_line_with
 
 pytest.importorskip("tensorboard", reason="the [tensorboard] extra is not installed")
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
-from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 EPOCH_TAGS = ("loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr", "images_per_s")
 
@@ -97,7 +97,9 @@ def logged_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[F
     return root, study.get_trials(deepcopy=False)
 
 
-def test_every_trial_logs_its_reported_values_and_hparams(logged_study: tuple[Path, list[FrozenTrial]]) -> None:
+def test_every_trial_logs_its_reported_values_and_hparams(
+    logged_study: tuple[Path, list[FrozenTrial]],
+) -> None:
     root, trials = logged_study
     logs = root / "storage" / "tensorboard" / "tb"
     assert sorted(p.name for p in logs.iterdir()) == [f"trial-{t.number}" for t in trials]
@@ -125,7 +127,8 @@ def test_a_resumed_trial_continues_its_steps(tmp_path: Path) -> None:
     storage = storage_for(cfg)
 
     def after_first_epoch() -> bool:
-        return any(t.intermediate_values for t in optuna.load_study(study_name="resume", storage=storage).trials)
+        trials = optuna.load_study(study_name="resume", storage=storage).trials
+        return any(t.intermediate_values for t in trials)
 
     objective = Objective(cfg, torch.device("cpu"), WeightStore(cfg.artifacts_dir), after_first_epoch)
     study = open_study(cfg, storage, objective.data_attrs())
