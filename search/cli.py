@@ -766,14 +766,14 @@ def _add_results_parsers(sub: Any) -> None:
     )
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("tensorboard", help="serve TensorBoard on the studies' logs (extra [tensorboard])")
+    p = sub.add_parser("tensorboard", help="serve TensorBoard on the studies' logs ([tensorboard] extra)")
     p.add_argument("study_name", metavar="STUDY", nargs="?", help="only this study's runs (default: all)")
     p.add_argument("--logdir", default=StudyConfig().tensorboard_dir, help="log root (default %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=6006, help="port (default 6006)")
     p.set_defaults(func=cmd_tensorboard)
 
-    p = sub.add_parser("app", help="drawing-pad and upload predictor for an exported model (extra [app])")
+    p = sub.add_parser("app", help="drawing-pad predictor for an exported model ([app] extra)")
     p.add_argument("export_dir", metavar="EXPORT_DIR", help="a `search export` folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
