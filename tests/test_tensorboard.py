@@ -20,8 +20,8 @@ from search import cli
 from search.artifacts import WeightStore
 from search.config import config_from_dict
 from search.objective import Objective
-from search.study import make_storage, open_study, storage_for
-from search.workers import run_trials
+from search.run import Outcome, run_study
+from search.workers import StopRequest
 from tests.conftest import popen_cli, run_cli, tiny_config, write_config
 from tests.test_dashboard import free_port, interrupt, read_line_with
 
@@ -124,17 +124,17 @@ def test_a_resumed_trial_continues_its_steps(tmp_path: Path) -> None:
         search={**tiny_config()["search"], "n_trials": 1},
     )
     cfg = config_from_dict(raw)
-    storage = storage_for(cfg)
 
-    def after_first_epoch() -> bool:
-        trials = optuna.load_study(study_name="resume", storage=storage).trials
-        return any(t.intermediate_values for t in trials)
+    class AfterFirstEpoch(StopRequest):  # as if Ctrl-C came during the trial's first epoch
+        def __call__(self) -> bool:
+            trials = optuna.load_study(study_name="resume", storage=raw["storage"]).trials
+            return any(t.intermediate_values for t in trials)
 
-    objective = Objective(cfg, torch.device("cpu"), WeightStore(cfg.artifacts_dir), after_first_epoch)
-    study = open_study(cfg, storage, objective.data_attrs())
-    assert run_trials(study, objective, cfg, storage, stop=after_first_epoch).interrupted
-    objective = Objective(cfg, torch.device("cpu"), WeightStore(cfg.artifacts_dir))
-    run_trials(study, objective, cfg, make_storage(cfg.storage), stop=lambda: False)
+    stop = AfterFirstEpoch()
+    objective = Objective(cfg, torch.device("cpu"), WeightStore(cfg.artifacts_dir), stop)
+    assert run_study(cfg, objective=objective, stop=stop).outcome is Outcome.INTERRUPTED
+    assert run_study(cfg, device="cpu").outcome is Outcome.COMPLETED
+    study = optuna.load_study(study_name="resume", storage=raw["storage"])
 
     first, retry = study.get_trials(deepcopy=False)
     assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "interrupted"
