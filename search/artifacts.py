@@ -10,13 +10,20 @@ study, :meth:`WeightStore.exists` says whether the file is still there). Weights
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
+import os
+import pickle
+import re
 import tempfile
+import uuid
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
@@ -24,7 +31,185 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 log = logging.getLogger(__name__)
 
 WEIGHTS_ATTR = "weights_artifact_id"
+CHECKPOINT_KEY_ATTR = "checkpoint_key"
 MIMETYPE = "application/octet-stream"
+
+# What torch.load raises on a truncated, corrupt or foreign file (probed on random bytes, cut-off
+# and bit-flipped checkpoints, text, empty files, pickled code): each means "unreadable".
+UNREADABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    EOFError,
+    RuntimeError,
+    ValueError,  # includes UnicodeDecodeError
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    MemoryError,  # a corrupt header can claim a huge storage
+    pickle.PickleError,  # includes the weights_only unpickler's refusals
+    zipfile.BadZipFile,
+)
+# errno values that mean "this folder cannot take the file": no point in running more trials.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+_SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+
+
+class UnreadableFile(ValueError):
+    """A weights, checkpoint or cache file that torch cannot load safely (names the file)."""
+
+    def __init__(self, path: str | Path, exc: BaseException) -> None:
+        self.path = Path(path)
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, pickle.PickleError):
+            # torch's message suggests weights_only=False, i.e. running the file's code: never.
+            detail = "not a plain tensor file (truncated, corrupt, or it carries pickled code)"
+        super().__init__(f"{path} is unreadable: {detail[:200]}")
+
+
+class StorageFault(OSError):
+    """A folder the run writes to is full or not writable: more trials would fail the same way."""
+
+    def __init__(self, path: str | Path, exc: OSError) -> None:
+        self.path = Path(path)
+        folder = self.path.parent
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            problem = f"no space left on the device of {folder} (writing {self.path.name})"
+            fix = "free disk space there (or point the config's folder keys at a larger disk)"
+        else:
+            problem = f"cannot write {self.path} ({exc.strerror or exc})"
+            fix = f"make {folder} writable (or point the config's folder keys elsewhere)"
+        self.message = f"{problem}. Fix: {fix}, then run the same command again"
+        super().__init__(exc.errno, self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def load_tensors(source: str | Path | bytes, path: str | Path | None = None) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU; UnreadableFile (naming ``path``) for any bad file.
+
+    ``source`` is a file path or the file's bytes (then ``path`` names it in errors).
+    """
+    name = path if path is not None else source if not isinstance(source, bytes) else "<bytes>"
+    try:
+        if isinstance(source, bytes):
+            return torch.load(io.BytesIO(source), weights_only=True, map_location="cpu")
+        return torch.load(source, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise
+    except UNREADABLE_ERRORS as exc:
+        raise UnreadableFile(name, exc) from exc
+
+
+def tensor_bytes(obj: Any) -> bytes:
+    """``obj`` serialised by ``torch.save`` in memory (so writing it to disk gives plain OSErrors)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """The one place files of tensors reach the disk (tests inject a full disk here)."""
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _storage_error(path: Path, exc: OSError) -> OSError:
+    return StorageFault(path, exc) if exc.errno in STORAGE_ERRNOS else exc
+
+
+def write_atomic(path: str | Path, data: bytes, tmp: str | Path | None = None) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same folder, then rename it into place.
+
+    Readers never see a half-written file, and the temp file is removed whatever goes wrong
+    (full disk, permissions, Ctrl-C). A full or unwritable folder raises StorageFault.
+    """
+    final = Path(path)
+    temp = Path(tmp) if tmp is not None else final.with_name(f".{final.name}.tmp{os.getpid()}")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _write_file(temp, data)
+        os.replace(temp, final)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise _storage_error(final, exc) from exc
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return final
+
+
+def save_atomic(obj: Any, path: str | Path, tmp: str | Path | None = None) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (see :func:`write_atomic`)."""
+    return write_atomic(path, tensor_bytes(obj), tmp)
+
+
+# --------------------------------------------------------------------------- writable folders
+
+
+def unwritable_reason(folder: str | Path) -> str | None:
+    """Why files cannot be written under ``folder`` (None when they can). Creates nothing.
+
+    A missing folder is fine when its nearest existing parent is a writable folder (the run
+    creates it). Tried with a probe file, so it is also right for root and read-only mounts.
+    """
+    path = Path(folder)
+    probe_dir = path
+    while not probe_dir.exists():
+        if probe_dir.is_symlink():
+            return f"{probe_dir} is a broken link"
+        if probe_dir.parent == probe_dir:
+            return f"none of the folders above {path} exists"
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        return f"{probe_dir} is a file, not a folder"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=probe_dir)
+    except OSError as exc:
+        return f"{probe_dir} is not writable ({exc.strerror or exc})"
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
+class UnwritableFolder(ValueError):
+    """A folder a command must write to cannot be written: ``FIELD: problem (got PATH). Fix: HINT``."""
+
+
+def check_writable(folders: Mapping[str, str | Path]) -> None:
+    """UnwritableFolder for the first of ``folders`` (config field -> folder) that cannot be written.
+
+    Run before any work (a trial trains for minutes before it saves anything), it creates nothing.
+    """
+    for field, folder in folders.items():
+        reason = unwritable_reason(folder)
+        if reason is not None:
+            raise UnwritableFolder(
+                f"{field}: files are written here but {reason} (got {str(folder)!r}). Fix: make it a "
+                f"writable folder, or point {field} at one (e.g. --set {field}=/path/to/folder)"
+            )
+
+
+class _AtomicArtifactStore(FileSystemArtifactStore):
+    """Optuna's file-system store, but each artifact is written to a temp file and renamed into
+    place: a full disk leaves no half-written weights file (and raises StorageFault)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.root = root
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        final = self.root / artifact_id
+        temp = self.root / f".{artifact_id}.tmp"
+        try:
+            _write_file(temp, content_body.read())
+            os.replace(temp, final)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise _storage_error(final, exc) from exc
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
 
 
 class WeightStore:
@@ -38,30 +223,48 @@ class WeightStore:
     def store(self) -> FileSystemArtifactStore:
         """The Optuna artifact store; its directory is created on first use, not before."""
         if self._store is None:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._store = FileSystemArtifactStore(str(self.root))
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _storage_error(self.root / "-", exc) from exc
+            self._store = _AtomicArtifactStore(self.root)
         return self._store
 
     def save(self, study_or_trial: Any, state_dict: Mapping[str, torch.Tensor], filename: str) -> str:
-        """Upload ``state_dict`` as ``filename`` attached to a trial or study; returns the artifact id."""
-        with tempfile.TemporaryDirectory() as tmp:
+        """Upload ``state_dict`` as ``filename`` attached to a trial or study; returns the artifact id.
+
+        The upload's source file lives in a hidden temp folder inside the store (one disk, no
+        system temp dir), removed whatever happens; a full disk raises StorageFault.
+        """
+        data = tensor_bytes(dict(state_dict))
+        store = self.store
+        with tempfile.TemporaryDirectory(prefix=".upload-", dir=self.root) as tmp:
             path = Path(tmp) / filename
-            torch.save(dict(state_dict), path)
+            try:
+                _write_file(path, data)
+            except OSError as exc:
+                raise _storage_error(self.root / filename, exc) from exc
             return upload_artifact(
-                artifact_store=self.store,
+                artifact_store=store,
                 file_path=str(path),
                 study_or_trial=study_or_trial,
                 mimetype=MIMETYPE,
             )
 
+    def path(self, artifact_id: str) -> Path:
+        return self.root / artifact_id
+
     def load(self, artifact_id: str) -> dict[str, torch.Tensor]:
-        """The state_dict stored under ``artifact_id`` (FileNotFoundError if it was removed)."""
+        """The state_dict stored under ``artifact_id`` (FileNotFoundError if it was removed,
+        UnreadableFile if it is not a plain state_dict)."""
         try:
             with self.store.open_reader(artifact_id) as reader:
-                buf = io.BytesIO(reader.read())
+                data = reader.read()
         except ArtifactNotFound as exc:
             raise FileNotFoundError(f"weights artifact {artifact_id} is not in {self.root}") from exc
-        state: dict[str, torch.Tensor] = torch.load(buf, weights_only=True, map_location="cpu")
+        state = load_tensors(data, self.path(artifact_id))
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise UnreadableFile(self.path(artifact_id), TypeError("not a state_dict of tensors"))
         return state
 
     def exists(self, artifact_id: str) -> bool:
@@ -83,36 +286,74 @@ class WeightStore:
         return removed
 
 
-class CheckpointStore:
-    """Per-epoch checkpoints of running trials: ``<root>/<study>/trial-<number>.pt``.
+# --------------------------------------------------------------------------- checkpoints
 
-    A trial writes its checkpoint after every epoch (atomically: temp file, then rename) and
-    removes it when it finishes; a retried trial (after a killed worker or an interrupt) loads
-    the checkpoint of the attempt it repeats and continues from the next epoch. With workers
-    on several machines the root must be a shared directory.
+
+def new_checkpoint_key(study_name: str) -> str:
+    """A key no other study has: a filesystem-safe form of the name plus a random uuid."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", study_name).lstrip(".")[:80] or "study"
+    return f"{safe}-{uuid.uuid4().hex[:12]}"
+
+
+def ensure_checkpoint_key(study: optuna.Study) -> str:
+    """The study's checkpoint key (user attr ``checkpoint_key``), created with the study.
+
+    A new study gets a fresh key, so it never meets the checkpoints of an older study of the
+    same name (after ``--fresh`` or a delete and re-create); ``--fresh``'s archived copy keeps
+    its key (``copy_study`` copies user attrs) and so its files. A study from before keys existed
+    (it has trials but no key) keeps its old folder, named after the study.
+    """
+    key = study.user_attrs.get(CHECKPOINT_KEY_ATTR)
+    if isinstance(key, str):
+        return key
+    has_trials = bool(study.get_trials(deepcopy=False))
+    key = study.study_name if has_trials and _SAFE_KEY.fullmatch(study.study_name) else None
+    study.set_user_attr(CHECKPOINT_KEY_ATTR, key or new_checkpoint_key(study.study_name))
+    return str(study.user_attrs[CHECKPOINT_KEY_ATTR])  # re-read: a concurrent start may have won
+
+
+def checkpoint_key(study: optuna.Study) -> str:
+    """The checkpoint key stored on ``study`` (created when missing); ValueError if unsafe."""
+    key = study.user_attrs.get(CHECKPOINT_KEY_ATTR)
+    if not isinstance(key, str):
+        key = ensure_checkpoint_key(study)
+    if not _SAFE_KEY.fullmatch(key) or ".." in key:
+        raise ValueError(f"study {study.study_name!r} has an unsafe {CHECKPOINT_KEY_ATTR} {key!r}")
+    return key
+
+
+class CheckpointStore:
+    """Per-epoch checkpoints of running trials: ``<root>/<study key>/trial-<number>.pt``.
+
+    The key (:func:`checkpoint_key`) is unique to the study, not its name, so a new study of an
+    old name never resumes from, or deletes, the old study's files. A trial writes its checkpoint
+    (atomically: temp file, then rename; the temp file never outlives a failed save) and removes it
+    when it finishes; a retried trial (after a killed worker or an interrupt) loads the checkpoint
+    of the attempt it repeats and continues from the next epoch; an unreadable checkpoint counts
+    as none. With workers on several machines the root must be a shared directory.
     """
 
-    def __init__(self, root: str | Path, study_name: str) -> None:
-        self.dir = Path(root) / study_name
+    def __init__(self, root: str | Path, key: str) -> None:
+        self.dir = Path(root) / key
+
+    @classmethod
+    def for_study(cls, root: str | Path, study: optuna.Study) -> CheckpointStore:
+        return cls(root, checkpoint_key(study))
 
     def path(self, trial_number: int) -> Path:
         return self.dir / f"trial-{trial_number}.pt"
 
+    def _tmp(self, trial_number: int) -> Path:
+        return self.dir / f"trial-{trial_number}.pt.tmp"
+
     def save(self, trial_number: int, state: Mapping[str, Any]) -> Path:
-        buffer = io.BytesIO()
-        torch.save(dict(state), buffer)
-        final = self.path(trial_number)
-        tmp = final.with_suffix(".pt.tmp")
-        for attempt in range(2):  # another worker may remove the (empty) folder before we write
-            self.dir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(2):  # another worker may remove the (empty) folder between mkdir and write
             try:
-                tmp.write_bytes(buffer.getbuffer())
-                break
+                return save_atomic(dict(state), self.path(trial_number), self._tmp(trial_number))
             except FileNotFoundError:
                 if attempt:
                     raise
-        tmp.replace(final)
-        return final
+        raise AssertionError("unreachable")
 
     def load(self, trial_number: int) -> dict[str, Any] | None:
         """The checkpoint of ``trial_number`` on the CPU, or None when there is none (or it is unreadable)."""
@@ -120,14 +361,18 @@ class CheckpointStore:
         if not path.is_file():
             return None
         try:
-            state: dict[str, Any] = torch.load(path, weights_only=True, map_location="cpu")
-        except (OSError, RuntimeError, EOFError) as exc:
-            log.warning("ignoring unreadable checkpoint %s: %s", path, exc)
+            state = load_tensors(path)
+        except (UnreadableFile, OSError) as exc:
+            log.warning("ignoring unreadable checkpoint %s (%s); the trial starts over", path, exc)
+            return None
+        if not isinstance(state, dict) or not {"epoch", "params"} <= state.keys():
+            log.warning("ignoring checkpoint %s: not a trial checkpoint; the trial starts over", path)
             return None
         return state
 
     def remove(self, *trial_numbers: int) -> None:
         for number in trial_numbers:
             self.path(number).unlink(missing_ok=True)
+            self._tmp(number).unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # the study's folder goes once empty (not empty: kept)
             self.dir.rmdir()

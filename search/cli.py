@@ -812,9 +812,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_FAILED
+        artifacts = sys.modules.get("search.artifacts")  # loaded by any command that writes files
+        if artifacts is not None and isinstance(exc, artifacts.StorageFault):
+            print(f"error: {exc}", file=sys.stderr)  # a disk filled up (or a folder became read-only)
+            return EXIT_FAILED
         if not isinstance(exc, _input_errors()):
             raise
         print(f"error: {exc}", file=sys.stderr)
+    except StorageFault as exc:  # a disk filled up (or a folder became read-only) mid-run
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

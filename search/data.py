@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +20,13 @@ from typing import Any
 
 import torch
 
+from search.artifacts import UnreadableFile, load_tensors, save_atomic
 from search.config import DataConfig
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: non-UTF-8 class folder names are stored escaped
 
 
 class DataError(ValueError):
@@ -157,31 +157,63 @@ def cache_path(cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir) / f"{cfg.dataset}-{digest}.pt"
 
 
+def folders_written(cfg: DataConfig) -> dict[str, str]:
+    """The data folders loading ``cfg`` writes (config field -> folder): the cache folder, unless
+    a cache of this dataset is already there."""
+    try:
+        cached = cache_path(cfg).is_file()
+    except OSError:
+        cached = False
+    return {} if cached else {"data.cache_dir": cfg.cache_dir}
+
+
 def _load_cached(cfg: DataConfig) -> _Decoded:
     if cfg.dataset == "imagefolder":
         _check_folder(Path(cfg.root))
     path = cache_path(cfg)
     if path.exists():
-        try:
-            blob = torch.load(path, weights_only=True)
-            return _Decoded(
-                images=blob["images"],
-                labels=blob["labels"],
-                classes=tuple(blob["classes"]),
-                test_images=blob.get("test_images"),
-                test_labels=blob.get("test_labels"),
-            )
-        except (OSError, RuntimeError, KeyError, EOFError) as exc:
-            log.warning("ignoring unreadable data cache %s (%s); decoding again", path, exc)
+        cached = _read_cache(path)
+        if cached is not None:
+            return cached
     decoded = _decode(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob = {"images": decoded.images, "labels": decoded.labels, "classes": list(decoded.classes)}
+    blob: dict[str, Any] = {
+        "images": decoded.images,
+        "labels": decoded.labels,
+        "classes": list(decoded.classes),
+    }
     if decoded.test_images is not None:
         blob.update(test_images=decoded.test_images, test_labels=decoded.test_labels)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(blob, tmp)
-    tmp.replace(path)  # atomic: parallel workers never read a half-written cache
-    log.info("cached decoded %s data at %s", cfg.dataset, path)
+    try:  # atomic (temp file, then rename): parallel workers never read a half-written cache
+        save_atomic(blob, path)
+    except OSError as exc:  # a cache is only a speed-up: a full or read-only disk must not stop a run
+        log.warning("could not write the data cache %s (%s); decoding again next time", path, exc)
+    else:
+        log.info("cached decoded %s data at %s", cfg.dataset, path)
+    return decoded
+
+
+def _read_cache(path: Path) -> _Decoded | None:
+    """The cached tensors at ``path``, or None (with a warning) when the file is unreadable or not
+    a cache of ours: the caller decodes again and replaces it."""
+    try:
+        blob = load_tensors(path)
+        decoded = _Decoded(
+            images=blob["images"],
+            labels=blob["labels"],
+            classes=tuple(str(c) for c in blob["classes"]),
+            test_images=blob.get("test_images"),
+            test_labels=blob.get("test_labels"),
+        )
+    except (UnreadableFile, OSError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("ignoring unreadable data cache %s (%s); decoding again", path, exc)
+        return None
+    tensors = [decoded.images, decoded.labels, decoded.test_images, decoded.test_labels]
+    ok = all(t is None or isinstance(t, torch.Tensor) for t in tensors)
+    ok = ok and decoded.images.dtype == torch.uint8 and decoded.images.ndim == 4
+    ok = ok and decoded.labels.ndim == 1 and len(decoded.labels) == len(decoded.images)
+    if not ok:
+        log.warning("ignoring data cache %s: not a cache of decoded images; decoding again", path)
+        return None
     return decoded
 
 
@@ -268,20 +300,45 @@ def _check_folder(root: Path) -> None:
             )
 
 
+def printable_name(name: str) -> str:
+    """A folder name as text that can be printed and written as UTF-8 anywhere: bytes that are not
+    UTF-8 (which Python keeps as lone surrogates) become ``\\xNN`` escapes, so names stay distinct."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file system makes: escape it as it is
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def read_image(path: Path) -> Any:
+    """The fully decoded PIL image at ``path`` (file closed); DataError naming the file if it is
+    not a readable image or is too large to decode (a decompression bomb: more pixels than PIL's
+    ``Image.MAX_IMAGE_PIXELS``, found from the header before anything is decoded)."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return img.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(
+            f"image {path} is too large to decode safely ({exc}). Fix: resize it to a sensible size "
+            "or remove it"
+        ) from exc
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, MemoryError) as exc:
+        raise DataError(f"cannot read image {path} ({exc}). Fix: delete or replace the file") from exc
+
+
 def _decode_folder(root: Path, image_size: int | None) -> _Decoded:
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     classes = _class_dirs(root)
     files = [(path, label) for label, folder in enumerate(classes) for path in _image_files(folder)]
-    raw: list[Image.Image] = []
-    for path, _ in files:
-        try:
-            with Image.open(path) as img:
-                img.load()
-                raw.append(img.copy())
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise DataError(f"cannot read image {path} ({exc}). Fix: delete or replace the file") from exc
+    raw = [read_image(path) for path, _ in files]
     mode_counts = Counter(img.mode for img in raw)
     modes = set(mode_counts)
     gray = modes <= {"L", "1", "I;16", "I", "LA"}
@@ -310,7 +367,7 @@ def _decode_folder(root: Path, image_size: int | None) -> _Decoded:
     images = torch.from_numpy(np.stack(arrays)).contiguous()
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
     log.info("decoded %d images from %s (%d classes, mode %s)", len(files), root, len(classes), mode)
-    return _Decoded(images, labels, tuple(p.name for p in classes))
+    return _Decoded(images, labels, tuple(printable_name(p.name) for p in classes))
 
 
 def _synthetic(shape: tuple[int, int, int], n_classes: int, n_samples: int) -> _Decoded:

@@ -21,9 +21,16 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from search.artifacts import WEIGHTS_ATTR, WeightStore
+from search.artifacts import (
+    WEIGHTS_ATTR,
+    UnreadableFile,
+    WeightStore,
+    load_tensors,
+    tensor_bytes,
+)
 from search.augment import BatchTransform
 from search.config import StudyConfig
+from search.data import DataError, printable_name, read_image
 from search.model import ConvNet, count_parameters
 from search.space import params_of
 from search.storage import DATA_ATTR, best_trial
@@ -83,7 +90,14 @@ def trial_weights(study: optuna.Study, trial: FrozenTrial, cfg: StudyConfig) -> 
             f"(artifact dir {cfg.artifacts_dir}). Trials that still have weights: "
             f"{', '.join(map(str, kept)) or 'none'}. Fix: pick one of those with --trial"
         )
-    return store.load(artifact_id)
+    try:
+        return store.load(artifact_id)
+    except UnreadableFile as exc:
+        raise ExportError(
+            f"the weights of trial {trial.number} of study {study.study_name!r} cannot be used: {exc}. "
+            f"Fix: export another trial with --trial (trials with weights: "
+            f"{', '.join(map(str, trials_with_weights(study, store))) or 'none'}), or re-run it"
+        ) from exc
 
 
 def model_config(study: optuna.Study, trial: FrozenTrial, cfg: StudyConfig) -> dict[str, Any]:
@@ -110,7 +124,7 @@ def model_config(study: optuna.Study, trial: FrozenTrial, cfg: StudyConfig) -> d
         "in_shape": in_shape,
         "color_mode": "L" if in_shape[0] == 1 else "RGB",
         "n_classes": len(data["classes"]),
-        "classes": list(data["classes"]),
+        "classes": [printable_name(str(c)) for c in data["classes"]],
         "normalize": {"mean": list(data["mean"]), "std": list(data["std"])},
         "train": {"lr": float(params["lr"]), "batch_size": int(params["batch_size"])},
         "val_accuracy": trial.value,
@@ -129,16 +143,35 @@ def model_config(study: optuna.Study, trial: FrozenTrial, cfg: StudyConfig) -> d
 
 def build_from_config(config: dict[str, Any]) -> ConvNet:
     """A fresh (untrained) ConvNet with the architecture recorded in an export's config."""
-    m = config["model"]
-    return ConvNet(
-        c1=int(m["c1"]),
-        c2=int(m["c2"]),
-        l1=int(m["l1"]),
-        in_shape=[int(v) for v in config["in_shape"]],
-        n_classes=int(config["n_classes"]),
-        padding=int(m["padding"]),
-        dropout=[float(p) for p in m["dropout"]],
-    )
+    try:
+        m = config["model"]
+        return ConvNet(
+            c1=int(m["c1"]),
+            c2=int(m["c2"]),
+            l1=int(m["l1"]),
+            in_shape=[int(v) for v in config["in_shape"]],
+            n_classes=int(config["n_classes"]),
+            padding=int(m["padding"]),
+            dropout=[float(p) for p in m["dropout"]],
+        )
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ExportError(
+            f"{CONFIG_FILE} does not describe a model ({type(exc).__name__}: {exc}). "
+            "Fix: export the study again"
+        ) from exc
+
+
+def load_weights_into(model: ConvNet, state: Any, path: Path | str) -> None:
+    """``model.load_state_dict(state)``; ExportError naming ``path`` when they do not fit."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ExportError(f"{path} is not a state_dict of tensors. Fix: export the study again")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        first = str(exc).splitlines()[0][:300]
+        raise ExportError(
+            f"the weights in {path} do not fit the recorded model ({first}). Fix: export the study again"
+        ) from exc
 
 
 def _model_card(config: dict[str, Any], n_params: int) -> str:
@@ -189,19 +222,43 @@ class Export:
 def export_trial(
     study: optuna.Study, cfg: StudyConfig, number: int | None = None, out: str | Path | None = None
 ) -> Export:
-    """Write best.pt, config.json and README.md for trial ``number`` (default: the best trial)."""
+    """Write best.pt, config.json and README.md for trial ``number`` (default: the best trial).
+
+    Everything is built and checked in memory first (weights fit the model, texts encode as
+    UTF-8), then each file is written to a temp file and renamed into place: an error (bad
+    weights, full disk) leaves no half-written export and no temp files.
+    """
     trial = pick_trial(study, number)
     state = trial_weights(study, trial, cfg)
     config = model_config(study, trial, cfg)
     model = build_from_config(config)
-    model.load_state_dict(state)  # proves the weights fit the recorded architecture
+    load_weights_into(model, state, WeightStore(cfg.artifacts_dir).path(trial.user_attrs[WEIGHTS_ATTR]))
     folder = Path(out) if out is not None else default_export_dir(study.study_name, trial.number)
-    folder.mkdir(parents=True, exist_ok=True)
     plain = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save(plain, folder / WEIGHTS_FILE)
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    card = _model_card({**config, "_dir": str(folder)}, count_parameters(model))
-    (folder / CARD_FILE).write_text(card, encoding="utf-8")
+    card = _model_card({**config, "_dir": printable_name(str(folder))}, count_parameters(model))
+    try:
+        files = {
+            WEIGHTS_FILE: tensor_bytes(plain),
+            CONFIG_FILE: (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
+            CARD_FILE: card.encode("utf-8"),
+        }
+    except UnicodeEncodeError as exc:
+        raise ExportError(f"trial {trial.number}'s config cannot be written as UTF-8 ({exc})") from exc
+    temps = {name: folder / f".{name}.tmp" for name in files}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            temps[name].write_bytes(data)
+        for name in files:
+            temps[name].replace(folder / name)
+    except OSError as exc:
+        raise ExportError(
+            f"cannot write the export to {folder} ({exc.strerror or exc}). Fix: free space or make "
+            "it writable, or pass --out with another folder"
+        ) from exc
+    finally:
+        for temp in temps.values():
+            temp.unlink(missing_ok=True)
     log.info("exported trial %d of %s to %s", trial.number, study.study_name, folder)
     return Export(folder, trial.number, config)
 
@@ -231,30 +288,35 @@ def load_export(
     config = read_export_config(folder)
     weights = Path(folder) / WEIGHTS_FILE
     try:
-        state = torch.load(weights, weights_only=True, map_location=device)
+        state = load_tensors(weights)
     except FileNotFoundError as exc:
         raise ExportError(f"{weights} is missing. Fix: export the study again") from exc
+    except UnreadableFile as exc:
+        raise ExportError(f"{exc}. Fix: export the study again (`search export STUDY`)") from exc
     model = build_from_config(config)
-    model.load_state_dict(state)
+    load_weights_into(model, state, weights)
     model.to(device).eval()
-    norm = config["normalize"]
-    return model, BatchTransform(norm["mean"], norm["std"]), config
+    try:
+        norm = config["normalize"]
+        transform = BatchTransform(norm["mean"], norm["std"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExportError(f"{folder}/{CONFIG_FILE} has no usable normalize entry. Fix: export again") from exc
+    return model, transform, config
 
 
 def load_images(paths: Sequence[str | Path], config: dict[str, Any]) -> torch.Tensor:
     """uint8 [N, C, H, W] images: each file converted to the model's colour mode and resized."""
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     c, h, w = (int(v) for v in config["in_shape"])
     mode = "L" if c == 1 else "RGB"
     arrays = []
     for path in paths:
         try:
-            with Image.open(path) as img:
-                converted = img.convert(mode)
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise ExportError(f"cannot read image {path} ({exc}). Fix: give PNG/JPEG image files") from exc
+            converted = read_image(Path(path)).convert(mode)
+        except DataError as exc:
+            raise ExportError(f"{exc} (give PNG/JPEG image files)") from exc
         if converted.size != (w, h):
             converted = converted.resize((w, h), Image.Resampling.BILINEAR)
         arr = np.asarray(converted, dtype=np.uint8)

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from optuna.artifacts import upload_artifact
 
-from search.artifacts import WeightStore
+from search.artifacts import WeightStore, check_writable, save_atomic
 from search.augment import BatchTransform
 from search.config import ConfigError, FinetuneConfig, StudyConfig, with_overrides
 from search.data import ImageSet, load_splits
@@ -42,7 +42,7 @@ from search.evaluate import (
     plot_filters,
     plot_predictions,
 )
-from search.export import pick_trial, trial_weights
+from search.export import load_weights_into, pick_trial, trial_weights
 from search.model import ConvNet
 from search.objective import build_model, make_transform
 from search.space import params_of
@@ -129,13 +129,15 @@ def finetune(
         )
     trial = pick_trial(study, trial_number)
     assert trial.value is not None
+    folder = Path(out) if out is not None else default_finetune_dir(study.study_name)
+    check_writable({"--out": folder, "artifacts_dir": cfg.artifacts_dir})  # before any training
     state = trial_weights(study, trial, cfg)
     params = params_of(trial.params, cfg.search.space)
     mean, std = _stored_normalisation(study)
     splits = load_splits(cfg.data, cfg.seed, with_test=True)
     assert splits.test is not None
     model: ConvNet = build_model(cfg, params, splits.in_shape, splits.n_classes)
-    model.load_state_dict(state)
+    load_weights_into(model, state, f"the weights of trial {trial.number}")
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model.to(device).to(memory_format=memory_format)  # as fit() holds it: same numbers as the trial
     transform = make_transform(cfg, mean, std)
@@ -202,10 +204,9 @@ def finetune(
             {"start_val_acc": start_acc, "test_acc": metrics.accuracy, "test_macro_f1": metrics.macro_f1},
         )
 
-    folder = Path(out) if out is not None else default_finetune_dir(study.study_name)
     folder.mkdir(parents=True, exist_ok=True)
     final_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save(final_state, folder / "final.pt")
+    save_atomic(final_state, folder / "final.pt")
     confusion_frame(metrics).to_csv(folder / "confusion.csv")
     pd.DataFrame(metrics.per_class).to_csv(folder / "per_class.csv", index=False)
     title = f"{study.study_name}: test accuracy {metrics.accuracy:.3f}"

@@ -18,10 +18,10 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from search.artifacts import WEIGHTS_ATTR, CheckpointStore, WeightStore
+from search.artifacts import WEIGHTS_ATTR, CheckpointStore, StorageFault, WeightStore, check_writable
 from search.augment import BatchTransform, channel_stats
 from search.config import ConfigError, StudyConfig
-from search.data import Splits, load_splits
+from search.data import Splits, folders_written, load_splits
 from search.failures import FAIL_REASON_ATTR, DeviceFailure, describe_failure, free_memory, is_device_fatal
 from search.model import ConvNet, count_parameters, feature_hw, min_input_size
 from search.space import suggest
@@ -106,6 +106,15 @@ def device_label(device: torch.device) -> str:
     return f"{device} (GPU {gpus[index]})" if index < len(gpus) else str(device)
 
 
+def check_run_folders(cfg: StudyConfig) -> None:
+    """UnwritableFolder for any folder a run writes (weights, checkpoints, data cache) that cannot
+    be written; run before the first trial, it creates nothing."""
+    folders: dict[str, str] = {"checkpoints_dir": cfg.checkpoints_dir}
+    if cfg.search.keep_top_k > 0:
+        folders["artifacts_dir"] = cfg.artifacts_dir
+    check_writable({**folders, **folders_written(cfg.data)})
+
+
 class Objective:
     """Callable for ``study.optimize``; holds the process's data on the training device."""
 
@@ -161,6 +170,9 @@ class Objective:
             value = self._run_trial(trial)
         except (optuna.TrialPruned, TrialInterrupted):
             raise
+        except StorageFault as exc:  # a full or unwritable folder: every next trial would fail too
+            trial.set_user_attr(FAIL_REASON_ATTR, f"storage: {exc}"[:300])
+            raise  # Optuna records the trial FAIL; the run ends with this error
         except Exception as exc:  # a failing trial must not end the study: record it and go on
             reason = describe_failure(exc, trial.params)
             if is_device_fatal(exc):  # every later CUDA call of this process would fail too
@@ -189,7 +201,7 @@ class Objective:
         trial.set_user_attr("device", device_label(self.device))
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
-        checkpoints = CheckpointStore(cfg.checkpoints_dir, trial.study.study_name)
+        checkpoints = CheckpointStore.for_study(cfg.checkpoints_dir, trial.study)
         earlier = retry_history(trial)
         resume = self._resume_state(trial, checkpoints, earlier, params)
         board = self._trial_log(trial, params, resume)

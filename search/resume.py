@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage
 
+from search.artifacts import ensure_checkpoint_key
 from search.config import ConfigError, StudyConfig, config_from_dict, mask_url, resumable_fields, to_dict
 from search.storage import CONFIG_ATTR, DATA_ATTR
 
@@ -94,7 +95,9 @@ def archive_study(storage: BaseStorage, name: str) -> str:
     """Copy study ``name`` (trials, attributes, artifact references) to a new name, then delete
     the original. Returns the new name. The original is deleted only after the copy is checked."""
     new_name = archive_name(name, set(optuna.get_all_study_names(storage)))
-    n_trials = len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
+    old = optuna.load_study(study_name=name, storage=storage)
+    ensure_checkpoint_key(old)  # the copy inherits it: the archive keeps its checkpoints
+    n_trials = len(old.get_trials(deepcopy=False))
     optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=storage, to_study_name=new_name)
     copied = optuna.load_study(study_name=new_name, storage=storage)
     if len(copied.get_trials(deepcopy=False)) != n_trials:  # pragma: no cover - a storage fault

@@ -34,11 +34,11 @@ import torch
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from search.artifacts import WeightStore
+from search.artifacts import StorageFault, WeightStore
 from search.config import StudyConfig
 from search.confirm import WarmStartPlan, WarmStartResult, apply_warm_start
 from search.failures import FAIL_REASON_ATTR, DeviceFailure, FailureBudget
-from search.objective import Objective, TrialInterrupted
+from search.objective import Objective, TrialInterrupted, check_run_folders
 from search.resume import prepare_resume
 from search.storage import retrying
 from search.study import (
@@ -126,6 +126,7 @@ def run_study(
     stop = stop or StopRequest()
     data_attrs: dict[str, Any] | None = None
     if objective is None:
+        check_run_folders(cfg)  # a trial trains for minutes before it saves: refuse a bad folder now
         train_device = torch.device("cpu") if workers else _device(device)
         built = Objective(
             cfg, train_device, WeightStore(cfg.artifacts_dir), stop, release_memory=release_memory
@@ -235,7 +236,7 @@ class _QuietEndings(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, SurplusTrial | TrialInterrupted | KeyboardInterrupt):
+        if isinstance(exc, SurplusTrial | TrialInterrupted | KeyboardInterrupt | StorageFault):
             self.quiet.add(message.split(" failed", 1)[0])  # "Trial 12"
             return False
         return not (

@@ -223,6 +223,9 @@ def open_study(
         with warnings.catch_warnings():  # experimental since optuna 3.2, still the public API
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([METRIC_NAME])
+    from search.artifacts import ensure_checkpoint_key  # torch: only where a study is opened to run
+
+    ensure_checkpoint_key(study)  # before any trial: checkpoints are keyed by it, not by the name
     if CONFIG_ATTR not in study.user_attrs:
         # The dashboard shows attrs cut at 1024 chars; it writes the whole config as the study's
         # note when it opens (search.dashboard), so a run without --dashboard never imports it.
@@ -276,19 +279,19 @@ class RetryStale(RetryHeartbeatStaleTrialCallback):
                 trial.number,
                 self.max_retry,
             )
-            self._drop_checkpoints(study.study_name, attempts)
+            self._drop_checkpoints(study, attempts)
             return False
         clean = copy.copy(trial)
         clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != FAIL_REASON_ATTR}
         super().__call__(study, clean)
         return True
 
-    def _drop_checkpoints(self, study_name: str, numbers: list[int]) -> None:
+    def _drop_checkpoints(self, study: optuna.Study, numbers: list[int]) -> None:
         if self.checkpoints_dir is None:
             return
         from search.artifacts import CheckpointStore  # torch: only when there is something to delete
 
-        CheckpointStore(self.checkpoints_dir, study_name).remove(*numbers)
+        CheckpointStore.for_study(self.checkpoints_dir, study).remove(*numbers)
 
 
 @dataclass(frozen=True)

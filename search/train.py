@@ -227,7 +227,12 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` → the first CUDA GPU when there is one, else the CPU. Raises ValueError if absent."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"{name!r} is not a device (auto, cpu, cuda or cuda:N)") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device type {device.type!r} is not supported (auto, cpu, cuda or cuda:N)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} asked for, but no CUDA GPU is visible")

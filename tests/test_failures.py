@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 import search.objective
 from search import cli
-from search.artifacts import WEIGHTS_ATTR, WeightStore
+from search.artifacts import WEIGHTS_ATTR, UnreadableFile, WeightStore
 from search.config import ConfigError, StudyConfig, config_from_dict, load_config, mask_url
 from search.failures import describe_failure, is_device_fatal
 from search.study import StorageError, make_storage, open_study
@@ -521,8 +521,9 @@ def test_weights_load_refuses_pickled_code(tmp_path: Path) -> None:
     assert torch.equal(store.load(good)["w"], torch.ones(2))
     evil = store.save(study, {"w": torch.ones(2)}, "evil.pt")
     (tmp_path / "artifacts" / evil).write_bytes(pickle.dumps({"w": _Payload()}, protocol=2))
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(UnreadableFile, match="carries pickled code") as caught:
         store.load(evil)
+    assert "weights_only=False" not in str(caught.value)  # never advise running the file's code
 
 
 # --------------------------------------------------------------------------- disk
