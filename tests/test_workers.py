@@ -279,7 +279,9 @@ def test_ctrl_c_records_interrupted_trials_and_a_rerun_resumes(workdir: Path, wo
     interrupted = trials[victim.number]
     assert interrupted.state == TrialState.FAIL
     assert interrupted.user_attrs["fail_reason"] == "interrupted"
-    assert [p.name for p in (workdir / "storage" / "checkpoints").rglob("*.pt")] == [f"trial-{victim.number}.pt"]
+    assert [p.name for p in (workdir / "storage" / "checkpoints").rglob("*.pt")] == [
+        f"trial-{victim.number}.pt"
+    ]
     waiting = [t for t in trials if t.state == TrialState.WAITING]
     assert [RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in waiting].count(
         victim.number
