@@ -258,7 +258,8 @@ def export_trial(
         ) from exc
     finally:
         for temp in temps.values():
-            temp.unlink(missing_ok=True)
+            if not temp.is_dir():
+                temp.unlink(missing_ok=True)
     log.info("exported trial %d of %s to %s", trial.number, study.study_name, folder)
     return Export(folder, trial.number, config)
 

@@ -19,7 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 import search
-from search.cli import build_parser
+from search.cli import build_parser, main
 from search.config import load_config
 from tests.conftest import CIFAR_SAMPLE, REPO, cli_env, run_cli, tiny_config, write_config
 
@@ -323,3 +323,36 @@ def test_log_lines_sit_above_the_progress_bar_in_a_terminal(workdir: Path) -> No
     assert any("removed 1 weights file(s)" in s for s in logs)  # logged while the bar was shown
     stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
     assert all(stamp.match(s) for s in logs), [s for s in logs if not stamp.match(s)]
+
+
+def test_python_m_search_help(workdir: Path) -> None:
+    out = run_cli("--help", cwd=workdir, check=0).stdout
+    for command in ("run", "validate", "status"):
+        assert command in out
+
+
+@pytest.mark.parametrize("device", ["tpu", "mps", "cuda:x", "", "cpu cuda"])
+def test_bad_devices_exit_2_for_run_worker_and_finetune(
+    workdir: Path, capsys: pytest.CaptureFixture[str], device: str
+) -> None:
+    cfg = write_config(workdir / "c.yaml", tiny_config())
+    url = f"sqlite:///{workdir}/studies.db"
+    study = optuna.create_study(study_name="tiny", storage=url, direction="maximize")
+    study.set_user_attr("config", tiny_config())  # as `search run` stores it: worker gets that far
+    for args in (
+        ["run", str(cfg), "--device", device],
+        ["run", str(cfg), "--device", device, "--workers", "2"],
+        ["worker", "--study-name", "tiny", "--storage", url, "--device", device],
+        ["finetune", "tiny", "--storage", url, "--device", device],
+    ):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and "--device" in err, (args, err)
+    assert not (workdir / "storage" / "data").exists()
+
+
+def test_device_tpu_through_the_cli(workdir: Path) -> None:
+    write_config(workdir / "c.yaml", tiny_config())
+    proc = run_cli("run", "c.yaml", "--device", "tpu", cwd=workdir, check=2)
+    assert "error: --device: 'tpu' is not a device" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (workdir / "storage").exists()

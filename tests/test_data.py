@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import torch
 
 from search.config import DataConfig, SyntheticConfig
 from search.data import DataError, cache_path, load_splits, stratified_split
-from tests.conftest import CIFAR_SAMPLE
+from tests.conftest import CIFAR_SAMPLE, run_cli, tiny_config, write_config
 
 
 def test_stratified_split_is_seeded_and_balanced() -> None:
@@ -78,3 +79,95 @@ def test_synthetic_is_learnable_shape(tmp_path: Path) -> None:
     )
     s = load_splits(cfg, seed=0)
     assert s.in_shape == (1, 12, 10) and s.n_classes == 3
+
+
+# --------------------------------------------------------------------------- round two: faults
+
+
+def _bomb_png(path: Path, side: int = 20000) -> Path:
+    """A PNG whose header claims ``side`` x ``side`` pixels (a decompression bomb), in 60 bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def _folder(root: Path, names: list[str | bytes]) -> Path:
+    from PIL import Image
+
+    for name in names:
+        folder = Path(os.fsdecode(name)) if isinstance(name, bytes) else Path(name)
+        (root / folder).mkdir(parents=True)
+        for i in range(6):
+            Image.new("L", (8, 8), color=30 * i + len(str(folder))).save(root / folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("side", [20000, 10000])  # past PIL's error limit, and past its warning one
+def test_a_decompression_bomb_in_an_imagefolder_exits_2(workdir: Path, side: int) -> None:
+    root = _folder(workdir / "imgs", ["a", "b"])
+    bomb = _bomb_png(root / "a" / "bomb.png", side)
+    cfg = tiny_config(data={"dataset": "imagefolder", "root": str(root)}, train={"epochs": 1, "patience": 1})
+    write_config(workdir / "c.yaml", cfg)
+    proc = run_cli("run", "c.yaml", "--device", "cpu", cwd=workdir, check=2)
+    assert proc.stderr.count("error:") == 1 and "Traceback" not in proc.stderr
+    assert f"image {bomb} is too large to decode safely" in proc.stderr
+    assert not (workdir / "storage" / "studies.db").exists()
+
+
+@pytest.mark.parametrize("content", ["random", "pickled", "list", "text", "wrong-dtype"])
+def test_an_unreadable_data_cache_is_rebuilt(
+    tmp_path: Path, content: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import io
+    import pickle
+
+    cfg = DataConfig(dataset="digits", cache_dir=str(tmp_path / "cache"))
+    first = load_splits(cfg, seed=0)
+    path = cache_path(cfg)
+    buf = io.BytesIO()
+    torch.save({"images": torch.zeros(3, 1, 8, 8), "labels": torch.zeros(3), "classes": ["a"]}, buf)
+    path.write_bytes(
+        {
+            "random": bytes(range(256)) * 9,
+            "pickled": pickle.dumps({"images": print}, protocol=2),
+            "list": pickle.dumps([1, 2], protocol=2),
+            "text": b"hello\n",
+            "wrong-dtype": buf.getvalue(),
+        }[content]
+    )
+    again = load_splits(cfg, seed=0)
+    assert torch.equal(again.train.images, first.train.images)
+    assert "data cache" in caplog.text and "decoding again" in caplog.text
+    assert torch.load(path, weights_only=True)["images"].dtype == torch.uint8  # replaced by a good one
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_a_corrupt_cache_through_the_cli_is_rebuilt(workdir: Path) -> None:
+    write_config(
+        workdir / "c.yaml",
+        tiny_config(train={"epochs": 1, "patience": 1}, search={**tiny_config()["search"], "n_trials": 1}),
+    )
+    run_cli("run", "c.yaml", "--device", "cpu", cwd=workdir, check=0)
+    (cache,) = (workdir / "storage" / "data" / "cache").glob("*.pt")
+    cache.write_bytes(bytes(range(256)) * 40)
+    proc = run_cli("run", "c.yaml", "--device", "cpu", "--n-trials", "2", cwd=workdir, check=0)
+    assert "ignoring unreadable data cache" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_non_utf8_class_folder_names_become_printable(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "imgs", [b"caf\xe9", b"caf\xe8", "b"])
+    cfg = DataConfig(dataset="imagefolder", root=str(root), cache_dir=str(tmp_path / "cache"))
+    classes = load_splits(cfg, seed=0).classes
+    assert classes == ("b", "caf\\xe8", "caf\\xe9")  # distinct, and UTF-8 encodable
+    assert all(c.encode("utf-8") for c in classes)

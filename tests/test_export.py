@@ -191,3 +191,91 @@ def test_cifar_sample_export_and_predict(tmp_path: Path) -> None:
     arr = np.asarray(Image.open(files[0]).convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
     probs = predict_tensor(model, transform, torch.from_numpy(arr.copy())[None])
     assert config["classes"][int(probs.argmax())] == results[0][0][0]
+
+
+# --------------------------------------------------------------------------- round two: faults
+
+BAD_WEIGHTS = {
+    "truncated": lambda good: good[: len(good) // 2],
+    "random": lambda good: bytes(range(256)) * 10,
+    "pickled-code": lambda good: __import__("pickle").dumps({"w": _Payload()}, protocol=2),
+}
+
+
+class _Payload:
+    def __reduce__(self) -> tuple[object, ...]:
+        return (print, ("pwned",))
+
+
+@pytest.fixture
+def own_study(tmp_path: Path) -> tuple[Path, optuna.Study]:
+    """A one-trial study of this test's own (its weights get corrupted)."""
+    raw = raw_config(tmp_path, train={"epochs": 1, "patience": 1}, search={"n_trials": 1})
+    return tmp_path, build_study(raw)
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_WEIGHTS))
+def test_bad_weights_exit_2_naming_the_file(
+    own_study: tuple[Path, optuna.Study], capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """Truncated, random or pickled-code weights: `export`, `finetune` and `predict` exit 2 naming
+    the file, never suggest weights_only=False, and write nothing."""
+    root, study = own_study
+    cfg = study_config(study)
+    exported = export_trial(study, cfg, out=root / "good").out
+    artifact = Path(cfg.artifacts_dir) / study.best_trial.user_attrs[WEIGHTS_ATTR]
+    artifact.write_bytes(BAD_WEIGHTS[kind](artifact.read_bytes()))
+    (exported / "best.pt").write_bytes(BAD_WEIGHTS[kind]((exported / "best.pt").read_bytes()))
+    image = root / "x.png"
+    Image.new("L", (8, 8)).save(image)
+    commands = {
+        "export": (["export", "tiny", "--storage", db_url(root), "--out", str(root / "e")], artifact),
+        "finetune": (
+            ["finetune", "tiny", "--storage", db_url(root), "--device", "cpu", "--out", str(root / "f")],
+            artifact,
+        ),
+        "predict": (["predict", str(exported), str(image)], exported / "best.pt"),
+    }
+    for args, path in commands.values():
+        assert main(args) == 2, args
+        out = capsys.readouterr()
+        assert out.err.count("error:") == 1 and str(path) in out.err, out.err
+        assert "weights_only=False" not in out.err and "pwned" not in out.out
+    assert not (root / "e").exists() and not (root / "f").exists()
+
+
+def test_predict_a_decompression_bomb_exits_2(digits: tuple[Path, optuna.Study], tmp_path: Path) -> None:
+    from tests.test_data import _bomb_png
+
+    _, study = digits
+    folder = export_trial(study, study_config(study), out=tmp_path / "e").out
+    bomb = _bomb_png(tmp_path / "bomb.png")
+    proc = run_cli("predict", str(folder), str(bomb), cwd=tmp_path, check=2)
+    assert f"image {bomb} is too large to decode safely" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_export_with_a_non_utf8_class_folder_and_no_half_written_files(tmp_path: Path) -> None:
+    from tests.test_data import _folder
+
+    root = _folder(tmp_path / "imgs", [b"caf\xe9", "b"])
+    raw = raw_config(
+        tmp_path,
+        data={"dataset": "imagefolder", "root": str(root), "cache_dir": str(tmp_path / "cache")},
+        train={"epochs": 1, "patience": 1},
+        search={"n_trials": 1},
+    )
+    study = build_study(raw)
+    proc = run_cli("export", "tiny", "--storage", db_url(tmp_path), "--out", "e", cwd=tmp_path, check=0)
+    config = json.loads((tmp_path / "e" / "config.json").read_text(encoding="utf-8"))
+    assert config["classes"] == ["b", "caf\\xe9"]
+    assert "caf\\xe9" in (tmp_path / "e" / "README.md").read_text(encoding="utf-8")
+    image = next((root / "b").iterdir())
+    proc = run_cli("predict", "e", str(image), cwd=tmp_path, check=0)
+    assert "caf\\xe9" in proc.stdout or "b " in proc.stdout
+
+    # A write that fails half-way (here: the card's temp name is taken by a folder) leaves nothing.
+    (tmp_path / "e2" / ".README.md.tmp").mkdir(parents=True)
+    proc = run_cli("export", "tiny", "--storage", db_url(tmp_path), "--out", "e2", cwd=tmp_path, check=2)
+    assert "cannot write the export to e2" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "e2").iterdir()) == [".README.md.tmp"]
+    assert study.best_trial is not None
