@@ -819,9 +819,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not isinstance(exc, _input_errors()):
             raise
         print(f"error: {exc}", file=sys.stderr)
-    except StorageFault as exc:  # a disk filled up (or a folder became read-only) mid-run
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -22,7 +22,6 @@ from types import FrameType
 import optuna
 from optuna.trial import FrozenTrial
 
-from search.artifacts import StorageFault
 from search.config import StudyConfig
 from search.storage import make_storage, retrying
 

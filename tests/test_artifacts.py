@@ -33,7 +33,7 @@ from search.artifacts import (
 from search.cli import main
 from search.config import config_from_dict
 from search.space import suggest
-from search.study import enqueue_retry, make_storage
+from search.study import RetryStale, make_storage
 from tests.conftest import run_cli, tiny_config, write_config
 
 
@@ -84,7 +84,7 @@ def _requeue_copy_of(study: optuna.Study, number: int, reason: str) -> int:
         )
     )
     failed = study.get_trials()[-1]
-    assert enqueue_retry(study, failed, max_retry=3)
+    assert RetryStale(max_retry=3).retry(study, failed)
     return failed.number
 
 

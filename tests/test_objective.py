@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from search.artifacts import CheckpointStore
 from search.config import config_from_dict
 from search.objective import Objective, TrialInterrupted
-from search.study import enqueue_retry, make_storage, open_study
+from search.study import RetryStale, make_storage, open_study
 from tests.conftest import tiny_config
 
 
@@ -31,7 +31,7 @@ def test_a_trial_checkpointed_on_cuda_is_resumed_by_a_cpu_worker(
     with pytest.raises(TrialInterrupted):
         study.optimize(Objective(cfg, torch.device("cpu"), None, should_stop=lambda: True), n_trials=1)
     first = study.trials[0]
-    store = CheckpointStore(cfg.checkpoints_dir, study.study_name)
+    store = CheckpointStore.for_study(cfg.checkpoints_dir, study)
     state = store.load(first.number)
     assert state is not None and state["epoch"] == 1
     # ... as if it had run on a GPU: a CUDA generator state and fused Adam
@@ -40,7 +40,7 @@ def test_a_trial_checkpointed_on_cuda_is_resumed_by_a_cpu_worker(
         group["fused"] = True
     store.save(first.number, state)
 
-    assert enqueue_retry(study, first, max_retry=3)
+    assert RetryStale(max_retry=3).retry(study, first)
     with caplog.at_level(logging.WARNING, logger="search.train"):
         study.optimize(Objective(cfg, torch.device("cpu"), None), n_trials=1)
     retry = study.trials[-1]

@@ -442,7 +442,7 @@ def test_fail_stale_says_which_trials_were_not_requeued_and_drops_their_checkpoi
     fresh.suggest_int("c1", 4, 8)
     checkpoints = CheckpointStore(str(workdir / "ckpt"), "tiny")
     for trial in (retried, fresh):
-        checkpoints.save(trial.number, {"epoch": 1})
+        checkpoints.save(trial.number, {"epoch": 1, "params": {}})
     with storage.engine.begin() as conn:  # the crashes happened two minutes ago
         conn.execute(
             sqlalchemy.text("UPDATE trials SET datetime_start = :t WHERE number IN (1, 2)"),
