@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from search.artifacts import UnreadableFile, load_tensors, save_atomic
 from search.config import DataConfig
+from search.files import UnreadableFile, load_tensors, save_atomic
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ import torch
 from optuna.trial import FixedTrial, TrialState
 
 import search.artifacts
+import search.files
 from search.artifacts import (
     CHECKPOINT_KEY_ATTR,
     CheckpointStore,
@@ -237,7 +238,7 @@ def test_unwritable_reason_creates_nothing(tmp_path: Path) -> None:
 
 def _full_disk_under(monkeypatch: pytest.MonkeyPatch, folder: str) -> None:
     """Files under ``folder`` get half their bytes written, then ENOSPC (as a full disk does)."""
-    real = search.artifacts._write_file
+    real = search.files._write_file
 
     def write(path: Path, data: bytes) -> None:
         if folder in Path(path).resolve().parts:
@@ -246,7 +247,7 @@ def _full_disk_under(monkeypatch: pytest.MonkeyPatch, folder: str) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real(path, data)
 
-    monkeypatch.setattr(search.artifacts, "_write_file", write)
+    monkeypatch.setattr(search.files, "_write_file", write)
 
 
 @pytest.mark.parametrize("folder", ["checkpoints", "artifacts"])
