@@ -239,7 +239,7 @@ class CheckpointStore:
         except (UnreadableFile, OSError) as exc:
             log.warning("ignoring unreadable checkpoint %s (%s); the trial starts over", path, exc)
             return None
-        if not isinstance(state, dict) or not {"epoch", "params"} <= state.keys():
+        if not isinstance(state, dict) or "epoch" not in state:
             log.warning("ignoring checkpoint %s: not a trial checkpoint; the trial starts over", path)
             return None
         return state

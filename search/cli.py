@@ -784,6 +784,7 @@ INPUT_ERRORS = {
     "search.data": "DataError",
     "search.storage": "StorageError",
     "search.resume": "ResumeConflict",
+    "search.files": "UnwritableFolder",
 }
 
 
@@ -812,8 +813,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_FAILED
-        artifacts = sys.modules.get("search.artifacts")  # loaded by any command that writes files
-        if artifacts is not None and isinstance(exc, artifacts.StorageFault):
+        files = sys.modules.get("search.files")  # loaded by any command that writes files
+        if files is not None and isinstance(exc, files.StorageFault):
             print(f"error: {exc}", file=sys.stderr)  # a disk filled up (or a folder became read-only)
             return EXIT_FAILED
         if not isinstance(exc, _input_errors()):

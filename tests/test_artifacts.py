@@ -271,6 +271,7 @@ def test_a_full_disk_ends_the_run_cleanly(
         assert not [p for p in (workdir / "storage" / sub).rglob("*") if p.is_file()]
 
     monkeypatch.undo()  # space freed: the same command resumes and finishes
+    monkeypatch.chdir(workdir)  # undo() also undid the workdir fixture's chdir
     assert main(["run", str(cfg), "--device", "cpu"]) == 0
 
 

@@ -409,7 +409,7 @@ def test_second_ctrl_c_aborts_at_once_and_leaves_a_resumable_study(workdir: Path
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert trials[victim.number].state == TrialState.FAIL
     assert trials[victim.number].user_attrs["fail_reason"] == "interrupted"
-    assert (workdir / "storage" / "checkpoints" / "faults" / f"trial-{victim.number}.pt").is_file()
+    assert list((workdir / "storage" / "checkpoints").glob(f"*/trial-{victim.number}.pt"))  # kept (study key)
     waiting = [t for t in trials if t.state == TrialState.WAITING]
     assert [RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in waiting] == [victim.number]
 
