@@ -116,6 +116,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _threads_flag(args: argparse.Namespace) -> int | None:
+    """``--threads`` checked (exit 2 before anything is written); None when not given."""
+    flag: int | None = getattr(args, "threads", None)
+    if flag is not None and flag < 1:
+        raise BadInput(
+            f"--threads: must be >= 1 (got {flag}). "
+            "Fix: use e.g. --threads 1, or leave it out for usable cores // local workers"
+        )
+    return flag
+
+
+def _use_threads(args: argparse.Namespace, cfg: StudyConfig) -> None:
+    """The thread policy for a command that trains in this process (finetune, confirm)."""
+    from search.threads import use_threads
+
+    use_threads(1, flag=_threads_flag(args), configured=cfg.train.threads)
+
+
 def _device(flag: str) -> Any:
     from search.train import resolve_device
 
@@ -208,6 +226,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     device = _device(args.device)
     devices = _worker_devices(args)
+    threads = _threads_flag(args)
     log.info("study %s on %s, storage %s", cfg.name, devices or device, mask_url(cfg.storage))
     wants_dashboard = args.dashboard or args.dashboard_port is not None
     progress = _Progress(cfg, (args.dashboard_port or 8080) if wants_dashboard else None)
@@ -226,6 +245,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         around=progress.around,
         warm_start=warm,
         on_warm_start=_print_warm_start,
+        threads=threads,
     )
     return _run_exit(result)
 
@@ -306,6 +326,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         stop=StopRequest(parent_pid=args.parent_pid),
         ignore_sigint=args.parent_pid is not None,
         release_memory=args.shared_gpu,
+        threads=_threads_flag(args),
         on_trial=lambda trial: print(_trial_line(trial), flush=True),
     )
     interrupted = result.outcome is Outcome.INTERRUPTED
@@ -469,6 +490,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     study = _results_study(args)
     cfg = study_config(study)
     ft = settings(cfg, args.epochs, args.lr_scale, args.patience)
+    _use_threads(args, cfg)
     start = finetune_start(study, args.trial)
     print(f"finetune {args.study_name}: starting from {start.reason}", flush=True)
     try:
@@ -518,6 +540,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
         raise BadInput(f"--device: {exc}. Fix: use --device cpu or auto") from exc
     study, cfg = load_for_confirm(args.study_name, args.storage)
     s = settings(cfg, args.top, args.seeds, args.folds)
+    _use_threads(args, cfg)
     print(f"confirm {args.study_name}: top {s.top} trial(s), {s.describe()} each, on {device}", flush=True)
 
     def on_run(record: Any, done: int, total: int) -> None:
@@ -624,6 +647,15 @@ def package_version() -> str:
         return __version__
 
 
+def _add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch CPU threads per process (default: train.threads, else usable cores // local workers)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="search", description="Hyperparameter search for image-classification ConvNets."
@@ -671,6 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers-per-gpu", type=int, default=1, help="how many workers may share one GPU (default 1)"
     )
+    _add_threads_arg(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("worker", help="join an existing study and run its trials (any machine)")
@@ -682,6 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     p.add_argument("--shared-gpu", action="store_true", help=argparse.SUPPRESS)  # set by --workers-per-gpu
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    _add_threads_arg(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("validate", help="check a config without running it")
@@ -746,6 +780,7 @@ def _add_results_parsers(sub: Any) -> None:
     p.add_argument("--seeds", type=int, help="new seeds per trial (default confirm.seeds)")
     p.add_argument("--folds", type=int, help="F >= 2: F-fold CV of train+val instead (default confirm.folds)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    _add_threads_arg(p)
     p.set_defaults(func=cmd_confirm)
 
     p = sub.add_parser("finetune", help="fine-tune the best trial from its weights, then test once")
@@ -764,6 +799,7 @@ def _add_results_parsers(sub: Any) -> None:
         action="store_true",
         help="TensorBoard log of the run under storage/tensorboard/STUDY/finetune/",
     )
+    _add_threads_arg(p)
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("tensorboard", help="serve TensorBoard on the studies' logs ([tensorboard] extra)")
@@ -795,6 +831,9 @@ def _input_errors() -> tuple[type[Exception], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from search.threads import passive_wait
+
+    passive_wait()  # before anything imports torch (OpenMP reads it then)
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(-1 if args.quiet else args.verbose, optuna_logs=args.command not in ("validate", "schema"))

@@ -290,6 +290,13 @@ class TrainConfig:
         "TensorBoard scalars per epoch and hparams per trial (extra [tensorboard])",
         resumable=True,
     )
+    threads: Int | None = _field(
+        None,
+        "use e.g. 2, or null for usable cores // local workers",
+        "torch CPU threads per process (null: usable cores // local workers)",
+        ge=1,
+        resumable=True,
+    )
 
 
 @dataclass(frozen=True, config=SECTION)

@@ -35,6 +35,7 @@ import sqlalchemy.exc
 import yaml
 
 from search.config import StudyConfig, default_of
+from search.threads import child_env
 
 log = logging.getLogger(__name__)
 
@@ -369,7 +370,7 @@ def background_dashboard(
 
     Path(artifact_dir).mkdir(parents=True, exist_ok=True)  # the study is about to write there
     package_root = str(Path(search.__file__).resolve().parents[1])
-    env = dict(os.environ)
+    env = child_env(1, keep_user=True)  # it trains nothing: one thread, unless the user set OMP_NUM_THREADS
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     env[STORAGE_ENV] = storage_url  # not on the command line, where a password would be public

@@ -52,6 +52,7 @@ from search.study import (
     running_trials,
     storage_for,
 )
+from search.threads import use_threads
 from search.workers import POLL_S, StopRequest, run_parallel
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ def run_study(
     on_trial: TrialCallback = _ignore,
     around: Callable[[optuna.Study], AbstractContextManager[Any]] | None = None,
     release_memory: bool = False,
+    threads: int | None = None,
     warm_start: WarmStartPlan | None = None,
     on_warm_start: Callable[[str, WarmStartResult], None] | None = None,
 ) -> RunResult:
@@ -119,11 +121,14 @@ def run_study(
       study is open and left however the run ends (the CLI's dashboard and progress bar).
     - ``warm_start``: enqueue another study's top param sets (``--warm-start``) once the study is
       open, before any sampling; ``on_warm_start(source, result)`` hears what was enqueued.
+    - ``threads``: torch CPU threads per process (``--threads``; default ``train.threads``, else
+      usable cores // local workers; see :mod:`search.threads`), applied here and to the workers.
     - ``release_memory``: return cached GPU memory around every trial (a worker sharing its GPU).
 
     Raises ConfigError, DataError, StorageError or ResumeConflict before anything is created.
     """
     stop = stop or StopRequest()
+    policy = use_threads(len(workers) or 1, flag=threads, configured=cfg.train.threads)
     data_attrs: dict[str, Any] | None = None
     if objective is None:
         check_run_folders(cfg)  # a trial trains for minutes before it saves: refuse a bad folder now
@@ -145,7 +150,7 @@ def run_study(
     with around(study) if around is not None else contextlib.nullcontext():
         if workers:
             del objective  # the workers hold the data; free this process's copy
-            n_started, interrupted = run_parallel(cfg, workers, on_trial=on_trial)
+            n_started, interrupted = run_parallel(cfg, workers, on_trial=on_trial, threads=policy.threads)
         else:
             with stop.installed(ignore_sigint=ignore_sigint):
                 n_started, interrupted = _loop(study, objective, cfg, storage, stop, on_trial, budget)

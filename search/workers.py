@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial
 
 from search.config import StudyConfig
 from search.storage import make_storage, retrying
+from search.threads import child_env, thread_policy
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,6 @@ def assign_devices(device: str, n_workers: int, workers_per_gpu: int) -> list[st
     return [f"cuda:{gpus[i % len(gpus)]}" for i in range(n_workers)]
 
 
-def threads_per_worker(n_workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // n_workers)
-
-
 def worker_command(cfg: StudyConfig, device: str, index: int) -> list[str]:
     """A local worker's command line; the storage URL goes in its environment (``STORAGE_ENV``)."""
     cmd = [
@@ -169,8 +166,12 @@ def run_parallel(
     devices: Sequence[str],
     *,
     on_trial: Callable[[FrozenTrial], None] = lambda t: None,
+    threads: int | None = None,
 ) -> tuple[int, bool]:
     """Start one ``search worker`` process per device on the (existing) study and follow it.
+
+    Each worker gets ``threads`` torch threads (default: :func:`search.threads.thread_policy` for
+    this many workers and ``train.threads``) through ``OMP_NUM_THREADS``.
 
     Returns when every worker has exited; finished trials are passed to ``on_trial`` as they
     appear in the storage. SIGINT/SIGTERM are forwarded to the workers as SIGTERM.
@@ -179,12 +180,12 @@ def run_parallel(
     storage = make_storage(cfg.storage, create=False, heartbeat=False)
     study = optuna.load_study(study_name=cfg.name, storage=storage)
     seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-    env = dict(os.environ)
+    if threads is None:
+        threads = thread_policy(len(devices), configured=cfg.train.threads).threads
+    env = child_env(threads)
     package_root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     env[STORAGE_ENV] = cfg.storage
-    if all(d == "cpu" for d in devices):
-        env["OMP_NUM_THREADS"] = str(threads_per_worker(len(devices)))
     stop = StopRequest()
     procs: list[subprocess.Popen[bytes]] = []
 

@@ -1,0 +1,137 @@
+"""How many CPU threads torch may use in this process, and in the processes it starts.
+
+Torch's default is one OpenMP thread per core of the machine. That is right only when nothing
+else runs: beside one other CPU-bound process (or a second worker), its threads wait for each
+other at every parallel region's barrier while the scheduler runs the competitor, and a trial
+takes several times as long (measured in docs/BENCHMARKS.md, "Threads"). So each process gets
+
+    threads = usable cores (``os.sched_getaffinity``) // local workers   (at least 1)
+
+unless the user chose: ``--threads N`` on the command line, then ``OMP_NUM_THREADS`` set in the
+environment, then the config's ``train.threads``. The decision is applied once per process
+(:func:`apply`), before training, and passed on to child processes (:func:`child_env`).
+
+This module imports only the standard library (and torch, inside :func:`apply`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+WAIT_POLICY = "PASSIVE"  # OpenMP threads sleep at barriers instead of spinning (libgomp's default)
+
+
+def passive_wait(environ: dict[str, str] | None = None) -> bool:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the user set a wait policy; True if it was set here.
+
+    OpenMP reads it once, when torch is first imported, so call this before that (``search``'s
+    ``main`` does); child processes inherit it. With the default (spinning) policy, a thread that
+    reaches a barrier burns its core while its sibling waits for a core held by another process:
+    beside one busy process a tiny fit took 25x as long as with 1 thread; passive, 0.7x.
+    """
+    env = os.environ if environ is None else environ
+    if "OMP_WAIT_POLICY" in env:
+        return False
+    env["OMP_WAIT_POLICY"] = WAIT_POLICY
+    return True
+
+
+@dataclass(frozen=True)
+class ThreadPolicy:
+    """The threads one process uses, and why."""
+
+    threads: int
+    cores: int
+    workers: int
+    source: str  # "auto", "--threads", "OMP_NUM_THREADS" or "train.threads"
+
+    def describe(self) -> str:
+        """``torch threads: 2 (2 usable cores, 1 worker)``, naming the user's choice when there was one."""
+        why = f"{self.cores} usable core{'s' if self.cores != 1 else ''}, "
+        why += f"{self.workers} worker{'s' if self.workers != 1 else ''}"
+        if self.source != "auto":
+            why = f"set by {self.source}; {why}"
+        return f"torch threads: {self.threads} ({why})"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; ``os.cpu_count()`` where unknown)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity on macOS / Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def _env_threads(environ: Mapping[str, str]) -> int | None:
+    """``OMP_NUM_THREADS`` as a positive int, or None when unset or not one (OpenMP ignores it then)."""
+    raw = environ.get("OMP_NUM_THREADS", "").strip()
+    try:
+        value = int(raw)
+    except ValueError:
+        return None
+    return value if value >= 1 else None
+
+
+def thread_policy(
+    workers: int = 1,
+    *,
+    flag: int | None = None,
+    configured: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ThreadPolicy:
+    """Threads per process for ``workers`` local processes sharing this machine's usable cores.
+
+    Precedence: ``flag`` (``--threads``), ``OMP_NUM_THREADS`` in ``environ`` (default
+    ``os.environ``), ``configured`` (``train.threads``), then usable cores // workers.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1 (got {workers})")
+    cores = usable_cores()
+    env = os.environ if environ is None else environ
+    from_env = _env_threads(env)
+    if flag is not None:
+        if flag < 1:
+            raise ValueError(f"--threads must be >= 1 (got {flag})")
+        return ThreadPolicy(flag, cores, workers, "--threads")
+    if from_env is not None:
+        return ThreadPolicy(from_env, cores, workers, "OMP_NUM_THREADS")
+    if configured is not None:
+        return ThreadPolicy(configured, cores, workers, "train.threads")
+    return ThreadPolicy(max(1, cores // workers), cores, workers, "auto")
+
+
+def apply(policy: ThreadPolicy) -> ThreadPolicy:
+    """Set this process's torch threads to the policy's and log the decision (INFO); returns it."""
+    import torch
+
+    if torch.get_num_threads() != policy.threads:
+        torch.set_num_threads(policy.threads)
+    log.info("%s", policy.describe())
+    return policy
+
+
+def use_threads(workers: int = 1, *, flag: int | None = None, configured: int | None = None) -> ThreadPolicy:
+    """:func:`thread_policy` applied to this process (and logged): the one call each command makes."""
+    return apply(thread_policy(workers, flag=flag, configured=configured))
+
+
+def child_env(
+    threads: int, environ: Mapping[str, str] | None = None, *, keep_user: bool = False
+) -> dict[str, str]:
+    """A copy of ``environ`` (default ``os.environ``) whose OpenMP and MKL use ``threads`` threads.
+
+    A ``MKL_NUM_THREADS`` already there is kept. ``OMP_NUM_THREADS`` is replaced (the policy that
+    chose ``threads`` has taken it into account) unless ``keep_user``, for a child that follows
+    the user's setting rather than this process's policy (the dashboard).
+    """
+    env = dict(os.environ if environ is None else environ)
+    if not (keep_user and _env_threads(env) is not None):
+        env["OMP_NUM_THREADS"] = str(threads)
+    env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
+    return env
