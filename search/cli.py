@@ -656,15 +656,7 @@ def _add_threads_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="search", description="Hyperparameter search for image-classification ConvNets."
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_run_parser(sub: Any) -> None:
     p = sub.add_parser("run", help="create or resume a study and run its trials")
     _add_config_args(p)
     p.add_argument("--study-name", help="study name (default: the config's name)")
@@ -705,6 +697,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_threads_arg(p)
     p.set_defaults(func=cmd_run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="search", description="Hyperparameter search for image-classification ConvNets."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_run_parser(sub)
 
     p = sub.add_parser("worker", help="join an existing study and run its trials (any machine)")
     p.add_argument("--study-name", required=True, help="the study to join")
@@ -772,7 +776,7 @@ def _add_results_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
-        "confirm", help="re-train the top trials with new seeds (or folds): is the best really the best?"
+        "confirm", help="re-train the top trials over new seeds or folds (is the best the best?)"
     )
     p.add_argument("study_name", metavar="STUDY")
     p.add_argument("--storage", default=default_storage, help="storage URL")

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,15 +119,7 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune trial ``trial_number`` (default: the best) from its weights, then test once."""
     started = time.perf_counter()
-    previous = study.user_attrs.get(FINETUNE_ATTR)
-    if isinstance(previous, dict):
-        log.warning(
-            "study %s was already fine-tuned and tested (%s, test accuracy %.4f); this run looks at "
-            "the test split again, so its test figure is no longer an unbiased estimate",
-            study.study_name,
-            previous.get("finished_at"),
-            previous.get("test_accuracy", float("nan")),
-        )
+    _warn_if_tested_before(study)
     trial = pick_trial(study, trial_number)
     assert trial.value is not None
     folder = Path(out) if out is not None else default_finetune_dir(study.study_name)
@@ -138,8 +131,9 @@ def finetune(
     assert splits.test is not None
     model: ConvNet = build_model(cfg, params, splits.in_shape, splits.n_classes)
     load_weights_into(model, state, f"the weights of trial {trial.number}")
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    model.to(device).to(memory_format=memory_format)  # as fit() holds it: same numbers as the trial
+    model.to(device).to(  # as fit() holds it: same numbers as the trial
+        memory_format=torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    )
     transform = make_transform(cfg, mean, std)
     train, val = splits.train.to(device), splits.val.to(device)
     batch_size = int(params["batch_size"])
@@ -149,12 +143,7 @@ def finetune(
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     lr = float(params["lr"]) * ft.lr_scale
 
-    board = None
-    if tensorboard or cfg.train.tensorboard:  # <tensorboard_dir>/<study>/finetune/
-        from search.tensorboard import finetune_log, require_tensorboard
-
-        require_tensorboard("--tensorboard" if tensorboard else "train.tensorboard")
-        board = finetune_log(cfg, study.study_name, params, lr, trial.number)
+    board = _board(cfg, study, params, lr, trial.number, tensorboard)
 
     def on_epoch(epoch: int, m: EpochMetrics) -> None:
         if board is not None:
@@ -192,10 +181,7 @@ def finetune(
 
     # ---- the one and only look at the test split
     test = splits.test.to(device)
-    logits = predict_logits(model, test.images, transform, batch_size=eval_batch, amp=cfg.train.amp)
-    probs = logits.softmax(1)
-    conf, pred = probs.max(1)
-    metrics = classification_metrics(test.labels, pred, splits.classes)
+    metrics, pred, conf = _test_once(model, test, transform, eval_batch, cfg.train.amp, splits.classes)
     log.info("finetune %s: test accuracy %.4f on %d images", study.study_name, metrics.accuracy, metrics.n)
     if board is not None:
         board.finish(
@@ -204,16 +190,9 @@ def finetune(
             {"start_val_acc": start_acc, "test_acc": metrics.accuracy, "test_macro_f1": metrics.macro_f1},
         )
 
-    folder.mkdir(parents=True, exist_ok=True)
-    final_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_atomic(final_state, folder / "final.pt")
-    confusion_frame(metrics).to_csv(folder / "confusion.csv")
-    pd.DataFrame(metrics.per_class).to_csv(folder / "per_class.csv", index=False)
-    title = f"{study.study_name}: test accuracy {metrics.accuracy:.3f}"
-    plot_confusion(metrics, folder / "confusion.png", title)
-    classes = splits.classes
-    plot_predictions(test.images, test.labels, pred, conf, classes, folder / "predictions.png", seed=cfg.seed)
-    plot_filters(model.first_conv.weight, folder / "filters.png")
+    final_state = _write_test_files(
+        folder, study.study_name, model, metrics, test, pred, conf, splits.classes, cfg.seed
+    )
     summary = {
         "study": study.study_name,
         "trial": trial.number,
@@ -237,8 +216,7 @@ def finetune(
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "out": str(folder),
     }
-    history = [dataclasses.asdict(m) for m in result.history]
-    full = {**summary, "test": metrics.to_dict(), "history": history}
+    full = {**summary, "test": metrics.to_dict(), "history": [dataclasses.asdict(m) for m in result.history]}
     (folder / "metrics.json").write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")
     summary["artifacts"] = _record_on_study(study, cfg, final_state, folder)
     study.set_user_attr(FINETUNE_ATTR, summary)
@@ -253,6 +231,67 @@ def finetune(
         test=metrics,
         metrics=full,
     )
+
+
+def _test_once(
+    model: ConvNet,
+    test: ImageSet,
+    transform: BatchTransform,
+    batch_size: int,
+    amp: bool,
+    classes: Sequence[str],
+) -> tuple[TestMetrics, torch.Tensor, torch.Tensor]:
+    """The one look at the test split: metrics, predicted classes and their probabilities."""
+    logits = predict_logits(model, test.images, transform, batch_size=batch_size, amp=amp)
+    conf, pred = logits.softmax(1).max(1)
+    return classification_metrics(test.labels, pred, list(classes)), pred, conf
+
+
+def _warn_if_tested_before(study: optuna.Study) -> None:
+    previous = study.user_attrs.get(FINETUNE_ATTR)
+    if isinstance(previous, dict):
+        log.warning(
+            "study %s was already fine-tuned and tested (%s, test accuracy %.4f); this run looks at "
+            "the test split again, so its test figure is no longer an unbiased estimate",
+            study.study_name,
+            previous.get("finished_at"),
+            previous.get("test_accuracy", float("nan")),
+        )
+
+
+def _board(
+    cfg: StudyConfig, study: optuna.Study, params: dict[str, Any], lr: float, trial: int, flag: bool
+) -> Any:
+    """The finetune run's TensorBoard log (``<tensorboard_dir>/<study>/finetune/``), or None when off."""
+    if not (flag or cfg.train.tensorboard):
+        return None
+    from search.tensorboard import finetune_log, require_tensorboard
+
+    require_tensorboard("--tensorboard" if flag else "train.tensorboard")
+    return finetune_log(cfg, study.study_name, params, lr, trial)
+
+
+def _write_test_files(
+    folder: Path,
+    study_name: str,
+    model: ConvNet,
+    metrics: TestMetrics,
+    test: ImageSet,
+    pred: torch.Tensor,
+    conf: torch.Tensor,
+    classes: Sequence[str],
+    seed: int,
+) -> dict[str, torch.Tensor]:
+    """final.pt, confusion.csv/png, per_class.csv, predictions.png, filters.png; returns the weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_atomic(final_state, folder / "final.pt")
+    confusion_frame(metrics).to_csv(folder / "confusion.csv")
+    pd.DataFrame(metrics.per_class).to_csv(folder / "per_class.csv", index=False)
+    plot_confusion(metrics, folder / "confusion.png", f"{study_name}: test accuracy {metrics.accuracy:.3f}")
+    plot_predictions(test.images, test.labels, pred, conf, classes, folder / "predictions.png", seed=seed)
+    plot_filters(model.first_conv.weight, folder / "filters.png")
+    return final_state
 
 
 def _start_accuracy(
