@@ -776,7 +776,7 @@ def _add_results_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
-        "confirm", help="re-train the top trials over new seeds or folds (is the best the best?)"
+        "confirm", help="re-train the top trials over new seeds or folds"
     )
     p.add_argument("study_name", metavar="STUDY")
     p.add_argument("--storage", default=default_storage, help="storage URL")
