@@ -775,9 +775,7 @@ def _add_results_parsers(sub: Any) -> None:
     p.add_argument("images", metavar="IMAGE", nargs="+")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser(
-        "confirm", help="re-train the top trials over new seeds or folds"
-    )
+    p = sub.add_parser("confirm", help="re-train the top trials over new seeds or folds")
     p.add_argument("study_name", metavar="STUDY")
     p.add_argument("--storage", default=default_storage, help="storage URL")
     p.add_argument("--top", type=int, help="how many of the best trials (default: the study's confirm.top)")

@@ -219,8 +219,8 @@ def test_broken_export_dirs_exit_2(
     (broken / "config.json").write_text((exported / "config.json").read_text())
     (broken / "best.pt").write_bytes(b"not a checkpoint")
     line = app_error(capsys, str(broken), "--port", str(free_port()))
-    assert line.startswith(f"error: EXPORT_DIR '{broken}': broken export (")
-    assert line.endswith("Fix: export the study again with `search export STUDY`")
+    assert line.startswith(f"error: EXPORT_DIR '{broken}': ") and "best.pt" in line
+    assert "not a plain tensor file" in line and "Fix: export the study again" in line
 
 
 def test_port_in_use_exits_2(exported: Path, capsys: pytest.CaptureFixture[str]) -> None:

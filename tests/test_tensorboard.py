@@ -120,6 +120,7 @@ def test_a_resumed_trial_continues_its_steps(tmp_path: Path) -> None:
         artifacts_dir=str(tmp_path / "artifacts"),
         checkpoints_dir=str(tmp_path / "checkpoints"),
         tensorboard_dir=str(tmp_path / "tb"),
+        data={"dataset": "digits", "cache_dir": str(tmp_path / "cache")},
         train={"epochs": 3, "patience": 3, "tensorboard": True, "checkpoint_every_s": 0},
         search={**tiny_config()["search"], "n_trials": 1},
     )
