@@ -119,11 +119,11 @@ def plot_confusion(metrics: TestMetrics, path: Path, title: str = "") -> None:
             value = int(cm[i, j])
             if value:
                 color = "white" if value > threshold else "black"
-                ax.text(j, i, str(value), ha="center", va="center", color=color, fontsize=8)
-    ax.set_title(title or f"test accuracy {metrics.accuracy:.3f} (n={metrics.n})")
+                ax.text(j, i, str(value), ha="center", va="center", color=color, fontsize=11)
+    ax.set_title(title or f"test accuracy {metrics.accuracy:.3f} (n={metrics.n})", fontsize=13)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -144,7 +144,7 @@ def plot_predictions(
     pick = torch.randperm(total, generator=gen)[: min(n, total)].sort().values
     cols = 8
     rows = max(1, (len(pick) + cols - 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.4, rows * 1.6), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 2.0 + 0.6), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, pick.tolist(), strict=False):
@@ -157,11 +157,11 @@ def plot_predictions(
         ax.set_title(
             f"{classes[int(y_pred[i])]} {float(probs[i]):.2f}\n({classes[int(y_true[i])]})",
             color="green" if right else "red",
-            fontsize=7,
+            fontsize=11,
         )
-    fig.suptitle("test predictions: predicted prob (true); green right, red wrong", fontsize=9)
+    fig.suptitle("test predictions: predicted prob (true); green right, red wrong", fontsize=14)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -175,7 +175,7 @@ def plot_filters(weight: torch.Tensor, path: Path) -> None:
     count = w.shape[0]
     cols = min(8, count)
     rows = (count + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(6.0, cols * 1.0), rows * 1.0 + 0.6), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, f in zip(axes.flat, w, strict=False):
@@ -183,7 +183,7 @@ def plot_filters(weight: torch.Tensor, path: Path) -> None:
             ax.imshow(f.permute(1, 2, 0).numpy(), interpolation="nearest")
         else:
             ax.imshow(f[0].numpy(), cmap="gray", interpolation="nearest")
-    fig.suptitle(f"first conv layer: {count} filters", fontsize=9)
+    fig.suptitle(f"first conv layer: {count} filters", fontsize=13)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -316,9 +316,56 @@ def _optuna_png(plot: Callable[..., Any], study: optuna.Study, path: Path) -> No
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ax = plot(study)
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        fig.tight_layout()
+        if plot.__name__ == "plot_parallel_coordinate":
+            tidy_parallel_coordinate(fig)
+        else:
+            fig.set_size_inches(9, 5.5)
+            fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def label_overlaps(fig: Any) -> list[tuple[str, str]]:
+    """Pairs of visible tick labels (and a label with the colour bar) whose drawn boxes overlap."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes: list[tuple[str, Any]] = []
+    bars = []
+    for ax in fig.axes:
+        if ax.get_label() == "<colorbar>":
+            bars.append(ax.get_window_extent(renderer))
+            continue
+        shown = [axis for axis in (ax.xaxis, ax.yaxis) if axis.get_visible()]
+        for lab in [lab for axis in shown for lab in axis.get_ticklabels()]:
+            if lab.get_visible() and lab.get_text():
+                boxes.append((lab.get_text(), lab.get_window_extent(renderer)))
+    found = [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1 :] if ba.overlaps(bb)]
+    found += [(a, "colour bar") for a, ba in boxes for bar in bars if ba.overlaps(bar)]
+    return found
+
+
+def tidy_parallel_coordinate(fig: Any) -> None:
+    """Make Optuna's matplotlib parallel-coordinate figure readable at its saved size.
+
+    Wider figure, the plot and colour bar placed by hand (room for the last axis' labels), and
+    each axis' tick labels on a white box so the lines do not run through them.
+    """
+    fig.set_size_inches(12, 6.5)
+    axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    if axes:
+        axes[0].set_position((0.07, 0.14, 0.74, 0.76))
+        axes[0].title.set_fontsize(15)
+        axes[0].tick_params(axis="x", labelrotation=0, pad=8)
+        for lab in axes[0].get_xticklabels():
+            lab.set_horizontalalignment("center")
+    for bar in bars:
+        bar.set_position((0.9, 0.14, 0.018, 0.76))
+    fig.canvas.draw()
+    for ax in axes:
+        ax.tick_params(labelsize=10)
+        for lab in ax.get_yticklabels():
+            lab.set_bbox({"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 1})
 
 
 def importances_problem(study: optuna.Study) -> str | None:

@@ -114,3 +114,10 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh working directory (storage/ lands inside it)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(height, width) in pixels of a PNG file, read from its IHDR header."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR", f"{path} is not a PNG"
+    return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")

@@ -21,7 +21,7 @@ from search.objective import build_model, make_transform
 from search.report import study_config
 from search.space import params_of
 from search.train import predict_logits
-from tests.conftest import CIFAR_SAMPLE, run_cli
+from tests.conftest import CIFAR_SAMPLE, png_size, run_cli
 from tests.studies import build_study, cifar_sample_config, db_url, fake_trial
 from tests.studies import study_config as raw_config
 
@@ -114,6 +114,9 @@ def test_test_metrics_cover_the_whole_test_set(digits: Fixture) -> None:
 
     for name in ("confusion.png", "predictions.png", "filters.png"):
         assert (folder / name).read_bytes()[:4] == b"\x89PNG"
+    # saved large enough that the 11 pt titles of the 8x4 grid have room (was 896x512 with 7 pt)
+    height, width = png_size(folder / "predictions.png")
+    assert width >= 1200 and height >= 800
 
 
 def test_results_recorded_on_the_study(digits: Fixture) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,8 +13,16 @@ from optuna.trial import TrialState
 
 from search.cli import main
 from search.config import PARAM_NAMES
-from search.report import COLUMNS, importances_problem, summarize, trials_frame, write_report
-from tests.conftest import run_cli
+from search.report import (
+    COLUMNS,
+    importances_problem,
+    label_overlaps,
+    summarize,
+    tidy_parallel_coordinate,
+    trials_frame,
+    write_report,
+)
+from tests.conftest import png_size, run_cli
 from tests.studies import build_study, db_url, fake_trial, study_config
 
 PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "learning_curves")
@@ -82,6 +91,33 @@ def test_report_cli_writes_readable_tables_and_plots(digits: tuple[Path, optuna.
         assert "plotly" in (out / f"{name}.html").read_text()
     if importances_problem(study) is None:
         assert (out / "param_importances.png").exists()
+    assert png_size(out / "parallel_coordinate.png") == (650, 1200)  # height, width in pixels
+
+
+def test_parallel_coordinate_tick_labels_do_not_overlap(digits: tuple[Path, optuna.Study]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization.matplotlib import plot_parallel_coordinate
+
+    _, study = digits
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        fig = plot_parallel_coordinate(study).figure
+    tidy_parallel_coordinate(fig)
+    assert label_overlaps(fig) == []
+    bar = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bar) == 1
+    plt.close(fig)
+
+    # the check does see overlapping labels: two axes whose tick labels sit on the same spot
+    fig, ax = plt.subplots()
+    ax.set_yticks([0.5], labels=["a label"])
+    ax.twinx().set_yticks([0.5], labels=["a label"])
+    ax.figure.axes[1].yaxis.tick_left()
+    assert label_overlaps(fig) == [("a label", "a label")]
+    plt.close(fig)
 
 
 def test_report_bad_study_exits_2(
