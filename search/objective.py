@@ -197,10 +197,7 @@ class Objective:
         params = suggest(trial, cfg.search.space)
         torch.manual_seed(cfg.seed + trial.number)
         model = build_model(cfg, params, self.in_shape, self.n_classes)
-        trial.set_user_attr("n_params", count_parameters(model))
-        trial.set_user_attr("device", device_label(self.device))
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
+        self._record_start(trial, model)
         checkpoints = CheckpointStore.for_study(cfg.checkpoints_dir, trial.study)
         earlier = retry_history(trial)
         resume = self._resume_state(trial, checkpoints, earlier, params)
@@ -261,6 +258,17 @@ class Objective:
                 checkpoints.remove(trial.number, *earlier)
             if board is not None:
                 board.finish(ended, value)
+        return self._finish(trial, result)
+
+    def _record_start(self, trial: optuna.Trial, model: ConvNet) -> None:
+        """Where and what the trial trains (``search status`` shows host, pid and device)."""
+        trial.set_user_attr("n_params", count_parameters(model))
+        trial.set_user_attr("device", device_label(self.device))
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+
+    def _finish(self, trial: optuna.Trial, result: FitResult) -> float:
+        """Record the fit, then prune, fail (NaN) or keep the weights and return the value."""
         self._record_fit(trial, result)
         if result.stop.kind is StopKind.PRUNED:
             trial.set_user_attr("pruned_at_epoch", result.stop.epoch)
