@@ -481,12 +481,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from search.export import ExportError
     from search.finetune import finetune, settings
     from search.report import study_config
-    from search.train import resolve_device
 
-    try:
-        device = resolve_device(args.device)
-    except ValueError as exc:
-        raise BadInput(f"--device: {exc}. Fix: use --device cpu or auto") from exc
+    device = _device(args.device)
     study = _results_study(args)
     cfg = study_config(study)
     ft = settings(cfg, args.epochs, args.lr_scale, args.patience)
@@ -531,13 +527,9 @@ def _confirm_table(result: Any) -> list[str]:
 def cmd_confirm(args: argparse.Namespace) -> int:
     check_study_name(args.study_name, "STUDY")
     from search.confirm import load_for_confirm, run_confirm, settings
-    from search.train import resolve_device
     from search.workers import StopRequest
 
-    try:
-        device = resolve_device(args.device)
-    except ValueError as exc:
-        raise BadInput(f"--device: {exc}. Fix: use --device cpu or auto") from exc
+    device = _device(args.device)
     study, cfg = load_for_confirm(args.study_name, args.storage)
     s = settings(cfg, args.top, args.seeds, args.folds)
     _use_threads(args, cfg)
