@@ -36,7 +36,7 @@ FAULT_SEARCH = {"heartbeat_interval_s": 1, "grace_period_s": 3}
 
 
 def _slow_config(url: str, tmp: Path, n_trials: int, epochs: int = 4) -> dict[str, Any]:
-    """Trials of a few epochs, each long enough (about a second) to be caught mid-trial.
+    """Trials of a few epochs, each long enough (a few seconds) to be caught mid-trial.
 
     Also creates the storage's tables, so the test can poll it while the run starts.
     """
@@ -44,7 +44,7 @@ def _slow_config(url: str, tmp: Path, n_trials: int, epochs: int = 4) -> dict[st
     cfg = tiny_config(
         name="faults",
         storage=url,
-        data={"dataset": "synthetic", "synthetic": {"shape": [3, 16, 16], "n_classes": 4, "n_samples": 800}},
+        data={"dataset": "synthetic", "synthetic": {"shape": [3, 16, 16], "n_classes": 4, "n_samples": 1600}},
         train={"epochs": epochs, "patience": epochs, "checkpoint_every_s": 0},
     )
     cfg["search"] = {
