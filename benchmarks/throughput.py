@@ -45,9 +45,9 @@ from torchvision import transforms as T
 
 from benchmarks._common import machine, median, table
 from search.augment import AugmentSpec, BatchTransform
-from search.config import TrainConfig
+from search.config import ModelConfig, TrainConfig
 from search.data import ImageSet
-from search.model import ConvNet
+from search.model import ConvNet, build_convnet
 from search.train import fit, resolve_device
 
 C1, C2, L1 = 48, 96, 256
@@ -96,7 +96,7 @@ def cifar_like(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def new_model(seed: int) -> ConvNet:
     torch.manual_seed(seed)
-    return ConvNet(C1, C2, L1, SHAPE, N_CLASSES, padding=0)
+    return build_convnet(ModelConfig(padding=0), C1, C2, L1, SHAPE, N_CLASSES)
 
 
 # ------------------------------------------------------------------------------------- seed-style

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from search.export import ExportError, load_export, load_images, predict_tensor
+from search.export import ExportError, architecture, load_export, load_images, predict_tensor
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class Predictor:
         shape = "x".join(str(v) for v in c["in_shape"])
         return (
             f"### {c.get('study', '?')}: trial {c.get('trial', '?')}\n\n"
-            f"ConvNet c1={m['c1']} c2={m['c2']} l1={m['l1']} on **{d.get('name', '?')}** "
+            f"{architecture(m)} on **{d.get('name', '?')}** "
             f"({len(c['classes'])} classes, input {shape}, colour mode {c.get('color_mode', '?')}); "
             f"validation accuracy **{acc_text}**."
         )

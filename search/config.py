@@ -260,8 +260,30 @@ class ModelConfig:
     ] = _field(
         (0.1, 0.5),
         "use e.g. [0.1, 0.5]",
-        "dropout after the convs and in the head",
+        "dropout probabilities [p0, p1]: p0 after every stage but the last, p1 after the last",
         problem="must be within [0, 1)",
+    )
+    stages: Int = _field(
+        2,
+        "use e.g. 2 (the seed's net) to 4 for 64-224 px images",
+        "conv stages, each two convs then pooling and dropout (widths c1, c2, then doubling)",
+        ge=2,
+        le=6,
+    )
+    kernel_size: Literal[1, 3, 5, 7] = _field(3, "use 3 (or 1, 5, 7)", "conv kernel size (odd)")
+    pool: Literal["none", "max", "avg"] = _field(
+        "none", "use none, max or avg", "2x2 pooling at the end of each stage (halves the size)"
+    )
+    head: Literal["flatten", "global_avg"] = _field(
+        "flatten",
+        "use flatten (the seed's net) or global_avg (size-independent head)",
+        "classifier input: all features flattened, or global average pooling to one value per channel",
+    )
+    batchnorm: Bool = _field(False, "write true or false", "BatchNorm2d after each conv")
+    residual: Bool = _field(
+        False,
+        "write true or false",
+        "each stage a residual block: its two convs plus a 1x1 projection shortcut",
     )
 
 

@@ -9,6 +9,7 @@ transform; :func:`predict_files` runs it on image files (PIL load, colour conver
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -29,9 +30,9 @@ from search.artifacts import (
     tensor_bytes,
 )
 from search.augment import BatchTransform
-from search.config import StudyConfig
+from search.config import ModelConfig, StudyConfig, build, to_dict
 from search.data import DataError, printable_name, read_image
-from search.model import ConvNet, count_parameters
+from search.model import ConvNet, build_convnet, count_parameters
 from search.space import params_of
 from search.storage import DATA_ATTR, best_trial
 
@@ -41,6 +42,7 @@ EXPORT_FORMAT = 1
 WEIGHTS_FILE = "best.pt"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
+WIDTHS = ("c1", "c2", "l1")  # config.json model entries that are trial params, not ModelConfig
 
 
 class ExportError(ValueError):
@@ -118,8 +120,7 @@ def model_config(study: optuna.Study, trial: FrozenTrial, cfg: StudyConfig) -> d
             "c1": int(params["c1"]),
             "c2": int(params["c2"]),
             "l1": int(params["l1"]),
-            "padding": cfg.model.padding,
-            "dropout": list(cfg.model.dropout),
+            **to_dict(cfg)["model"],
         },
         "in_shape": in_shape,
         "color_mode": "L" if in_shape[0] == 1 else "RGB",
@@ -141,18 +142,25 @@ def model_config(study: optuna.Study, trial: FrozenTrial, cfg: StudyConfig) -> d
     }
 
 
+def architecture(m: dict[str, Any]) -> str:
+    """One line describing an export's ``model`` entry (options missing in old exports: defaults)."""
+    d = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    g = {**d, **m}
+    text = (
+        f"ConvNet c1={g['c1']} c2={g['c2']} l1={g['l1']}, padding {g['padding']}, {g['stages']} stages, "
+        f"kernel {g['kernel_size']}, pool {g['pool']}, head {g['head']}"
+    )
+    return text + "".join(f", {k}" for k in ("batchnorm", "residual") if g[k])
+
+
 def build_from_config(config: dict[str, Any]) -> ConvNet:
     """A fresh (untrained) ConvNet with the architecture recorded in an export's config."""
     try:
         m = config["model"]
-        return ConvNet(
-            c1=int(m["c1"]),
-            c2=int(m["c2"]),
-            l1=int(m["l1"]),
-            in_shape=[int(v) for v in config["in_shape"]],
-            n_classes=int(config["n_classes"]),
-            padding=int(m["padding"]),
-            dropout=[float(p) for p in m["dropout"]],
+        # exports from before the configurable net lack the new options: their defaults are that net
+        options = build(ModelConfig, {k: v for k, v in m.items() if k not in WIDTHS}, "model")
+        return build_convnet(
+            options, m["c1"], m["c2"], m["l1"], [int(v) for v in config["in_shape"]], int(config["n_classes"])
         )
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ExportError(
@@ -183,7 +191,7 @@ ConvNet exported by convnet-search.
 
 | | |
 | --- | --- |
-| architecture | ConvNet c1={m["c1"]} c2={m["c2"]} l1={m["l1"]}, padding {m["padding"]} |
+| architecture | {architecture(m)} |
 | dropout | {m["dropout"]} (off in eval mode) |
 | parameters | {n_params:,} |
 | validation accuracy | {acc:.4f} |

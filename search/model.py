@@ -1,47 +1,173 @@
-"""The seed study's ConvNet, with its widths and padding as parameters.
+"""The study's ConvNet: the seed's net by default, in stages of two convs each.
 
-conv(in→c1) → conv(c1→c1) → dropout → conv(c1→c2) → conv(c2→c2, stride 2) → dropout →
-flatten → BatchNorm1d → Linear(→l1) → Linear(→n_classes), ReLU between. Padding 0 is the seed's
-net exactly. The flatten size is computed from the input shape. Dropout is a module, so it is off
-in ``eval()`` (the seed applied functional dropout at evaluation time). Does not import optuna.
+Stage i has two ``kernel_size`` convs (ReLU after each, BatchNorm2d before the ReLU with
+``batchnorm``), then optional 2x2 pooling, then dropout: ``dropout[0]`` after every stage but the
+last, ``dropout[1]`` after the last. The last stage's second conv has stride 2. Widths are c1, c2,
+then doubling (c2·2, c2·4, …). With ``residual`` each stage is a block whose output is
+ReLU(convs(x) + 1x1 projection(x)), the shortcut sampled at the pixels the convs centre on. The
+head is flatten (or global average pooling with ``head="global_avg"``) → BatchNorm1d →
+Linear(→l1) → ReLU → Linear(→n_classes).
+
+The defaults with padding 0 are the seed's net exactly, with today's module names (old weights
+load). Feature sizes are computed from the input shape. Dropout is a module, so it is off in
+``eval()`` (the seed applied functional dropout at evaluation time). :func:`build_convnet` is the
+one place a study's net is built from its ``ModelConfig``. Does not import optuna.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from search.config import ConfigError, ModelConfig
+
 KERNEL = 3
+PoolKind = Literal["none", "max", "avg"]
+HeadKind = Literal["flatten", "global_avg"]
+MAX_SIDE = 1 << 16  # min_input_size looks no further
 
 
-def _conv_out(size: int, padding: int, stride: int) -> int:
-    return (size + 2 * padding - KERNEL) // stride + 1
+def _conv_out(size: int, kernel: int, padding: int, stride: int) -> int:
+    """Output size of one conv; 0 when the input is smaller than the (padded) kernel."""
+    if size < 1 or size + 2 * padding < kernel:
+        return 0
+    return (size + 2 * padding - kernel) // stride + 1
 
 
-def feature_hw(height: int, width: int, padding: int) -> tuple[int, int]:
-    """Spatial size after the four convolutions (zero or negative means the input is too small)."""
+def _stage_out(size: int, kernel: int, padding: int, last: bool, pool: str) -> int:
+    size = _conv_out(_conv_out(size, kernel, padding, 1), kernel, padding, 2 if last else 1)
+    return size // 2 if pool != "none" else size
+
+
+def feature_hw(
+    height: int,
+    width: int,
+    padding: int,
+    *,
+    stages: int = 2,
+    kernel_size: int = KERNEL,
+    pool: str = "none",
+) -> tuple[int, int]:
+    """Spatial size after all stages (zero means the input is too small)."""
     sizes = [height, width]
-    for stride in (1, 1, 1, 2):
-        sizes = [_conv_out(s, padding, stride) if s >= KERNEL - 2 * padding else 0 for s in sizes]
+    for i in range(stages):
+        sizes = [_stage_out(s, kernel_size, padding, i == stages - 1, pool) for s in sizes]
     return sizes[0], sizes[1]
 
 
-def min_input_size(padding: int) -> int:
-    """The smallest square input (pixels per side) that the net accepts with this padding."""
+def min_input_size(padding: int, *, stages: int = 2, kernel_size: int = KERNEL, pool: str = "none") -> int:
+    """The smallest square input (pixels per side) that the net accepts with these options."""
     size = 1
-    while min(feature_hw(size, size, padding)) < 1:
+    while min(feature_hw(size, size, padding, stages=stages, kernel_size=kernel_size, pool=pool)) < 1:
         size += 1
+        if size > MAX_SIDE:
+            raise ValueError(f"no input up to {MAX_SIDE} px fits this net")
     return size
 
 
+def _fits(model: ModelConfig, height: int, width: int) -> bool:
+    hw = feature_hw(
+        height, width, model.padding, stages=model.stages, kernel_size=model.kernel_size, pool=model.pool
+    )
+    return min(hw) >= 1
+
+
+def _first_fit(model: ModelConfig, height: int, width: int, field: str, values: Sequence[Any]) -> Any:
+    """The first of ``values`` for ``field`` with which the input fits (None if none does)."""
+    for value in values:
+        if value != getattr(model, field) and _fits(
+            dataclasses.replace(model, **{field: value}), height, width
+        ):
+            return value
+    return None
+
+
+def check_input_size(model: ModelConfig, in_shape: Sequence[int]) -> None:
+    """ConfigError when images of ``in_shape`` (C, H, W) are too small for the net of ``model``.
+
+    It names the option to change: the first of stages, pool, kernel_size, padding whose change
+    alone makes the input fit (padding when none does), and the minimum image size."""
+    _, h, w = (int(v) for v in in_shape)
+    if _fits(model, h, w):
+        return
+    need = min_input_size(model.padding, stages=model.stages, kernel_size=model.kernel_size, pool=model.pool)
+    candidates: list[tuple[str, Sequence[Any]]] = [
+        ("stages", range(model.stages - 1, 1, -1)),
+        ("pool", ["none"]),
+        ("kernel_size", [k for k in (5, 3, 1) if k < model.kernel_size]),
+        ("padding", [p for p in (1, 2) if p > model.padding]),
+    ]
+    field, hint = "padding", ""
+    for name, values in candidates:
+        value = _first_fit(model, h, w, name, values)
+        if value is not None:
+            field, hint = name, f"use model.{name}: {value}, or "
+            break
+    raise ConfigError(
+        f"model.{field}",
+        getattr(model, field),
+        f"the {h}x{w} input images are too small for this net: the net needs at least {need}x{need} pixels",
+        f"{hint}data.image_size: {need} or more",
+    )
+
+
 class InputTooSmallError(ValueError):
-    """The input images are smaller than the net's minimum for its padding."""
+    """The input images are smaller than the net's minimum for its options."""
+
+
+class GlobalAvgPool(nn.Module):
+    """[N, C, H, W] → [N, C]: the mean over each channel's pixels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+class ResidualStage(nn.Module):
+    """ReLU(body(x) + projection(x)): body is the stage's two convs; the 1x1 projection sees the
+    input pixels the body's outputs centre on (so any padding, kernel and stride line up)."""
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: int,
+        padding: int,
+        stride: int,
+        batchnorm: bool,
+        out_hw: tuple[int, int],
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel, padding=padding)]
+        layers += [nn.BatchNorm2d(c_out)] if batchnorm else []
+        layers += [nn.ReLU(inplace=True), nn.Conv2d(c_out, c_out, kernel, padding=padding, stride=stride)]
+        layers += [nn.BatchNorm2d(c_out)] if batchnorm else []
+        self.body = nn.Sequential(*layers)
+        self.shortcut = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, bias=not batchnorm), *([nn.BatchNorm2d(c_out)] if batchnorm else [])
+        )
+        # body output j is centred on input pixel j*stride + shift (shift < 0: the convs pad wider
+        # than they reach, so the shortcut pads its input with zeros too)
+        shift = kernel - 1 - 2 * padding
+        self.pad = max(0, -shift)
+        self.start = shift + self.pad
+        self.stride = stride
+        self.out_hw = out_hw
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_in = F.pad(x, (self.pad,) * 4) if self.pad else x
+        (h, w), s, a = self.out_hw, self.stride, self.start
+        sampled = x_in[:, :, a : a + (h - 1) * s + 1 : s, a : a + (w - 1) * s + 1 : s]
+        out: torch.Tensor = F.relu(self.body(x) + self.shortcut(sampled))
+        return out
 
 
 class ConvNet(nn.Module):
-    """The seed's ConvNet; ``in_shape`` is (channels, height, width)."""
+    """The study's ConvNet; ``in_shape`` is (channels, height, width). See the module docstring."""
 
     def __init__(
         self,
@@ -52,32 +178,53 @@ class ConvNet(nn.Module):
         n_classes: int,
         padding: int = 0,
         dropout: Sequence[float] = (0.1, 0.5),
+        *,
+        stages: int = 2,
+        kernel_size: int = KERNEL,
+        pool: PoolKind = "none",
+        head: HeadKind = "flatten",
+        batchnorm: bool = False,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         channels, height, width = (int(v) for v in in_shape)
-        fh, fw = feature_hw(height, width, padding)
+        fh, fw = feature_hw(height, width, padding, stages=stages, kernel_size=kernel_size, pool=pool)
         if fh < 1 or fw < 1:
-            need = min_input_size(padding)
+            need = min_input_size(padding, stages=stages, kernel_size=kernel_size, pool=pool)
             raise InputTooSmallError(
-                f"input {height}x{width} is too small for padding={padding}: "
-                f"the net needs at least {need}x{need} pixels"
+                f"input {height}x{width} is too small for padding={padding}, stages={stages}, "
+                f"kernel_size={kernel_size}, pool={pool}: the net needs at least {need}x{need} pixels"
             )
         self.in_shape = (channels, height, width)
-        self.features = nn.Sequential(
-            nn.Conv2d(channels, c1, KERNEL, padding=padding),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c1, c1, KERNEL, padding=padding),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout[0]),
-            nn.Conv2d(c1, c2, KERNEL, padding=padding),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c2, c2, KERNEL, padding=padding, stride=2),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout[1]),
-        )
-        self.flat_features = c2 * fh * fw
+        widths = [c1, c2] + [c2 * 2**i for i in range(1, stages - 1)]
+        layers: list[nn.Module] = []
+        c_in, hw = channels, (height, width)
+        for i, c_out in enumerate(widths):
+            last = i == stages - 1
+            stride = 2 if last else 1
+            if residual:
+                hw = tuple(  # type: ignore[assignment]
+                    _conv_out(_conv_out(s, kernel_size, padding, 1), kernel_size, padding, stride) for s in hw
+                )
+                layers.append(ResidualStage(c_in, c_out, kernel_size, padding, stride, batchnorm, hw))
+            else:
+                for conv_in, conv_stride in ((c_in, 1), (c_out, stride)):
+                    layers.append(nn.Conv2d(conv_in, c_out, kernel_size, padding=padding, stride=conv_stride))
+                    layers += [nn.BatchNorm2d(c_out)] if batchnorm else []
+                    layers.append(nn.ReLU(inplace=True))
+                hw = tuple(  # type: ignore[assignment]
+                    _conv_out(_conv_out(s, kernel_size, padding, 1), kernel_size, padding, stride) for s in hw
+                )
+            if pool != "none":
+                layers.append(nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2))
+                hw = (hw[0] // 2, hw[1] // 2)
+            layers.append(nn.Dropout(dropout[1] if last else dropout[0]))
+            c_in = c_out
+        assert hw == (fh, fw)
+        self.features = nn.Sequential(*layers)
+        self.flat_features = c_in * fh * fw if head == "flatten" else c_in
         self.classifier = nn.Sequential(
-            nn.Flatten(),
+            nn.Flatten() if head == "flatten" else GlobalAvgPool(),
             nn.BatchNorm1d(self.flat_features),
             nn.Linear(self.flat_features, l1),
             nn.ReLU(inplace=True),
@@ -90,9 +237,18 @@ class ConvNet(nn.Module):
 
     @property
     def first_conv(self) -> nn.Conv2d:
-        conv = self.features[0]
-        assert isinstance(conv, nn.Conv2d)
-        return conv
+        """The conv that sees the input pixels (its weights are the first-layer filters)."""
+        return next(m for m in self.features.modules() if isinstance(m, nn.Conv2d))
+
+
+def build_convnet(
+    model: ModelConfig, c1: int, c2: int, l1: int, in_shape: Sequence[int], n_classes: int
+) -> ConvNet:
+    """The net a study with model settings ``model`` trains for widths c1, c2, l1.
+
+    ConfigError (naming the option and the minimum size) when the input is too small."""
+    check_input_size(model, in_shape)
+    return ConvNet(int(c1), int(c2), int(l1), in_shape, n_classes, **dataclasses.asdict(model))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -23,7 +23,7 @@ from search.augment import BatchTransform, channel_stats
 from search.config import ConfigError, StudyConfig
 from search.data import Splits, folders_written, load_splits
 from search.failures import FAIL_REASON_ATTR, DeviceFailure, describe_failure, free_memory, is_device_fatal
-from search.model import ConvNet, count_parameters, feature_hw, min_input_size
+from search.model import ConvNet, build_convnet, check_input_size, count_parameters
 from search.space import suggest
 from search.train import EpochMetrics, FitResult, FitState, StopKind, fit
 
@@ -43,20 +43,6 @@ def retry_history(trial: optuna.Trial) -> list[int]:
         if t.number == trial.number:
             return [int(n) for n in t.system_attrs.get("retry_history", [])]
     return []
-
-
-def check_input_size(in_shape: tuple[int, int, int], padding: int) -> None:
-    """ConfigError when images of ``in_shape`` are too small for the net with ``padding``."""
-    _, h, w = in_shape
-    if min(feature_hw(h, w, padding)) < 1:
-        need = min_input_size(padding)
-        raise ConfigError(
-            "model.padding",
-            padding,
-            f"the {h}x{w} input images are too small for this padding: the net needs at least "
-            f"{need}x{need} pixels",
-            f"use model.padding: 1, or data.image_size: {need} or more",
-        )
 
 
 def normalisation(cfg: StudyConfig, splits: Splits) -> tuple[list[float], list[float]]:
@@ -82,15 +68,8 @@ def make_transform(cfg: StudyConfig, mean: list[float], std: list[float]) -> Bat
 def build_model(
     cfg: StudyConfig, params: dict[str, Any], in_shape: tuple[int, int, int], n_classes: int
 ) -> ConvNet:
-    return ConvNet(
-        c1=int(params["c1"]),
-        c2=int(params["c2"]),
-        l1=int(params["l1"]),
-        in_shape=in_shape,
-        n_classes=n_classes,
-        padding=cfg.model.padding,
-        dropout=cfg.model.dropout,
-    )
+    """The trial's net (ConfigError when the input is too small for its model settings)."""
+    return build_convnet(cfg.model, params["c1"], params["c2"], params["l1"], in_shape, n_classes)
 
 
 def device_label(device: torch.device) -> str:
@@ -139,7 +118,7 @@ class Objective:
 
             require_tensorboard()  # a missing extra is bad input, found before any study exists
         splits = load_splits(cfg.data, cfg.seed, with_test=False)
-        check_input_size(splits.in_shape, cfg.model.padding)
+        check_input_size(cfg.model, splits.in_shape)
         self.in_shape = splits.in_shape
         self.n_classes = splits.n_classes
         self.classes = splits.classes

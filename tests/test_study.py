@@ -8,9 +8,9 @@ import torch
 from optuna.trial import TrialState
 
 from search.artifacts import WEIGHTS_ATTR, WeightStore
-from search.config import SAMPLERS, ConfigError, config_from_dict, to_dict
-from search.model import ConvNet
-from search.objective import Objective, check_input_size
+from search.config import SAMPLERS, ConfigError, ModelConfig, config_from_dict, to_dict
+from search.model import ConvNet, check_input_size
+from search.objective import Objective
 from search.run import run_study
 from search.study import (
     CONFIG_ATTR,
@@ -118,7 +118,7 @@ def test_input_too_small_is_a_config_error_before_any_study(tmp_path: Path) -> N
         Objective(cfg, torch.device("cpu"), None)
     assert not (tmp_path / "studies.db").exists()
     with pytest.raises(ConfigError, match=r"model\.padding"):
-        check_input_size((1, 8, 8), 0)
+        check_input_size(ModelConfig(padding=0), (1, 8, 8))
 
 
 @pytest.mark.parametrize("name", ["tpe", "random", "grid", "qmc", "gp"])
