@@ -90,7 +90,7 @@ def _first_fit(model: ModelConfig, height: int, width: int, field: str, values: 
 def check_input_size(model: ModelConfig, in_shape: Sequence[int]) -> None:
     """ConfigError when images of ``in_shape`` (C, H, W) are too small for the net of ``model``.
 
-    It names the option to change: the first of stages, pool, kernel_size, padding whose change
+    It names the option to change: the first of stages, pool, padding, kernel_size whose change
     alone makes the input fit (padding when none does), and the minimum image size."""
     _, h, w = (int(v) for v in in_shape)
     if _fits(model, h, w):
@@ -99,8 +99,8 @@ def check_input_size(model: ModelConfig, in_shape: Sequence[int]) -> None:
     candidates: list[tuple[str, Sequence[Any]]] = [
         ("stages", range(model.stages - 1, 1, -1)),
         ("pool", ["none"]),
-        ("kernel_size", [k for k in (5, 3, 1) if k < model.kernel_size]),
         ("padding", [p for p in (1, 2) if p > model.padding]),
+        ("kernel_size", [k for k in (5, 3, 1) if k < model.kernel_size]),
     ]
     field, hint = "padding", ""
     for name, values in candidates:

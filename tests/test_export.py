@@ -60,6 +60,12 @@ def test_export_cli_writes_weights_config_and_card(digits: tuple[Path, optuna.St
         "l1": 16,
         "padding": 1,
         "dropout": [0.1, 0.5],
+        "stages": 2,
+        "kernel_size": 3,
+        "pool": "none",
+        "head": "flatten",
+        "batchnorm": False,
+        "residual": False,
     }
     assert config["in_shape"] == [1, 8, 8] and config["color_mode"] == "L"
     assert config["classes"] == [str(i) for i in range(10)] and config["n_classes"] == 10
@@ -68,6 +74,9 @@ def test_export_cli_writes_weights_config_and_card(digits: tuple[Path, optuna.St
     assert config["val_accuracy"] == best.value and config["train"]["lr"] == best.params["lr"]
     fresh = build_from_config(config)
     fresh.load_state_dict(state)  # strict: every key and shape matches
+    # an export from before the configurable net records only widths, padding and dropout
+    old = {k: config["model"][k] for k in ("c1", "c2", "l1", "padding", "dropout")}
+    build_from_config({**config, "model": old}).load_state_dict(state)
     card = (folder / "README.md").read_text()
     assert f"{best.value:.4f}" in card and "load_export" in card and "digits" in card
     assert f"{sum(p.numel() for p in fresh.parameters()):,}" in card
