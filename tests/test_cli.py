@@ -119,6 +119,10 @@ def test_cli_flags_override_the_config(workdir: Path) -> None:
         (["--set", "search.space.c1={choices: []}"], "choices: expected a non-empty list"),
         (["--set", "search.sampler.name=bayes"], "unknown sampler"),
         (["--set", "model.padding=0"], "the net needs at least 9x9 pixels"),
+        (
+            ["--set", "model.stages=4", "--set", "model.pool=max"],
+            "model.stages: the 8x8 input images are too small for this net: the net needs at least 24x24",
+        ),
         (["--device", "cuda:7"], "--device"),
         (["--storage", "not-a-url"], "storage: not a database URL"),
         (["--set", "seed=-5"], r"seed: must be within \[0, 4294967295\]"),
