@@ -76,7 +76,7 @@ def _config_from_args(args: argparse.Namespace) -> StudyConfig:
 
 def _format_params(params: dict[str, Any]) -> str:
     parts = []
-    for name in PARAM_NAMES:
+    for name in [*PARAM_NAMES, *(k for k in params if k not in PARAM_NAMES)]:  # then dotted ones
         if name in params:
             v = params[name]
             parts.append(f"{name}={v:.3g}" if isinstance(v, float) else f"{name}={v}")

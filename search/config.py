@@ -40,6 +40,8 @@ from pydantic.fields import FieldInfo
 
 Dataset = Literal["digits", "mnist", "fashion_mnist", "cifar10", "imagefolder", "synthetic"]
 SamplerName = Literal["tpe", "random", "grid", "cmaes", "qmc", "gp"]
+OptimizerName = Literal["adam", "adamw", "sgd"]
+LrScheduleName = Literal["constant", "cosine", "onecycle"]
 PrunerName = Literal["median", "percentile", "successive_halving", "hyperband", "none"]
 DATASETS: tuple[str, ...] = typing.get_args(Dataset)
 SAMPLERS: tuple[str, ...] = typing.get_args(SamplerName)
@@ -83,10 +85,15 @@ def _short_repr(value: Any, limit: int = 200) -> str:
 
 def _field(default: Any = dataclasses.MISSING, fix: str = "", description: str = "", **kw: Any) -> Any:
     """A config field: its default, bounds, description, the fix hint and, with ``resumable=True``,
-    whether it may change between runs of one study. ``problem=`` overrides the bound message."""
+    whether it may change between runs of one study. ``problem=`` overrides the bound message.
+    ``searchable="reason"`` keeps a field (or a whole section) out of ``search.space``; resumable
+    fields are never searchable either."""
     extra: dict[str, Any] = {"x-fix": fix}
     if kw.pop("resumable", False):
         extra["x-resumable"] = True
+    searchable = kw.pop("searchable", True)
+    if searchable is not True:  # why ``search.space`` may not name this field (or section)
+        extra["x-searchable"] = searchable or "it is not a hyperparameter"
     if "problem" in kw:
         extra["x-problem"] = kw.pop("problem")
     if "default_factory" in kw:
@@ -117,9 +124,21 @@ def _num(value: Any) -> int | float:
     return value
 
 
+def _value(value: Any) -> bool | int | float | str:
+    """A searched value as written: a number (finite), a string or true/false; the field decides."""
+    if isinstance(value, bool | str):
+        return value
+    return _num(value)
+
+
 _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 Int = Annotated[int, Strict(), BeforeValidator(_int_in)]
 Num = Annotated[float, PlainValidator(_num), WithJsonSchema({"type": "number"})]
+Value = Annotated[
+    bool | int | float | str,
+    PlainValidator(_value),
+    WithJsonSchema({"type": ["number", "string", "boolean"]}),
+]
 Float = Annotated[float, Field(allow_inf_nan=False), BeforeValidator(_number_in)]
 Bool = Annotated[bool, Strict()]
 Str = Annotated[str, Strict()]
@@ -135,6 +154,10 @@ def _list_of(n: int) -> Any:
 
 
 SECTION = ConfigDict(extra="forbid")
+# Why some fields cannot be in search.space (``_field(..., searchable=REASON)``).
+_DATA_FIXED = "it changes which images are loaded or how they are split, which all trials share"
+_BOOKKEEPING = "it is run bookkeeping, not a hyperparameter"
+_SPEED = "it is a speed setting, not a hyperparameter"
 
 
 # --------------------------------------------------------------------------- schema
@@ -211,13 +234,24 @@ class SyntheticConfig:
 class DataConfig:
     """Which images, where they live, and how they are split and augmented."""
 
-    dataset: Dataset = _field("digits", description="the dataset", problem="unknown dataset")
+    dataset: Dataset = _field(
+        "digits", description="the dataset", problem="unknown dataset", searchable=_DATA_FIXED
+    )
     root: Str = _field(
-        "storage/data", "give a folder", "dataset folder (an imagefolder: one folder per class)"
+        "storage/data",
+        "give a folder",
+        "dataset folder (an imagefolder: one folder per class)",
+        searchable=_DATA_FIXED,
     )
     cache_dir: Str = _field("storage/data/cache", "give a folder", "decoded-tensor cache", resumable=True)
     val_fraction: Float = _field(
-        0.1, "use e.g. 0.1", "validation share", gt=0, lt=1, problem="must be between 0 and 1"
+        0.1,
+        "use e.g. 0.1",
+        "validation share",
+        gt=0,
+        lt=1,
+        problem="must be between 0 and 1",
+        searchable=_DATA_FIXED,
     )
     test_fraction: Float = _field(
         0.2,
@@ -226,13 +260,22 @@ class DataConfig:
         gt=0,
         lt=1,
         problem="must be between 0 and 1 and leave room for training",
+        searchable=_DATA_FIXED,
     )
     image_size: Int | None = _field(
-        None, "use e.g. 32, or null to keep the images' own size", "resize images to this square size", ge=1
+        None,
+        "use e.g. 32, or null to keep the images' own size",
+        "resize images to this square size",
+        ge=1,
+        searchable=_DATA_FIXED,
     )
     augment: AugmentConfig = _field(default_factory=AugmentConfig, description="training augmentation")
-    normalize: NormalizeConfig | None = _field(None, description="fixed mean/std (default: measured)")
-    synthetic: SyntheticConfig = _field(default_factory=SyntheticConfig, description="dataset: synthetic")
+    normalize: NormalizeConfig | None = _field(
+        None, description="fixed mean/std (default: measured)", searchable=_DATA_FIXED
+    )
+    synthetic: SyntheticConfig = _field(
+        default_factory=SyntheticConfig, description="dataset: synthetic", searchable=_DATA_FIXED
+    )
 
     @model_validator(mode="after")
     def _room_for_training(self) -> DataConfig:
@@ -291,12 +334,39 @@ class ModelConfig:
 class TrainConfig:
     """One trial's training loop."""
 
-    epochs: Int = _field(10, "use e.g. 10", "maximum epochs per trial", ge=1)
+    epochs: Int = _field(
+        10,
+        "use e.g. 10",
+        "maximum epochs per trial",
+        ge=1,
+        searchable="it is the pruners' and the report's epoch budget; search train.patience instead",
+    )
     patience: Int = _field(3, "use e.g. 3", "early-stopping patience (epochs)", ge=1)
     min_delta: Float = _field(0.0, "use 0.0", "smallest improvement that resets patience", ge=0)
-    weight_decay: Float = _field(0.0, "use 0.0", "optimizer weight decay", ge=0)
-    amp: Bool = _field(True, "write true or false", "mixed precision on CUDA")
-    channels_last: Bool = _field(True, "write true or false", "channels-last memory format on CUDA")
+    weight_decay: Float = _field(
+        0.0, "use 0.0", "weight decay (adam, sgd: L2 in the gradient; adamw: decoupled)", ge=0
+    )
+    optimizer: OptimizerName = _field("adam", description="the optimizer", problem="unknown optimizer")
+    momentum: Float = _field(0.9, "use e.g. 0.9", "SGD momentum (sgd only)", ge=0, lt=1)
+    nesterov: Bool = _field(False, "write true or false", "Nesterov momentum (sgd only; needs momentum > 0)")
+    label_smoothing: Float = _field(
+        0.0, "use e.g. 0.1", "label smoothing of the training loss (validation loss: plain)", ge=0, lt=1
+    )
+    lr_schedule: LrScheduleName = _field(
+        "constant",
+        description="lr over the epochs, per step: constant, cosine (to 0 at train.epochs), onecycle",
+        problem="unknown lr schedule",
+    )
+    warmup_epochs: Int = _field(
+        0,
+        "use e.g. 1, or 0 for no warm-up",
+        "linear lr warm-up from 0 (constant, cosine); onecycle: its rising phase (0: 30% of epochs)",
+        ge=0,
+    )
+    amp: Bool = _field(True, "write true or false", "mixed precision on CUDA", searchable=_SPEED)
+    channels_last: Bool = _field(
+        True, "write true or false", "channels-last memory format on CUDA", searchable=_SPEED
+    )
     compile: Bool = _field(False, "write true or false", "torch.compile the model", resumable=True)
     eval_batch_size: Int = _field(1024, "use e.g. 1024", "batch size for evaluation", ge=1, resumable=True)
     checkpoint_every_s: Float = _field(
@@ -320,6 +390,14 @@ class TrainConfig:
         resumable=True,
     )
 
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> TrainConfig:
+        if self.optimizer == "sgd" and self.nesterov and self.momentum == 0:
+            raise ConfigError(
+                "nesterov", True, "Nesterov momentum needs momentum > 0", "set train.momentum: 0.9"
+            )
+        return self
+
 
 @dataclass(frozen=True, config=SECTION)
 class ParamSpec:
@@ -328,12 +406,12 @@ class ParamSpec:
     A bare number is a fixed value: ``lr: 0.001`` is ``lr: {value: 0.001}``.
     """
 
-    choices: tuple[Num, ...] | None = _field(None, "list at least one value", "values to choose from")
+    choices: tuple[Value, ...] | None = _field(None, "list at least one value", "values to choose from")
     low: Num | None = _field(None, "give both low and high, or choices", "lowest value")
     high: Num | None = _field(None, "give both low and high, or choices", "highest value")
     log: Bool = _field(False, "write true or false", "sample on a log scale")
     step: Num | None = _field(None, "use step > 0", "grid step between low and high")
-    value: Num | None = _field(None, "give a number", "a fixed value (not searched)")
+    value: Value | None = _field(None, "give a value", "a fixed value (not searched)")
 
     @property
     def fixed(self) -> bool:
@@ -357,7 +435,7 @@ class ParamSpec:
     def _compact_forms(cls, raw: Any) -> Any:
         if isinstance(raw, list):
             raise ConfigError("", raw, "a bare list is ambiguous", f"write {{choices: {_short_repr(raw)}}}")
-        if isinstance(raw, int | float | str) and not isinstance(raw, bool):
+        if isinstance(raw, int | float | str):  # true/false too: a fixed value of a bool field
             return {"value": raw}
         if isinstance(raw, Mapping):
             keys = set(raw)
@@ -382,9 +460,6 @@ class ParamSpec:
                 raise ConfigError("choices", list(self.choices), "duplicate choices", "list each value once")
         if self.step is not None and self.step <= 0:
             raise ConfigError("step", self.step, "step must be positive", "use step > 0")
-        values = [v for v in (self.value, self.low, self.high) if v is not None] + list(self.choices or ())
-        if any(v <= 0 for v in values):
-            raise ConfigError("", self.as_yaml(), "must be positive", "use values > 0")
         if self.low is not None and self.high is not None:
             if self.low > self.high:
                 raise ConfigError(
@@ -403,7 +478,8 @@ def _fmt_num(v: float) -> str:
 
 
 def _typed_spec(name: str, spec: ParamSpec) -> ParamSpec:
-    """``spec`` with integer parameters' numbers as ints (integral floats allowed) and the rest floats."""
+    """One of the five parameters: numbers only, ints for the integer ones (integral floats
+    allowed), floats for the rest, all positive."""
     changes: dict[str, Any] = {}
     for key in ("choices", "low", "high", "step", "value"):
         raw = getattr(spec, key)
@@ -413,17 +489,26 @@ def _typed_spec(name: str, spec: ParamSpec) -> ParamSpec:
         out: list[float] = []
         for i, v in enumerate(items):
             sub = f"{name}.{key}[{i}]" if key == "choices" else f"{name}.{key}"
+            try:
+                num = _num(v)
+            except ConfigError as exc:
+                example = 3 if name in INT_PARAMS else 0.001
+                raise ConfigError(sub, v, exc.problem, f"write {name}: {example}") from None
             if name in INT_PARAMS:
-                if isinstance(v, float) and not v.is_integer():
-                    raise ConfigError(sub, v, "expected an integer", f"write {name}: 3")
-                out.append(int(v))
+                if isinstance(num, float) and not num.is_integer():
+                    raise ConfigError(sub, num, "expected an integer", f"write {name}: 3")
+                out.append(int(num))
             else:
                 try:
-                    out.append(float(v))
+                    out.append(float(num))
                 except OverflowError:
                     raise ConfigError(sub, v, "number too large", "use a finite value") from None
         changes[key] = tuple(out) if key == "choices" else out[0]
-    return dataclasses.replace(spec, **changes)
+    typed = dataclasses.replace(spec, **changes)
+    values = [v for v in (typed.value, typed.low, typed.high) if v is not None] + list(typed.choices or ())
+    if any(isinstance(v, int | float) and v <= 0 for v in values):
+        raise ConfigError(name, typed.as_yaml(), "must be positive", "use values > 0")
+    return typed
 
 
 DEFAULT_SPACE: Mapping[str, ParamSpec] = types.MappingProxyType(
@@ -439,30 +524,207 @@ DEFAULT_SPACE: Mapping[str, ParamSpec] = types.MappingProxyType(
     }
 )
 
+# --------------------------------------------------------------------------- dotted parameters
+# Besides the five names, search.space takes dotted paths of scalar config fields
+# (``train.weight_decay``). Which fields qualify is read from the fields' metadata: a scalar
+# (number, string, true/false or a fixed set of them) that is neither resumable nor marked
+# ``searchable=REASON``, in sections that are neither. Values are checked by the field itself.
+
+_SPEC_KEYS = frozenset(f.name for f in dataclasses.fields(ParamSpec))
+SPACE_KEY_PATTERN = r"^(" + "|".join(PARAM_NAMES) + r"|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+)$"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    path: str
+    kind: type  # int, float, bool or str
+    literal: bool  # a fixed set of values (choices only)
+
+
+def _scalar_kind(tp: Any) -> tuple[type, bool] | None:
+    """(value type, is a fixed set) of a scalar field's annotation; None for sections and lists."""
+    tp = _inner(tp)
+    if typing.get_origin(tp) is Literal:
+        return type(typing.get_args(tp)[0]), True
+    if tp in (bool, int, float, str):
+        return tp, False
+    return None
+
+
+def _why_not_searchable(info: FieldInfo) -> str | None:
+    if _extra(info, "x-resumable"):
+        return "it is a run setting (it may change between runs of a study), not a hyperparameter"
+    reason = _extra(info, "x-searchable")
+    return str(reason) if reason is not None else None
+
+
+def searchable_fields() -> tuple[str, ...]:
+    """Every dotted config field that ``search.space`` may name (besides the five short names)."""
+
+    def walk(cls: Any, prefix: str) -> list[str]:
+        out: list[str] = []
+        for name, info in getattr(cls, "__pydantic_fields__", {}).items():
+            if _why_not_searchable(info) is not None:
+                continue
+            if _scalar_kind(info.annotation) is not None:
+                out.append(prefix + name)
+            else:
+                out += walk(_inner(info.annotation), f"{prefix}{name}.")
+        return out
+
+    return tuple(p for p in walk(StudyConfig, "") if "." in p)
+
+
+def _fields_hint(prefix: str) -> str:
+    names = [p for p in searchable_fields() if p.startswith(prefix)] or list(searchable_fields())
+    return "search one of: " + ", ".join(names)
+
+
+def _target(path: str, shown: Any) -> _Target:
+    """The scalar field ``path`` names; ConfigError (field: ``path``) when it cannot be searched."""
+    cls: Any = StudyConfig
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        fields: dict[str, FieldInfo] = getattr(cls, "__pydantic_fields__", {})
+        parent = ".".join(parts[:i])
+        if part not in fields:
+            if i == 0 and len(parts) == 1:
+                raise ConfigError(
+                    path,
+                    shown,
+                    "unknown parameter",
+                    f"search one of: {', '.join(PARAM_NAMES)}, or a config field such as train.weight_decay",
+                )
+            where = "" if fields else f" ({parent} is a value, not a section)"
+            hint = _fields_hint(parent + "." if fields and parent else "")
+            raise ConfigError(path, shown, f"unknown config field{where}", hint)
+        info = fields[part]
+        reason = _why_not_searchable(info)
+        if reason is not None:
+            where = ".".join(parts[: i + 1])
+            what = f"{where} cannot be searched" if where != path else "cannot be searched"
+            raise ConfigError(
+                path, shown, f"{what}: {reason}", f"set it outside search.space, or {_fields_hint('')}"
+            )
+        cls = _inner(info.annotation)
+    kind = _scalar_kind(cls)
+    if kind is None:
+        if dataclasses.is_dataclass(cls):
+            raise ConfigError(path, shown, "is a section, not a value", _fields_hint(path + "."))
+        raise ConfigError(
+            path,
+            shown,
+            "is not a single value (only scalar fields can be searched)",
+            f"set {path} outside search.space, or {_fields_hint('')}",
+        )
+    return _Target(path, kind[0], kind[1])
+
+
+def _read(cfg: Any, path: str) -> Any:
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _field_value(target: _Target, sub: str, value: Any) -> Any:
+    """``value`` as the field ``target`` takes it (its own type and bounds), or ConfigError."""
+    raw: dict[str, Any] = {}
+    _set_dotted(raw, target.path, value)
+    try:
+        built = build(StudyConfig, raw)  # the other fields at their defaults; the space the default one
+    except ConfigError as exc:
+        raise ConfigError(".".join(p for p in (target.path, sub) if p), value, exc.problem, exc.fix) from None
+    return _read(built, target.path)
+
+
+def _kind_name(target: _Target) -> str:
+    if target.literal:
+        return "a fixed set of values"
+    return {bool: "true or false", str: "a string", int: "an integer", float: "a number"}[target.kind]
+
+
+def _dotted_spec(path: str, spec: ParamSpec) -> ParamSpec:
+    """``spec`` for config field ``path``, its values checked and typed by that field."""
+    target = _target(path, spec.as_yaml())
+    if spec.value is not None:
+        return dataclasses.replace(spec, value=_field_value(target, "", spec.value))
+    if spec.choices is not None:
+        choices = tuple(_field_value(target, f"choices[{i}]", v) for i, v in enumerate(spec.choices))
+        if len(set(map(repr, choices))) != len(choices):
+            raise ConfigError(
+                f"{path}.choices", list(spec.choices), "duplicate choices", "list each value once"
+            )
+        return dataclasses.replace(spec, choices=choices)
+    if target.literal or target.kind not in (int, float):
+        raise ConfigError(
+            path,
+            spec.as_yaml(),
+            f"a range needs a number field, and {path} takes {_kind_name(target)}",
+            f"give {{choices: [...]}} with values {path} accepts",
+        )
+    low, high = _field_value(target, "low", spec.low), _field_value(target, "high", spec.high)
+    step = spec.step
+    if step is not None and target.kind is int:
+        if not float(step).is_integer():
+            raise ConfigError(f"{path}.step", step, "expected an integer", "use e.g. step: 1")
+        step = int(step)
+    elif step is not None:
+        step = float(step)
+    if spec.log and low <= 0:
+        raise ConfigError(path, spec.as_yaml(), "a log scale needs low > 0", "raise low above 0 or drop log")
+    return dataclasses.replace(spec, low=low, high=high, step=step)
+
+
+def _flat_space(raw: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections (``train: {weight_decay: {...}}``, what ``--set search.space.train.x=`` writes)
+    flattened to dotted keys."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if name not in PARAM_NAMES and isinstance(value, Mapping) and value and not set(value) & _SPEC_KEYS:
+            out.update(_flat_space(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
 
 def _space_in(raw: Any) -> Any:
-    """The default space with the given parameters replaced; unknown names are errors."""
+    """The default space with the given parameters replaced or added; unknown names are errors."""
     if raw is None:
         return dict(DEFAULT_SPACE)
     if not isinstance(raw, Mapping):
         raise ConfigError("", raw, "expected a mapping of parameters", "write c1: {choices: [8, 16]}")
-    for name in raw:
+    flat = _flat_space(raw)
+    for name, value in flat.items():
         if name not in PARAM_NAMES:
-            raise ConfigError(
-                str(name), raw[name], "unknown parameter", f"search one of: {', '.join(PARAM_NAMES)}"
-            )
-    return {**DEFAULT_SPACE, **raw}
+            _target(name, value)
+    return {**DEFAULT_SPACE, **flat}
 
 
 def _space_out(space: Mapping[str, ParamSpec]) -> Mapping[str, ParamSpec]:
-    return types.MappingProxyType({name: _typed_spec(name, spec) for name, spec in space.items()})
+    return types.MappingProxyType(
+        {
+            name: _typed_spec(name, spec) if name in PARAM_NAMES else _dotted_spec(name, spec)
+            for name, spec in space.items()
+        }
+    )
+
+
+def is_int_range(spec: ParamSpec) -> bool:
+    """A ``low``/``high`` range of integers (the five names' integer ones, or an integer field)."""
+    return (
+        spec.choices is None
+        and spec.value is None
+        and type(spec.low) is int  # not isinstance: true/false are ints too, and never a range
+        and type(spec.high) is int
+    )
 
 
 Space = Annotated[
     Mapping[str, ParamSpec],
     BeforeValidator(_space_in),
     AfterValidator(_space_out),
-    Field(json_schema_extra={"propertyNames": {"enum": list(PARAM_NAMES)}}),
+    Field(json_schema_extra={"propertyNames": {"pattern": SPACE_KEY_PATTERN}}),
 ]
 
 
@@ -537,7 +799,7 @@ class SearchConfig:
         if self.sampler.name == "grid":
             for name, spec in self.space.items():
                 if not (
-                    spec.fixed or spec.choices is not None or name in INT_PARAMS or spec.step is not None
+                    spec.fixed or spec.choices is not None or is_int_range(spec) or spec.step is not None
                 ):
                     raise ConfigError(
                         f"space.{name}",
@@ -607,7 +869,12 @@ class StudyConfig:
         "study", description="study name (default: the config file's name); names folders", resumable=True
     )
     seed: Int = _field(
-        0, f"use an integer in [0, {MAX_SEED}]", "seed of splits, sampler and training", ge=0, le=MAX_SEED
+        0,
+        f"use an integer in [0, {MAX_SEED}]",
+        "seed of splits, sampler and training",
+        ge=0,
+        le=MAX_SEED,
+        searchable="it fixes the splits and the sampler (each trial trains with seed + its number)",
     )
     storage: Annotated[Str, BeforeValidator(_storage_in)] = _field(
         "sqlite:///storage/studies.db",
@@ -619,7 +886,10 @@ class StudyConfig:
         "storage/artifacts", "give a folder", "the best trials' weights", resumable=True
     )
     checkpoints_dir: Str = _field(
-        "storage/checkpoints", "give a folder", "per-epoch checkpoints of running trials (resume)"
+        "storage/checkpoints",
+        "give a folder",
+        "per-epoch checkpoints of running trials (resume)",
+        searchable=_BOOKKEEPING,
     )
     tensorboard_dir: Str = _field(
         "storage/tensorboard",
@@ -630,7 +900,9 @@ class StudyConfig:
     data: DataConfig = _field(default_factory=DataConfig, description="the data")
     model: ModelConfig = _field(default_factory=ModelConfig, description="the model")
     train: TrainConfig = _field(default_factory=TrainConfig, description="training")
-    search: SearchConfig = _field(default_factory=SearchConfig, description="the search")
+    search: SearchConfig = _field(
+        default_factory=SearchConfig, description="the search", searchable="it configures the search itself"
+    )
     finetune: FinetuneConfig = _field(
         default_factory=FinetuneConfig, description="fine-tuning", resumable=True
     )
@@ -845,9 +1117,9 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "convnet-search study config"
     space = schema["$defs"]["SearchConfig"]["properties"]["space"]
-    space["additionalProperties"] = {
-        "anyOf": [{"type": "number"}, space["additionalProperties"]]
-    }  # a fixed value
+    space["additionalProperties"] = {  # a fixed value, or a spec
+        "anyOf": [{"type": ["number", "string", "boolean"]}, space["additionalProperties"]]
+    }
     return schema
 
 
@@ -1015,6 +1287,19 @@ def with_overrides(cfg: StudyConfig, changes: Mapping[str, Any]) -> StudyConfig:
     for key, value in changes.items():
         _set_dotted(raw, key, _plain(value))
     return config_from_dict(raw)
+
+
+def trial_config(cfg: StudyConfig, params: Mapping[str, Any]) -> StudyConfig:
+    """The config a trial trains with: ``cfg`` with the trial's dotted parameters applied
+    (``train.weight_decay``, ...; the space's fixed dotted values too) and validated again.
+
+    The five short names (c1, c2, l1, lr, batch_size) are not config fields and are ignored here;
+    the same ``cfg`` comes back when nothing dotted is searched.
+    """
+    fixed = {k: s.value for k, s in cfg.search.space.items() if "." in k and s.value is not None}
+    dotted = {**fixed, **{k: v for k, v in params.items() if "." in k}}
+    changed = {k: v for k, v in dotted.items() if _read(cfg, k) != v or type(_read(cfg, k)) is not type(v)}
+    return with_overrides(cfg, changed) if changed else cfg
 
 
 def replace(cfg: StudyConfig, **changes: Any) -> StudyConfig:

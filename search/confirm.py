@@ -37,13 +37,14 @@ from search.config import (
     ConfigError,
     ParamSpec,
     StudyConfig,
+    trial_config,
     with_overrides,
 )
 from search.data import ImageSet, load_splits
 from search.model import count_parameters
 from search.objective import build_model, make_transform, normalisation
 from search.report import default_report_dir, open_existing, study_config
-from search.space import params_of
+from search.space import ParamValue, params_of
 from search.train import fit
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ def recorded_runs(study: optuna.Study, s: ConfirmSettings, trial: int) -> dict[i
 class ConfirmRow:
     trial: int
     rank: int  # 1 = the study's best
-    params: dict[str, int | float]
+    params: dict[str, ParamValue]
     study_value: float
     values: list[float]
     failed: int
@@ -385,13 +386,14 @@ def _datasets(cfg: StudyConfig, s: ConfirmSettings, device: torch.device) -> lis
 
 def _train_once(
     cfg: StudyConfig,
-    params: dict[str, int | float],
+    params: dict[str, ParamValue],
     data: _Data,
     n_classes: int,
     seed: int,
     should_stop: Callable[[], bool],
 ) -> tuple[float | None, int, int, str]:
     """Train one fresh model as the study's objective does; (value, best_epoch, epochs_run, reason)."""
+    cfg = trial_config(cfg, params)  # the trial's dotted params (optimizer, augmentation, ...)
     torch.manual_seed(seed)
     in_shape = tuple(int(v) for v in data.train.images.shape[1:])
     model = build_model(cfg, params, (in_shape[0], in_shape[1], in_shape[2]), n_classes)
@@ -553,7 +555,7 @@ def finetune_start(study: optuna.Study, trial: int | None) -> StartChoice:
 @dataclass(frozen=True)
 class WarmStartPlan:
     source: str
-    candidates: list[tuple[int, dict[str, int | float]]]  # (source trial, params searched here)
+    candidates: list[tuple[int, dict[str, ParamValue]]]  # (source trial, params searched here)
     skipped: list[tuple[int, str]]  # (source trial, why)
 
 
@@ -563,9 +565,10 @@ def fit_to_space(name: str, spec: ParamSpec, value: float) -> int | float | None
         return None
     cast: Callable[[float], int | float] = int if name in INT_PARAMS else float
     if spec.value is not None:
-        return cast(spec.value) if math.isclose(value, spec.value, rel_tol=1e-9) else None
+        fixed = float(spec.value)
+        return cast(fixed) if math.isclose(value, fixed, rel_tol=1e-9) else None
     if spec.choices is not None:
-        match = [c for c in spec.choices if math.isclose(value, c, rel_tol=1e-9)]
+        match = [float(c) for c in spec.choices if math.isclose(value, float(c), rel_tol=1e-9)]
         return cast(match[0]) if match else None
     assert spec.low is not None and spec.high is not None
     tol = 1e-9 * max(abs(spec.low), abs(spec.high))
@@ -576,6 +579,21 @@ def fit_to_space(name: str, spec: ParamSpec, value: float) -> int | float | None
         if not math.isclose(k, round(k), abs_tol=1e-6):
             return None
     return cast(min(max(value, spec.low), spec.high))
+
+
+def _fit_dotted(spec: ParamSpec, value: Any) -> ParamValue | None:
+    """A dotted parameter's ``value`` as this space takes it: a listed choice or fixed value
+    (same type), or a number inside a range; None when it does not fit."""
+    allowed = [spec.value] if spec.value is not None else list(spec.choices or ())
+    if allowed:
+        match = [a for a in allowed if a == value and type(a) is type(value)]
+        return match[0] if match else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or spec.low is None:
+        return None
+    fitted = fit_to_space("", spec, float(value))
+    if fitted is None:
+        return None
+    return int(fitted) if isinstance(spec.low, int) and float(fitted).is_integer() else fitted
 
 
 def _describe(spec: ParamSpec) -> str:
@@ -597,6 +615,30 @@ def _source_params(trial: FrozenTrial, source_cfg: StudyConfig | None) -> dict[s
         return dict(trial.params)
 
 
+def _fit_params(
+    space: Mapping[str, ParamSpec], params: Mapping[str, Any]
+) -> tuple[dict[str, ParamValue], list[str]]:
+    """A source trial's params as this space searches them, and why any does not fit."""
+    problems = [f"{name} is not a parameter here" for name in params if name not in space]
+    searched: dict[str, ParamValue] = {}
+    for name, spec in space.items():
+        if name not in params:
+            if not spec.fixed:
+                problems.append(f"{name} has no value")
+            continue
+        if name not in PARAM_NAMES:  # a dotted config field: the value as this space takes it
+            value = _fit_dotted(spec, params[name])
+            why = f"{name}={params[name]!r} is not in this space"
+        else:
+            value = fit_to_space(name, spec, float(params[name]))
+            why = f"{name}={float(params[name]):g} {_describe(spec)}"
+        if value is None:
+            problems.append(why)
+        elif not spec.fixed:
+            searched[name] = value
+    return searched, problems
+
+
 def plan_warm_start(cfg: StudyConfig, source: str, storage: str, top: int) -> WarmStartPlan:
     """The source study's top-``top`` COMPLETE param sets that are valid in ``cfg``'s space.
 
@@ -616,23 +658,10 @@ def plan_warm_start(cfg: StudyConfig, source: str, storage: str, top: int) -> Wa
     except ConfigError:
         source_cfg = None
     space = cfg.search.space
-    candidates: list[tuple[int, dict[str, int | float]]] = []
+    candidates: list[tuple[int, dict[str, ParamValue]]] = []
     skipped: list[tuple[int, str]] = []
     for t in top_trials(study, top):
-        params = _source_params(t, source_cfg)
-        problems = [f"{name} is not a parameter here" for name in params if name not in space]
-        searched: dict[str, int | float] = {}
-        for name in PARAM_NAMES:
-            spec = space[name]
-            if name not in params:
-                if not spec.fixed:
-                    problems.append(f"{name} has no value")
-                continue
-            value = fit_to_space(name, spec, float(params[name]))
-            if value is None:
-                problems.append(f"{name}={float(params[name]):g} {_describe(spec)}")
-            elif not spec.fixed:
-                searched[name] = value
+        searched, problems = _fit_params(space, _source_params(t, source_cfg))
         if problems:
             skipped.append((t.number, "; ".join(problems)))
             continue

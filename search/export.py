@@ -2,7 +2,8 @@
 
 An export folder holds ``best.pt`` (a plain ``state_dict``; ``torch.load(..., weights_only=True)``),
 ``config.json`` (everything needed to rebuild the net and its input: widths, padding, dropout,
-input shape, colour mode, classes, normalisation mean/std) and a short model card ``README.md``.
+input shape, colour mode, classes, normalisation mean/std; plus the trial's params and its full
+study config, dotted searched fields applied) and a short model card ``README.md``.
 :func:`load_export` turns such a folder back into an eval-mode ``ConvNet`` plus its input
 transform; :func:`predict_files` runs it on image files (PIL load, colour conversion, resize).
 """
@@ -30,7 +31,7 @@ from search.artifacts import (
     tensor_bytes,
 )
 from search.augment import BatchTransform
-from search.config import ModelConfig, StudyConfig, build, to_dict
+from search.config import ModelConfig, StudyConfig, build, to_dict, trial_config
 from search.data import DataError, printable_name, read_image
 from search.model import ConvNet, build_convnet, count_parameters
 from search.space import params_of
@@ -111,6 +112,7 @@ def model_config(study: optuna.Study, trial: FrozenTrial, cfg: StudyConfig) -> d
             "Fix: create the study with `search run`"
         )
     params = params_of(trial.params, cfg.search.space)
+    cfg = trial_config(cfg, params)  # the config the trial trained with (its dotted params applied)
     in_shape = [int(v) for v in data["in_shape"]]
     return {
         "format": EXPORT_FORMAT,
@@ -128,6 +130,8 @@ def model_config(study: optuna.Study, trial: FrozenTrial, cfg: StudyConfig) -> d
         "classes": [printable_name(str(c)) for c in data["classes"]],
         "normalize": {"mean": list(data["mean"]), "std": list(data["std"])},
         "train": {"lr": float(params["lr"]), "batch_size": int(params["batch_size"])},
+        "params": dict(params),  # every searched parameter, by its Optuna name
+        "config": to_dict(cfg),  # the trial's full study config
         "val_accuracy": trial.value,
         "best_epoch": trial.user_attrs.get("best_epoch"),
         "epochs_run": trial.user_attrs.get("epochs_run"),
@@ -185,6 +189,10 @@ def load_weights_into(model: ConvNet, state: Any, path: Path | str) -> None:
 def _model_card(config: dict[str, Any], n_params: int) -> str:
     m, d = config["model"], config["dataset"]
     acc = config["val_accuracy"]
+    dotted = {k: v for k, v in config.get("params", {}).items() if "." in k}
+    searched = (
+        "| searched config | " + ", ".join(f"{k}={v}" for k, v in dotted.items()) + " |\n" if dotted else ""
+    )
     return f"""# {config["study"]} — trial {config["trial"]}
 
 ConvNet exported by convnet-search.
@@ -197,7 +205,7 @@ ConvNet exported by convnet-search.
 | validation accuracy | {acc:.4f} |
 | epochs | best epoch {config["best_epoch"]} of {config["epochs_run"]} run |
 | training | lr={config["train"]["lr"]:.3g}, batch size {config["train"]["batch_size"]} |
-| dataset | {d["name"]} ({d["n_train"]} train / {d["n_val"]} val images) |
+{searched}| dataset | {d["name"]} ({d["n_train"]} train / {d["n_val"]} val images) |
 | input | {config["in_shape"]} (C, H, W), colour mode {config["color_mode"]} |
 | classes | {", ".join(config["classes"])} |
 | normalisation | mean {config["normalize"]["mean"]}, std {config["normalize"]["std"]} (on pixels / 255) |

@@ -7,7 +7,10 @@ The study holds everything needed: its config (user_attr ``config``), its data f
 2. measure validation accuracy before any update — on the same seeded split the search used,
    so it equals the trial's value (logged, and recorded as ``start_val_acc``);
 3. continue training at ``lr * lr_scale`` with early stopping (``patience``) and keep the best
-   epoch; if no epoch beats the starting weights, the starting weights are kept;
+   epoch, with the trial's own config (its searched ``train.*``/``data.augment.*`` fields
+   applied): the same optimizer, and its ``lr_schedule``/``warmup_epochs`` run again over the
+   fine-tuning epochs (from lr x lr_scale); if no epoch beats the starting weights, the
+   starting weights are kept;
 4. only then load the test split and evaluate once: ``metrics.json``, ``per_class.csv``,
    ``confusion.csv``/``.png``, ``predictions.png``, ``filters.png`` and ``final.pt`` under
    ``storage/finetune/<study>/``; the summary goes to the study's user_attr ``finetune`` and
@@ -33,7 +36,7 @@ from optuna.artifacts import upload_artifact
 
 from search.artifacts import WeightStore, check_writable, save_atomic
 from search.augment import BatchTransform
-from search.config import ConfigError, FinetuneConfig, StudyConfig, with_overrides
+from search.config import ConfigError, FinetuneConfig, StudyConfig, trial_config, with_overrides
 from search.data import ImageSet, load_splits
 from search.evaluate import (
     TestMetrics,
@@ -125,7 +128,8 @@ def finetune(
     folder = Path(out) if out is not None else default_finetune_dir(study.study_name)
     check_writable({"--out": folder, "artifacts_dir": cfg.artifacts_dir})  # before any training
     state = trial_weights(study, trial, cfg)
-    params = params_of(trial.params, cfg.search.space)
+    # the trial's config: its optimizer, schedule, augmentation, ... (dotted params applied)
+    cfg = trial_config(cfg, params := params_of(trial.params, cfg.search.space))
     mean, std = _stored_normalisation(study)
     splits = load_splits(cfg.data, cfg.seed, with_test=True)
     assert splits.test is not None

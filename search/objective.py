@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from search.artifacts import WEIGHTS_ATTR, CheckpointStore, StorageFault, WeightStore, check_writable
 from search.augment import BatchTransform, channel_stats
-from search.config import ConfigError, StudyConfig
+from search.config import ConfigError, StudyConfig, trial_config
 from search.data import Splits, folders_written, load_splits
 from search.failures import FAIL_REASON_ATTR, DeviceFailure, describe_failure, free_memory, is_device_fatal
 from search.model import ConvNet, build_convnet, check_input_size, count_parameters
@@ -63,6 +63,16 @@ def normalisation(cfg: StudyConfig, splits: Splits) -> tuple[list[float], list[f
 
 def make_transform(cfg: StudyConfig, mean: list[float], std: list[float]) -> BatchTransform:
     return BatchTransform(mean, std, cfg.data.augment, channels_last=cfg.train.channels_last)
+
+
+def trial_transform(
+    cfg: StudyConfig, base_cfg: StudyConfig, base: BatchTransform, mean: list[float], std: list[float]
+) -> BatchTransform:
+    """The transform of a trial's config ``cfg``: ``base`` (built for ``base_cfg``) unless the trial
+    searched the augmentation, then a new one."""
+    if cfg.data.augment == base_cfg.data.augment and cfg.train.channels_last == base_cfg.train.channels_last:
+        return base
+    return make_transform(cfg, mean, std)
 
 
 def build_model(
@@ -172,8 +182,8 @@ class Objective:
             free_memory()
 
     def _run_trial(self, trial: optuna.Trial) -> float:
-        cfg = self.cfg
-        params = suggest(trial, cfg.search.space)
+        params = suggest(trial, self.cfg.search.space)
+        cfg = trial_config(self.cfg, params)  # the study's config with the trial's dotted params
         torch.manual_seed(cfg.seed + trial.number)
         model = build_model(cfg, params, self.in_shape, self.n_classes)
         self._record_start(trial, model)
@@ -215,7 +225,7 @@ class Objective:
                 lr=float(params["lr"]),
                 batch_size=int(params["batch_size"]),
                 cfg=cfg.train,
-                transform=self.transform,
+                transform=trial_transform(cfg, self.cfg, self.transform, self.mean, self.std),
                 seed=cfg.seed + trial.number,
                 on_epoch=on_epoch,
                 on_checkpoint=on_checkpoint,

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,7 +79,29 @@ def _utc(ts: datetime | None) -> pd.Timestamp:
     return pd.Timestamp(ts.astimezone(UTC))  # naive: taken as this machine's local time
 
 
-def _row(trial: FrozenTrial, fixed: dict[str, float]) -> dict[str, Any]:
+def _dotted_dtype(col: pd.Series) -> pd.Series:
+    """A searched config field's column: booleans, integers, numbers or strings (missing: NA)."""
+    present = [v for v in col if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if present and all(isinstance(v, bool) for v in present):
+        return col.astype("boolean")
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        if all(isinstance(v, int) for v in present):
+            return pd.to_numeric(col, errors="coerce").astype("Int64")
+        return pd.to_numeric(col, errors="coerce").astype("float64")
+    return col.map(
+        lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+    ).astype("string")
+
+
+def _dotted_names(study: optuna.Study, space: dict[str, Any]) -> list[str]:
+    """The searched config fields (dotted names): the stored space's, then any other trial param's."""
+    names = [k for k in space if "." in k]
+    for t in study.get_trials(deepcopy=False):
+        names += [k for k in t.params if "." in k and k not in names]
+    return names
+
+
+def _row(trial: FrozenTrial, fixed: dict[str, Any], dotted: Sequence[str] = ()) -> dict[str, Any]:
     attrs = trial.user_attrs
     row: dict[str, Any] = {
         "number": trial.number,
@@ -88,6 +110,8 @@ def _row(trial: FrozenTrial, fixed: dict[str, float]) -> dict[str, Any]:
     }
     for name in PARAM_NAMES:
         row[name] = trial.params.get(name, fixed.get(name, math.nan))
+    for name in dotted:
+        row[name] = trial.params.get(name, fixed.get(name))
     row.update(
         best_epoch=attrs.get("best_epoch"),
         epochs_run=attrs.get("epochs_run"),
@@ -105,13 +129,22 @@ def _row(trial: FrozenTrial, fixed: dict[str, float]) -> dict[str, Any]:
 
 def frame_of(study: optuna.Study) -> pd.DataFrame:
     """:func:`trials_frame` for an already loaded study."""
-    fixed: dict[str, float] = {}
+    fixed: dict[str, Any] = {}
+    space: dict[str, Any] = {}
     raw = study.user_attrs.get(CONFIG_ATTR)
     if isinstance(raw, dict):
         space = raw.get("search", {}).get("space", {})
-        fixed = {k: v for k, v in space.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    rows = [_row(t, fixed) for t in study.get_trials(deepcopy=False)]
-    df = pd.DataFrame(rows, columns=list(COLUMNS))
+        fixed = {
+            k: v
+            for k, v in space.items()
+            if isinstance(v, int | float | str) and (not isinstance(v, bool) or "." in k)
+        }
+    dotted = _dotted_names(study, space)
+    rows = [_row(t, fixed, dotted) for t in study.get_trials(deepcopy=False)]
+    at = COLUMNS.index(PARAM_NAMES[-1]) + 1  # searched config fields right after the five names
+    df = pd.DataFrame(rows, columns=[*COLUMNS[:at], *dotted, *COLUMNS[at:]])
+    for col in dotted:
+        df[col] = _dotted_dtype(df[col])
     for col in ("best_epoch", "epochs_run", "pruned_at_epoch", "n_params", "c1", "c2", "l1", "batch_size"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
     for col in ("value", "lr", "duration_s", "images_per_s"):
@@ -131,7 +164,8 @@ def frame_of(study: optuna.Study) -> pd.DataFrame:
 def trials_frame(study_name: str, storage: str | BaseStorage) -> pd.DataFrame:
     """One row per trial, best first (COMPLETE by value, then PRUNED by value, then the rest).
 
-    Columns: number, state, value, c1, c2, l1, lr, batch_size, best_epoch, epochs_run,
+    Columns: number, state, value, c1, c2, l1, lr, batch_size, then one per searched config
+    field (its dotted name, e.g. ``train.weight_decay``), best_epoch, epochs_run,
     pruned_at_epoch, duration_s, images_per_s (training images per second), n_params, device,
     datetime_start (UTC), stop_reason, and fail_reason when any trial failed.
     """

@@ -1,8 +1,11 @@
 """The search space as data, and the one function that samples it.
 
 ``suggest(trial, space)`` is used by the objective; ``params_of(trial_params, space)``
-rebuilds the same five hyperparameters from a finished trial (fixed values included), so the
-best config can be re-created without re-sampling.
+rebuilds the same parameters from a finished trial (fixed values included), so the best config
+can be re-created without re-sampling. Both return every parameter keyed by its Optuna name:
+the five short names (c1, c2, l1, lr, batch_size) and the dotted config fields of the space
+(``train.weight_decay``; the Optuna name is the dotted path). ``config.trial_config`` turns the
+dotted ones into the trial's config.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from search.config import INT_PARAMS, PARAM_NAMES, ParamSpec
+from search.config import INT_PARAMS, PARAM_NAMES, ParamSpec, is_int_range
+
+ParamValue = int | float | str | bool
 
 
 class SuggestsParams(Protocol):
@@ -25,21 +30,29 @@ class SuggestsParams(Protocol):
     ) -> float: ...
 
 
-def _cast(name: str, value: Any) -> int | float:
+def _cast(name: str, value: Any) -> ParamValue:
+    """A value as parameter ``name`` takes it: the five names cast; dotted values as validated."""
+    if name not in PARAM_NAMES:
+        return value  # type: ignore[no-any-return]
     return int(value) if name in INT_PARAMS else float(value)
 
 
-def suggest(trial: SuggestsParams, space: Mapping[str, ParamSpec]) -> dict[str, int | float]:
+def names(space: Mapping[str, ParamSpec]) -> list[str]:
+    """The space's parameter names: the five short names first, then the dotted ones as written."""
+    return [*PARAM_NAMES, *(k for k in space if k not in PARAM_NAMES)]
+
+
+def suggest(trial: SuggestsParams, space: Mapping[str, ParamSpec]) -> dict[str, ParamValue]:
     """Sample every searched parameter from ``trial``; fixed parameters are returned as given."""
-    params: dict[str, int | float] = {}
-    for name in PARAM_NAMES:
+    params: dict[str, ParamValue] = {}
+    for name in names(space):
         spec = space[name]
         if spec.value is not None:
             params[name] = _cast(name, spec.value)
         elif spec.choices is not None:
             choices = [_cast(name, c) for c in spec.choices]
             params[name] = _cast(name, trial.suggest_categorical(name, choices))
-        elif name in INT_PARAMS:
+        elif name in INT_PARAMS or is_int_range(spec):
             assert spec.low is not None and spec.high is not None
             step = 1 if spec.step is None else int(spec.step)
             params[name] = trial.suggest_int(name, int(spec.low), int(spec.high), step=step, log=spec.log)
@@ -51,10 +64,10 @@ def suggest(trial: SuggestsParams, space: Mapping[str, ParamSpec]) -> dict[str, 
     return params
 
 
-def params_of(trial_params: Mapping[str, Any], space: Mapping[str, ParamSpec]) -> dict[str, int | float]:
-    """The five hyperparameters of a finished trial: its sampled params plus the space's fixed values."""
-    out: dict[str, int | float] = {}
-    for name in PARAM_NAMES:
+def params_of(trial_params: Mapping[str, Any], space: Mapping[str, ParamSpec]) -> dict[str, ParamValue]:
+    """A finished trial's parameters: its sampled params plus the space's fixed values."""
+    out: dict[str, ParamValue] = {}
+    for name in names(space):
         spec = space[name]
         if spec.value is not None:
             out[name] = _cast(name, spec.value)
@@ -65,10 +78,14 @@ def params_of(trial_params: Mapping[str, Any], space: Mapping[str, ParamSpec]) -
     return out
 
 
-def grid_values(space: Mapping[str, ParamSpec]) -> dict[str, list[int | float]]:
-    """Every value of each searched parameter, for the grid sampler (fixed parameters left out)."""
-    grid: dict[str, list[int | float]] = {}
-    for name in PARAM_NAMES:
+def grid_values(space: Mapping[str, ParamSpec]) -> dict[str, list[ParamValue]]:
+    """Every value of each searched parameter, for the grid sampler (fixed parameters left out).
+
+    Finite sets only (the config refuses a grid over a continuous range): choices, integer
+    ranges, and ranges with a step.
+    """
+    grid: dict[str, list[ParamValue]] = {}
+    for name in names(space):
         spec = space[name]
         if spec.value is not None:
             continue
@@ -78,7 +95,8 @@ def grid_values(space: Mapping[str, ParamSpec]) -> dict[str, list[int | float]]:
         assert spec.low is not None and spec.high is not None
         step = spec.step if spec.step is not None else 1
         n = round((spec.high - spec.low) / step) + 1
-        grid[name] = [_cast(name, spec.low + i * step) for i in range(n)]
+        integer = name in INT_PARAMS or is_int_range(spec)
+        grid[name] = [int(spec.low + i * step) if integer else float(spec.low + i * step) for i in range(n)]
     return grid
 
 

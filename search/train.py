@@ -11,10 +11,17 @@ are read once per epoch. Early stopping watches validation accuracy (``patience`
 with a reason. ``on_epoch(epoch, metrics)`` is the only way out: it returns True to prune the run
 there, or raises to abort it. Does not import optuna.
 
-Resume: :class:`FitState` holds everything a run needs to continue (model, optimizer, the data
-generator, counters, history, timings); ``state_dict()`` is the checkpoint, ``load_state_dict()``
-continues from it. Dropout is re-seeded from (seed, epoch) at each epoch start, so on the CPU a
-resumed run gives the same weights and metrics as one that never stopped.
+Optimizer and schedule come from the :class:`TrainConfig`: ``optimizer`` adam (the default),
+adamw or sgd (``momentum``, ``nesterov``), ``weight_decay``, ``label_smoothing`` (training loss
+only), and ``lr_schedule`` constant (the default), cosine or onecycle with ``warmup_epochs``,
+applied per step (:func:`lr_factor`). The defaults (Adam, constant lr, no warm-up) build no
+scheduler at all: the same numbers as the loop always gave.
+
+Resume: :class:`FitState` holds everything a run needs to continue (model, optimizer, lr
+scheduler, the data generator, counters, history, timings); ``state_dict()`` is the checkpoint,
+``load_state_dict()`` continues from it (the lr schedule too). Dropout is re-seeded from
+(seed, epoch) at each epoch start, so on the CPU a resumed run gives the same weights and
+metrics as one that never stopped.
 """
 
 from __future__ import annotations
@@ -40,6 +47,69 @@ from search.data import ImageSet
 log = logging.getLogger(__name__)
 
 DROPOUT_STREAM = 0x5EED  # dropout's per-epoch seeds differ from the data order's re-seeds
+ONECYCLE_START = 1 / 25  # onecycle: lr rises from lr x this (torch's OneCycleLR div_factor 25)
+ONECYCLE_END = 1 / 25e4  # ... and anneals to lr x this (final_div_factor 1e4)
+ONECYCLE_RISE = 0.3  # share of the steps that rise when train.warmup_epochs is 0 (pct_start)
+
+
+def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
+    """The lr multiplier before optimizer step ``step`` (0-based) of ``total`` steps.
+
+    ``constant``: 1, after a linear warm-up over the first ``warmup`` steps (from 1/warmup to 1).
+    ``cosine``: the same warm-up, then a half cosine from 1 to 0 at step ``total``.
+    ``onecycle``: a half cosine up from 1/25 to 1 over ``warmup`` steps (30% of ``total`` when
+    0), then down to 1/25e4 at the end; the warm-up is this rising phase (momentum is not cycled).
+    """
+    total = max(total, 1)
+    if schedule == "onecycle":
+        rise = warmup if warmup > 0 else round(ONECYCLE_RISE * total)
+        rise = min(max(rise, 1), total)
+        if step < rise:
+            t = step / rise
+            return ONECYCLE_START + (1 - ONECYCLE_START) * (1 - math.cos(math.pi * t)) / 2
+        t = min((step - rise) / max(total - rise, 1), 1.0)
+        return ONECYCLE_END + (1 - ONECYCLE_END) * (1 + math.cos(math.pi * t)) / 2
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        t = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return (1 + math.cos(math.pi * t)) / 2
+    return 1.0
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch over ``n`` images (full batches only)."""
+    batch = min(batch_size, n)
+    return n // batch if batch >= 2 else 0  # BatchNorm needs two samples in training mode
+
+
+def make_optimizer(model: nn.Module, lr: float, cfg: TrainConfig, *, fused: bool) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over the model's parameters (fused: one kernel for all of them, CUDA only)."""
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+            fused=fused,
+        )
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay, fused=fused)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int
+) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """The per-step lr schedule over ``cfg.epochs`` epochs of ``steps`` steps; None for a constant
+    lr without warm-up (the loop then never touches the lr)."""
+    if cfg.lr_schedule == "constant" and cfg.warmup_epochs == 0:
+        return None
+    total, warmup = cfg.epochs * steps, cfg.warmup_epochs * steps
+    schedule = cfg.lr_schedule
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(schedule, step, total, warmup))
 
 
 @dataclass(frozen=True)
@@ -132,6 +202,7 @@ class FitState:
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
     seed: int = 0
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
     epoch: int = 0
     best_val_acc: float = -math.inf
     best_epoch: int = 0
@@ -153,6 +224,7 @@ class FitState:
             "device": self.device.type,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "rng": self.generator.get_state(),
             "epoch": self.epoch,
             "best_val_acc": self.best_val_acc,
@@ -172,6 +244,9 @@ class FitState:
         # a copy: Optimizer.load_state_dict keeps the given tensors, and training updates them in place
         self.optimizer.load_state_dict(copy.deepcopy(dict(state["optimizer"])))
         set_fused(self.optimizer, fused=self.device.type == "cuda")
+        sched = state.get("scheduler")
+        if self.scheduler is not None and sched is not None:
+            self.scheduler.load_state_dict(dict(sched))  # where the schedule stood, and the lr
         self.epoch = int(state["epoch"])
         self.best_val_acc = float(state["best_val_acc"])
         self.best_epoch = int(state["best_epoch"])
@@ -368,7 +443,7 @@ def _train_epoch(
     correct = torch.zeros((), device=device, dtype=torch.int64)
     n = len(train)
     batch = min(batch_size, n)
-    steps = n // batch if batch >= 2 else 0  # BatchNorm needs two samples in training mode
+    steps = steps_per_epoch(n, batch_size)
     perm = torch.randperm(n, device=device, generator=state.generator)
     for step in range(steps):
         timed = time_first_step and step == 0
@@ -380,10 +455,12 @@ def _train_epoch(
         y = train.labels[idx]
         with _autocast(device, cfg.amp):
             logits = step_model(x)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         state.optimizer.step()
+        if state.scheduler is not None:
+            state.scheduler.step()
         loss_sum += loss.detach() * batch
         correct += (logits.detach().argmax(1) == y).sum()
         if timed:  # compilation / cuDNN autotuning: kept out of the steady rate
@@ -400,13 +477,15 @@ def _train_epoch(
     return _EpochStats(mean_loss, acc, seen, seconds)
 
 
-def _prepare(model: nn.Module, device: torch.device, lr: float, cfg: TrainConfig, seed: int) -> FitState:
+def _prepare(
+    model: nn.Module, device: torch.device, lr: float, cfg: TrainConfig, seed: int, steps: int
+) -> FitState:
     model.to(device)
     model.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    # fused Adam: one kernel for all parameters instead of several per parameter (CUDA only)
-    fused = device.type == "cuda"
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, fused=fused)
-    return FitState(model, optimizer, torch.Generator(device=device).manual_seed(seed), seed)
+    # fused: one kernel for all parameters instead of several per parameter (CUDA only)
+    optimizer = make_optimizer(model, lr, cfg, fused=device.type == "cuda")
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return FitState(model, optimizer, generator, seed, scheduler=make_scheduler(optimizer, cfg, steps))
 
 
 def _compiled(model: nn.Module, cfg: TrainConfig) -> nn.Module:
@@ -462,7 +541,7 @@ def fit(
     passing its ``state_dict()`` as ``resume`` continues the run from the epoch after it.
     """
     device = train.images.device
-    state = _prepare(model, device, lr, cfg, seed)
+    state = _prepare(model, device, lr, cfg, seed, steps_per_epoch(len(train), batch_size))
     step_model = _compiled(model, cfg)
     if resume is not None:
         state.load_state_dict(resume)
