@@ -14,8 +14,11 @@ from search.config import (
     config_from_dict,
     load_config,
     replace,
+    json_schema,
     resumable_fields,
+    searchable_fields,
     to_dict,
+    trial_config,
     with_overrides,
 )
 from tests.conftest import run_cli
@@ -124,6 +127,113 @@ BAD = [
     ({"train": {"epochs": 2.5}}, "train.epochs", "expected an integer"),
     ({"storage": "studies.db"}, "storage", "database URL"),
     ({"finetune": {"lr_scale": 0}}, "finetune.lr_scale", r"\(0, 10\]"),
+    ({"train": {"optimizer": "rmsprop"}}, "train.optimizer", "unknown optimizer"),
+    ({"train": {"label_smoothing": 1.0}}, "train.label_smoothing", r"\[0, 1\)"),
+    ({"train": {"lr_schedule": "step"}}, "train.lr_schedule", "unknown lr schedule"),
+    ({"train": {"optimizer": "sgd", "nesterov": True, "momentum": 0}}, "train.nesterov", "momentum > 0"),
+    # dotted search.space keys: checked by the field they name
+    (
+        {"search": {"space": {"train.foo": {"choices": [1]}}}},
+        "search.space.train.foo",
+        "unknown config field",
+    ),
+    ({"search": {"space": {"trian.weight_decay": 0.1}}}, "search.space.trian.weight_decay", "unknown config"),
+    (
+        {"search": {"space": {"model.dropout": {"choices": [0.1]}}}},
+        "search.space.model.dropout",
+        "single value",
+    ),
+    ({"search": {"space": {"data.augment": {"choices": [1]}}}}, "search.space.data.augment", "a section"),
+    (
+        {"search": {"space": {"train.weight_decay": {"low": -1.0, "high": 0.1}}}},
+        "search.space.train.weight_decay.low",
+        ">= 0",
+    ),
+    (
+        {"search": {"space": {"train.label_smoothing": {"low": 0.0, "high": 1.0}}}},
+        "search.space.train.label_smoothing.high",
+        r"\[0, 1\)",
+    ),
+    (
+        {"search": {"space": {"data.augment.rotate_deg": {"choices": [0, 200]}}}},
+        r"search.space.data.augment.rotate_deg.choices\[1\]",
+        r"\[0, 180\]",
+    ),
+    (
+        {"search": {"space": {"train.optimizer": {"choices": ["adam", 3]}}}},
+        r"search.space.train.optimizer.choices\[1\]",
+        "unknown optimizer",
+    ),
+    (
+        {"search": {"space": {"train.weight_decay": {"choices": ["much"]}}}},
+        r"search.space.train.weight_decay.choices\[0\]",
+        "expected a number",
+    ),
+    (
+        {"search": {"space": {"data.augment.hflip": {"choices": ["yes"]}}}},
+        "search.space.data.augment.hflip",
+        "true",
+    ),
+    (
+        {"search": {"space": {"train.patience": {"low": 1.5, "high": 4}}}},
+        "search.space.train.patience.low",
+        "integer",
+    ),
+    (
+        {"search": {"space": {"train.optimizer": {"low": 1, "high": 2}}}},
+        "search.space.train.optimizer",
+        "range",
+    ),
+    (
+        {"search": {"space": {"train.weight_decay": {"low": 0.0, "high": 0.1, "log": True}}}},
+        "search.space.train.weight_decay",
+        "log scale needs low > 0",
+    ),
+    ({"search": {"space": {"data.dataset": {"choices": ["digits"]}}}}, "search.space.data.dataset", "split"),
+    (
+        {"search": {"space": {"data.image_size": {"choices": [16, 32]}}}},
+        "search.space.data.image_size",
+        "split",
+    ),
+    (
+        {"search": {"space": {"data.val_fraction": {"low": 0.1, "high": 0.2}}}},
+        "search.space.data.val",
+        "split",
+    ),
+    ({"search": {"space": {"seed": {"choices": [1, 2]}}}}, "search.space.seed", "cannot be searched"),
+    ({"search": {"space": {"storage": "sqlite:///x.db"}}}, "search.space.storage", "run setting"),
+    (
+        {"search": {"space": {"train.threads": {"choices": [1, 2]}}}},
+        "search.space.train.threads",
+        "run setting",
+    ),
+    (
+        {"search": {"space": {"train.eval_batch_size": 512}}},
+        "search.space.train.eval_batch_size",
+        "run setting",
+    ),
+    (
+        {"search": {"space": {"train.checkpoint_every_s": 1}}},
+        "search.space.train.checkpoint_every",
+        "run setting",
+    ),
+    ({"search": {"space": {"train.tensorboard": True}}}, "search.space.train.tensorboard", "run setting"),
+    (
+        {"search": {"space": {"search.n_trials": {"choices": [1]}}}},
+        "search.space.search.n_trials",
+        "the search",
+    ),
+    ({"search": {"space": {"data.synthetic.n_classes": 3}}}, "search.space.data.synthetic", "split"),
+    (
+        {
+            "search": {
+                "sampler": {"name": "grid"},
+                "space": {"lr": 0.001, "train.weight_decay": {"low": 0.0, "high": 0.1}},
+            }
+        },
+        "search.space.train.weight_decay",
+        "finite set",
+    ),
 ]
 
 
@@ -272,3 +382,99 @@ def test_validate_ends_quickly_on_alias_bombs_and_dev_zero(tmp_path: Path) -> No
     ):
         proc = run_cli("validate", str(path), cwd=tmp_path, timeout=60, check=2)
         assert f"error: config: {message}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+DOTTED = {
+    "lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True},
+    "train.weight_decay": {"low": "1e-6", "high": 1.0e-2, "log": True},  # PyYAML reads 1e-6 as text
+    "train.optimizer": {"choices": ["adam", "adamw", "sgd"]},
+    "train.label_smoothing": {"low": 0, "high": 0.2},  # 0 allowed: the field's own bound, not "> 0"
+    "data.augment.rotate_deg": {"choices": [0, 10, 20]},
+    "data.augment.hflip": {"choices": [True, False]},
+    "train.patience": {"low": 1, "high": 4},
+    "model.padding": 1,  # fixed
+}
+
+
+def test_dotted_space_keys_are_typed_by_their_fields() -> None:
+    space = config_from_dict({"search": {"space": DOTTED}}).search.space
+    assert list(space)[:5] == list(PARAM_NAMES) and space["c1"] == DEFAULT_SPACE["c1"]
+    assert space["train.weight_decay"].low == pytest.approx(1e-6) and space["train.weight_decay"].log
+    assert space["train.optimizer"].choices == ("adam", "adamw", "sgd")
+    low = space["train.label_smoothing"].low
+    assert low == 0.0 and isinstance(low, float)
+    assert space["data.augment.rotate_deg"].choices == (0.0, 10.0, 20.0)
+    assert all(isinstance(v, float) for v in space["data.augment.rotate_deg"].choices or ())
+    assert space["data.augment.hflip"].choices == (True, False)
+    assert (space["train.patience"].low, space["train.patience"].high) == (1, 4)
+    assert isinstance(space["train.patience"].low, int)
+    assert space["model.padding"].value == 1
+    cfg = config_from_dict({"search": {"space": DOTTED}})
+    assert config_from_dict(to_dict(cfg)) == cfg  # round trip (the study stores its config so)
+
+
+def test_nested_space_sections_are_dotted_keys(tmp_path: Path) -> None:
+    """What ``--set search.space.train.weight_decay=...`` writes: nested sections, read as dotted."""
+    raw = apply_overrides({}, ["search.space.train.weight_decay={low: 0.0, high: 0.1}"])
+    space = config_from_dict(raw).search.space
+    assert space["train.weight_decay"].high == pytest.approx(0.1)
+
+
+def test_searchable_fields_come_from_field_metadata() -> None:
+    fields = set(searchable_fields())
+    assert {
+        "train.weight_decay",
+        "train.optimizer",
+        "train.label_smoothing",
+        "data.augment.rotate_deg",
+    } <= fields
+    assert {
+        "train.momentum",
+        "train.nesterov",
+        "train.lr_schedule",
+        "train.warmup_epochs",
+        "model.padding",
+    } <= fields
+    resumable = set(resumable_fields())
+    assert not fields & resumable
+    for path in (
+        "data.dataset",
+        "data.image_size",
+        "data.val_fraction",
+        "seed",
+        "train.epochs",
+        "model.dropout",
+    ):
+        assert path not in fields
+    assert not any(p.startswith(("search.", "finetune.", "confirm.", "data.synthetic")) for p in fields)
+
+
+def test_trial_config_applies_dotted_params_only() -> None:
+    cfg = config_from_dict({"search": {"space": DOTTED}})
+    assert trial_config(cfg, {"lr": 0.1, "c1": 8}) == cfg  # model.padding 1 is the default already
+    params = {
+        "lr": 0.1,
+        "train.optimizer": "sgd",
+        "train.weight_decay": 1e-3,
+        "data.augment.rotate_deg": 10.0,
+    }
+    trial = trial_config(cfg, params)
+    assert trial.train.optimizer == "sgd" and trial.train.weight_decay == pytest.approx(1e-3)
+    assert trial.data.augment.rotate_deg == 10.0 and trial.train.epochs == cfg.train.epochs
+    assert trial.search == cfg.search and cfg.train.optimizer == "adam"  # cfg itself unchanged
+    fixed = config_from_dict({"search": {"space": {"model.padding": 0}}, "train": {"patience": 2}})
+    assert trial_config(fixed, {}).model.padding == 0  # the space's fixed values apply too
+    with pytest.raises(ConfigError, match="train.weight_decay"):
+        trial_config(cfg, {"train.weight_decay": -1.0})
+
+
+def test_schema_takes_dotted_space_keys() -> None:
+    import re
+
+    space = json_schema()["$defs"]["SearchConfig"]["properties"]["space"]
+    pattern = re.compile(space["propertyNames"]["pattern"])
+    for key in (*PARAM_NAMES, *searchable_fields()):
+        assert pattern.fullmatch(key), key
+    assert not pattern.fullmatch("depth") and not pattern.fullmatch("train.")
+    fixed = space["additionalProperties"]["anyOf"][0]
+    assert fixed == {"type": ["number", "string", "boolean"]}  # train.optimizer: sgd is a fixed value

@@ -363,3 +363,165 @@ def test_compile_compiles_every_architecture_of_a_process(monkeypatch: pytest.Mo
         )
         assert counters["frames"]["ok"] >= 1, f"c1={c1} ran eager"
         assert result.compile_seconds > 0 and result.images_per_s > 0
+
+
+def test_default_training_is_the_plain_adam_loop() -> None:
+    """Defaults (and the same settings written out) give exactly a hand-written Adam loop's numbers."""
+    import torch.nn.functional as F
+
+    from search.train import DROPOUT_STREAM, mixed_seed
+
+    train, val = _tiny_data()
+    transform = BatchTransform([0.5], [0.5])  # channels_last off: the hand loop keeps NCHW
+    explicit = TrainConfig(
+        epochs=2,
+        patience=2,
+        amp=False,
+        channels_last=False,
+        optimizer="adam",
+        lr_schedule="constant",
+        warmup_epochs=0,
+    )
+    runs = []
+    for cfg in (TrainConfig(epochs=2, patience=2, amp=False, channels_last=False), explicit):
+        states: list[dict[str, torch.Tensor]] = []
+        result = fit(
+            _tiny_model(),
+            train,
+            val,
+            lr=1e-2,
+            batch_size=16,
+            cfg=cfg,
+            transform=transform,
+            seed=5,
+            on_checkpoint=lambda s: states.append(copy.deepcopy(s.model.state_dict())),
+        )
+        runs.append(([m.train_loss for m in result.history], states[-1]))
+    assert runs[0][0] == runs[1][0]
+
+    model = _tiny_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(5)
+    losses = []
+    for epoch in range(2):
+        model.train()
+        torch.default_generator.manual_seed(mixed_seed(5, epoch + 1, DROPOUT_STREAM))
+        perm = torch.randperm(len(train), generator=gen)
+        total = 0.0
+        for step in range(len(train) // 16):
+            idx = perm[step * 16 : (step + 1) * 16]
+            x = transform(train.images[idx], train=True, generator=gen)
+            loss = F.cross_entropy(model(x).float(), train.labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            total += float(loss.detach()) * 16
+        losses.append(total / (len(train) // 16 * 16))
+    assert runs[0][0] == pytest.approx(losses, rel=1e-6)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, runs[0][1][key]), key
+        assert torch.equal(value, runs[1][1][key]), key
+
+
+@pytest.mark.parametrize(
+    ("settings", "kind"),
+    [
+        ({"optimizer": "adam"}, torch.optim.Adam),
+        ({"optimizer": "adamw", "weight_decay": 0.01}, torch.optim.AdamW),
+        ({"optimizer": "sgd"}, torch.optim.SGD),
+        ({"optimizer": "sgd", "nesterov": True, "momentum": 0.5, "label_smoothing": 0.1}, torch.optim.SGD),
+    ],
+)
+def test_each_optimizer_trains(settings: dict[str, Any], kind: type) -> None:
+    train, val = _tiny_data()
+    model = _tiny_model()
+    before = copy.deepcopy(model.state_dict())
+    seen: list[torch.optim.Optimizer] = []
+    cfg = TrainConfig(epochs=1, patience=1, amp=False, **settings)
+    result = fit(
+        model,
+        train,
+        val,
+        lr=1e-2,
+        batch_size=16,
+        cfg=cfg,
+        transform=BatchTransform([0.5], [0.5]),
+        on_checkpoint=lambda s: seen.append(s.optimizer),
+    )
+    assert type(seen[0]) is kind and result.epochs_run == 1 and not result.failed
+    group = seen[0].param_groups[0]
+    assert group["weight_decay"] == cfg.weight_decay
+    if kind is torch.optim.SGD:
+        assert (group["momentum"], group["nesterov"]) == (cfg.momentum, cfg.nesterov)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_lr_factor_shapes() -> None:
+    from search.train import lr_factor
+
+    # constant with a 4-step warm-up
+    assert [lr_factor("constant", s, 20, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert all(lr_factor("constant", s, 20, 0) == 1.0 for s in range(20))
+    # cosine: warm-up, then from 1 down to 0 at the last step
+    cos = [lr_factor("cosine", s, 20, 4) for s in range(21)]
+    assert cos[:4] == [0.25, 0.5, 0.75, 1.0] and cos[4] == 1.0
+    assert all(a > b for a, b in zip(cos[4:], cos[5:], strict=False)) and cos[20] == pytest.approx(0.0)
+    assert cos[12] == pytest.approx(0.5)
+    # onecycle: up from 1/25 to 1 over the rise (30% of the steps without warm-up), down to 1/25e4
+    one = [lr_factor("onecycle", s, 10, 0) for s in range(11)]
+    assert one[0] == pytest.approx(1 / 25) and one[3] == pytest.approx(1.0) and max(one) == one[3]
+    assert one[10] == pytest.approx(1 / 25e4)
+    assert lr_factor("onecycle", 5, 10, 5) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle", "constant"])
+def test_fit_follows_the_schedule_and_resumes_it(schedule: str, tmp_path: Path) -> None:
+    from search.artifacts import CheckpointStore
+    from search.train import lr_factor
+
+    train, val = _tiny_data()  # 64 training images, batch 16: 4 steps an epoch
+    cfg = TrainConfig(epochs=4, patience=4, amp=False, lr_schedule=schedule, warmup_epochs=1)  # type: ignore[arg-type]
+    store = CheckpointStore(tmp_path, "study")
+    lrs: list[float] = []
+
+    def record(state: FitState) -> None:
+        lrs.append(state.optimizer.param_groups[0]["lr"])
+        if state.epoch == 2:
+            store.save(0, state.state_dict())
+
+    kw: dict[str, Any] = {"lr": 1e-2, "batch_size": 16, "cfg": cfg, "transform": BatchTransform([0.5], [0.5])}
+    full = fit(_tiny_model(), train, val, seed=2, on_checkpoint=record, **kw)
+    # after epoch e the next step is e * 4: the lr set for it
+    assert lrs == pytest.approx([1e-2 * lr_factor(schedule, 4 * e, 16, 4) for e in range(1, 5)])
+    assert len(set(lrs)) > 1 or schedule == "constant"
+    checkpoint = store.load(0)
+    assert checkpoint is not None and checkpoint["scheduler"]["last_epoch"] == 8
+    resumed_lrs: list[float] = []
+    resumed = fit(
+        _tiny_model(),
+        train,
+        val,
+        seed=2,
+        resume=checkpoint,
+        on_checkpoint=lambda s: resumed_lrs.append(s.optimizer.param_groups[0]["lr"]),
+        **kw,
+    )
+    assert resumed_lrs == lrs[2:]  # the schedule continues where the checkpoint stood
+    assert [m.train_loss for m in resumed.history] == [m.train_loss for m in full.history]
+
+
+def test_default_checkpoint_has_no_scheduler() -> None:
+    train, val = _tiny_data()
+    states: list[dict[str, Any]] = []
+    fit(
+        _tiny_model(),
+        train,
+        val,
+        lr=1e-2,
+        batch_size=16,
+        cfg=TrainConfig(epochs=1, patience=1, amp=False),
+        transform=BatchTransform([0.5], [0.5]),
+        on_checkpoint=lambda s: states.append(s.state_dict()),
+    )
+    assert states[0]["scheduler"] is None
+    assert "initial_lr" not in states[0]["optimizer"]["param_groups"][0]  # no scheduler touched the lr
