@@ -123,6 +123,15 @@ def test_cli_flags_override_the_config(workdir: Path) -> None:
             ["--set", "model.stages=4", "--set", "model.pool=max"],
             "model.stages: the 8x8 input images are too small for this net: the net needs at least 24x24",
         ),
+        (["--set", "search.space.train.foo={choices: [1]}"], "search.space.train.foo: unknown config field"),
+        (
+            ["--set", "search.space.data.image_size={choices: [16, 32]}"],
+            "search.space.data.image_size: cannot be searched",
+        ),
+        (
+            ["--set", "search.space.model.dropout={choices: [0.1]}"],
+            "search.space.model.dropout: is not a single",
+        ),
         (["--device", "cuda:7"], "--device"),
         (["--storage", "not-a-url"], "storage: not a database URL"),
         (["--set", "seed=-5"], r"seed: must be within \[0, 4294967295\]"),
@@ -360,3 +369,73 @@ def test_device_tpu_through_the_cli(workdir: Path) -> None:
     proc = run_cli("run", "c.yaml", "--device", "tpu", cwd=workdir, check=2)
     assert "error: --device: 'tpu' is not a device" in proc.stderr and "Traceback" not in proc.stderr
     assert not (workdir / "storage").exists()
+
+
+def test_searching_config_fields_end_to_end(workdir: Path) -> None:
+    """train.optimizer, train.weight_decay and data.augment.rotate_deg searched: Optuna names them
+    by path, export's config.json and the report hold each trial's values, resume sees the space."""
+    space = {
+        "c1": {"choices": [4]},
+        "c2": {"choices": [8]},
+        "l1": {"choices": [16]},
+        "lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True},
+        "batch_size": {"choices": [32]},
+        "train.optimizer": {"choices": ["adam", "adamw", "sgd"]},
+        "train.weight_decay": {"low": 1.0e-6, "high": 1.0e-2, "log": True},
+        "data.augment.rotate_deg": {"choices": [0, 10, 20]},
+    }
+    raw = tiny_config(
+        data={"dataset": "synthetic", "synthetic": {"shape": [1, 12, 12], "n_classes": 3, "n_samples": 150}},
+        train={"epochs": 1, "patience": 1, "lr_schedule": "cosine"},
+        finetune={"epochs": 1, "patience": 1},
+    )
+    raw["search"] = {**raw["search"], "space": space, "sampler": {"name": "random"}}
+    cfg = write_config(workdir / "tiny.yaml", raw)
+    proc = run_cli("run", str(cfg), "--device", "cpu", cwd=workdir, check=0)
+    assert "train.optimizer=" in proc.stdout and "data.augment.rotate_deg=" in proc.stdout
+    study = _load(workdir)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 3
+    for t in done:
+        assert {"train.optimizer", "train.weight_decay", "data.augment.rotate_deg"} <= set(t.params)
+        assert t.params["train.optimizer"] in ("adam", "adamw", "sgd")
+        assert 1e-6 <= t.params["train.weight_decay"] <= 1e-2
+        assert t.params["data.augment.rotate_deg"] in (0.0, 10.0, 20.0)
+
+    best = study.best_trial
+    run_cli("export", "tiny", "--out", "exp", cwd=workdir, check=0)
+    exported = json.loads((workdir / "exp" / "config.json").read_text())
+    assert exported["trial"] == best.number
+    assert exported["params"]["train.optimizer"] == best.params["train.optimizer"]
+    assert exported["config"]["train"]["optimizer"] == best.params["train.optimizer"]
+    assert exported["config"]["train"]["weight_decay"] == pytest.approx(best.params["train.weight_decay"])
+    assert exported["config"]["data"]["augment"]["rotate_deg"] == best.params["data.augment.rotate_deg"]
+    assert exported["config"]["train"]["lr_schedule"] == "cosine"
+    assert "train.optimizer=" in (workdir / "exp" / "README.md").read_text()
+
+    run_cli("report", "tiny", "--out", "rep", cwd=workdir, check=0)
+    import pandas as pd
+
+    table = pd.read_csv(workdir / "rep" / "report.csv")
+    columns = list(table.columns)
+    assert columns[columns.index("batch_size") + 1 : columns.index("batch_size") + 4] == [
+        "train.optimizer",
+        "train.weight_decay",
+        "data.augment.rotate_deg",
+    ]
+    for _, row in table.iterrows():
+        trial = study.trials[int(row["number"])]
+        assert row["train.optimizer"] == trial.params["train.optimizer"]
+        assert row["train.weight_decay"] == pytest.approx(trial.params["train.weight_decay"])
+
+    ft = run_cli("finetune", "tiny", "--device", "cpu", "--out", "ft", cwd=workdir, check=0)
+    assert "Traceback" not in ft.stderr
+    metrics = json.loads((workdir / "ft" / "metrics.json").read_text())
+    assert metrics["params"]["train.optimizer"] == best.params["train.optimizer"]
+
+    # a changed dotted range is a changed experiment: exit 2 with the diff, as for the five names
+    space["train.weight_decay"] = {"low": 1.0e-6, "high": 1.0e-1, "log": True}
+    write_config(workdir / "tiny.yaml", raw)
+    proc = run_cli("run", str(cfg), "--device", "cpu", cwd=workdir, check=2)
+    assert "search.space.train.weight_decay.high: stored 0.01, now 0.1" in proc.stderr
+    assert len(_load(workdir).trials) == 3
