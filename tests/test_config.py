@@ -12,9 +12,9 @@ from search.config import (
     StudyConfig,
     apply_overrides,
     config_from_dict,
+    json_schema,
     load_config,
     replace,
-    json_schema,
     resumable_fields,
     searchable_fields,
     to_dict,
@@ -464,7 +464,7 @@ def test_trial_config_applies_dotted_params_only() -> None:
     assert trial.search == cfg.search and cfg.train.optimizer == "adam"  # cfg itself unchanged
     fixed = config_from_dict({"search": {"space": {"model.padding": 0}}, "train": {"patience": 2}})
     assert trial_config(fixed, {}).model.padding == 0  # the space's fixed values apply too
-    with pytest.raises(ConfigError, match="train.weight_decay"):
+    with pytest.raises(ConfigError, match=r"train\.weight_decay"):
         trial_config(cfg, {"train.weight_decay": -1.0})
 
 

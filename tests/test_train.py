@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
@@ -365,6 +366,10 @@ def test_compile_compiles_every_architecture_of_a_process(monkeypatch: pytest.Mo
         assert result.compile_seconds > 0 and result.images_per_s > 0
 
 
+def _keep_weights(into: list[dict[str, torch.Tensor]], state: FitState) -> None:
+    into.append(copy.deepcopy(state.model.state_dict()))
+
+
 def test_default_training_is_the_plain_adam_loop() -> None:
     """Defaults (and the same settings written out) give exactly a hand-written Adam loop's numbers."""
     import torch.nn.functional as F
@@ -394,7 +399,7 @@ def test_default_training_is_the_plain_adam_loop() -> None:
             cfg=cfg,
             transform=transform,
             seed=5,
-            on_checkpoint=lambda s: states.append(copy.deepcopy(s.model.state_dict())),
+            on_checkpoint=functools.partial(_keep_weights, states),
         )
         runs.append(([m.train_loss for m in result.history], states[-1]))
     assert runs[0][0] == runs[1][0]
@@ -465,7 +470,7 @@ def test_lr_factor_shapes() -> None:
     # cosine: warm-up, then from 1 down to 0 at the last step
     cos = [lr_factor("cosine", s, 20, 4) for s in range(21)]
     assert cos[:4] == [0.25, 0.5, 0.75, 1.0] and cos[4] == 1.0
-    assert all(a > b for a, b in zip(cos[4:], cos[5:], strict=False)) and cos[20] == pytest.approx(0.0)
+    assert all(a > b for a, b in itertools.pairwise(cos[4:])) and cos[20] == pytest.approx(0.0)
     assert cos[12] == pytest.approx(0.5)
     # onecycle: up from 1/25 to 1 over the rise (30% of the steps without warm-up), down to 1/25e4
     one = [lr_factor("onecycle", s, 10, 0) for s in range(11)]
