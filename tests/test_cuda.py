@@ -180,6 +180,23 @@ def test_resume_on_cuda_from_a_cuda_and_from_a_cpu_checkpoint() -> None:
     assert back.epochs_run == 3 and all(math.isfinite(m.train_loss) for m in back.history)
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_fused_adamw_and_sgd_with_a_cosine_schedule_resume_on_cuda(optimizer: str) -> None:
+    train, val = _data(CUDA)
+    cfg = TrainConfig(epochs=3, patience=3, optimizer=optimizer, lr_schedule="cosine", warmup_epochs=1)  # type: ignore[arg-type]
+    states: list[dict[str, Any]] = []
+    kw: dict[str, Any] = {"lr": 1e-2, "batch_size": 32, "cfg": cfg, "transform": TRANSFORM}
+    full = fit(
+        _model(), train, val, on_checkpoint=lambda s: states.append(copy.deepcopy(s.state_dict())), **kw
+    )
+    assert states[-1]["optimizer"]["param_groups"][0]["fused"] is True
+    assert all(math.isfinite(m.train_loss) for m in full.history)
+    lrs = [st["optimizer"]["param_groups"][0]["lr"] for st in states]
+    assert lrs[0] > lrs[1] > lrs[2] == pytest.approx(0.0, abs=1e-9)  # warm-up done, then down to 0
+    resumed = fit(_model(), train, val, resume=states[0], **kw)
+    assert resumed.epochs_run == 3 and all(math.isfinite(m.train_loss) for m in resumed.history)
+
+
 # --------------------------------------------------------------------------- trials that break the GPU
 
 
