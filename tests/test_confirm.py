@@ -277,6 +277,46 @@ def test_warm_start_skips_sets_outside_this_space(study_dir: Path) -> None:
     assert only.user_attrs[WARM_START_ATTR] == f"tiny#{best}"
 
 
+def test_warm_start_plans_dotted_parameters(tmp_path: Path) -> None:
+    """A source trial's searched config fields are enqueued when this space has them, skipped
+    (with the reason) when their value lies outside it."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from search.config import to_dict
+    from search.confirm import plan_warm_start
+
+    url = f"sqlite:///{tmp_path}/src.db"
+    space = {
+        "train.optimizer": {"choices": ["adam", "adamw"]},
+        "train.weight_decay": {"low": 1e-5, "high": 1e-2},
+    }
+    source_cfg = config_from_dict(
+        {"name": "src", "search": {"space": {**tiny_config()["search"]["space"], **space}}}
+    )
+    src = optuna.create_study(study_name="src", storage=url, direction="maximize")
+    src.set_user_attr("config", to_dict(source_cfg))
+    dists = {name: FloatDistribution(1e-3, 1e-2, log=True) for name in ("lr",)}
+    dists |= {
+        name: CategoricalDistribution([c])
+        for name, c in (("c1", 4), ("c2", 8), ("l1", 16), ("batch_size", 64))
+    }
+    dists |= {
+        "train.optimizer": CategoricalDistribution(["adam", "adamw"]),
+        "train.weight_decay": FloatDistribution(1e-5, 1e-2),
+    }
+    for value, optimizer in ((0.9, "adamw"), (0.8, "adam")):
+        params = {"lr": 2e-3, "c1": 4, "c2": 8, "l1": 16, "batch_size": 64}
+        params |= {"train.optimizer": optimizer, "train.weight_decay": 1e-3}
+        src.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+    here = {**tiny_config()["search"]["space"], "train.optimizer": {"choices": ["adam", "sgd"]}}
+    here["train.weight_decay"] = {"low": 1e-4, "high": 1e-2, "log": True}
+    plan = plan_warm_start(config_from_dict({"name": "dst", "search": {"space": here}}), "src", url, 2)
+    assert [n for n, _ in plan.candidates] == [1]
+    (_, params), ((skipped, why),) = plan.candidates[0], plan.skipped
+    assert params["train.optimizer"] == "adam" and params["train.weight_decay"] == pytest.approx(1e-3)
+    assert skipped == 0 and "train.optimizer='adamw' is not in this space" in why
+
+
 # --------------------------------------------------------------------------- bad input
 
 
