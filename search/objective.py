@@ -184,8 +184,6 @@ class Objective:
     def _run_trial(self, trial: optuna.Trial) -> float:
         params = suggest(trial, self.cfg.search.space)
         cfg = trial_config(self.cfg, params)  # the study's config with the trial's dotted params
-        if cfg.model.padding != self.cfg.model.padding:  # a searched padding: its input size too
-            check_input_size(self.in_shape, cfg.model.padding)
         torch.manual_seed(cfg.seed + trial.number)
         model = build_model(cfg, params, self.in_shape, self.n_classes)
         self._record_start(trial, model)
