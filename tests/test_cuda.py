@@ -33,7 +33,7 @@ from search.config import TrainConfig
 from search.data import ImageSet
 from search.export import load_export, predict_tensor
 from search.model import ConvNet
-from search.train import evaluate, fit, predict_logits
+from search.train import FitState, evaluate, fit, predict_logits
 from tests.conftest import cli_env, run_cli, tiny_config, write_config
 
 pytestmark = [
@@ -60,9 +60,9 @@ def _model() -> ConvNet:
     return ConvNet(c1=8, c2=16, l1=32, in_shape=(3, 16, 16), n_classes=3, padding=1)
 
 
-def _keep(states: list[dict[str, Any]]) -> Callable[[dict[str, Any]], None]:
+def _keep(states: list[dict[str, Any]]) -> Callable[[FitState], None]:
     """A checkpoint callback keeping copies (fit's state holds its live tensors, as a save would not)."""
-    return lambda state: states.append(copy.deepcopy(state))
+    return lambda state: states.append(copy.deepcopy(state.state_dict()))
 
 
 TRANSFORM = BatchTransform([0.5] * 3, [0.25] * 3, AugmentSpec(hflip=True), channels_last=True)

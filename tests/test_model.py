@@ -44,7 +44,7 @@ def test_forward_shapes_for_several_inputs(in_shape: tuple[int, int, int], paddi
 
 
 class SeedNet(nn.Module):
-    """The seed notebook's net as ../shared/DESIGN.md describes it, written out layer by layer."""
+    """The seed notebook's net as DESIGN.md describes it, written out layer by layer."""
 
     def __init__(self, c1: int, c2: int, l1: int) -> None:
         super().__init__()
