@@ -7,6 +7,7 @@ study behind). No training loop lives here: that is ``train.fit``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -24,7 +25,7 @@ from search.config import ConfigError, StudyConfig, trial_config
 from search.data import Splits, folders_written, load_splits
 from search.failures import FAIL_REASON_ATTR, DeviceFailure, describe_failure, free_memory, is_device_fatal
 from search.model import ConvNet, build_convnet, check_input_size, count_parameters
-from search.space import suggest
+from search.space import grid_values, suggest
 from search.train import EpochMetrics, FitResult, FitState, StopKind, fit
 
 if TYPE_CHECKING:
@@ -73,6 +74,37 @@ def trial_transform(
     if cfg.data.augment == base_cfg.data.augment and cfg.train.channels_last == base_cfg.train.channels_last:
         return base
     return make_transform(cfg, mean, std)
+
+
+# the model options that decide the smallest input the net accepts
+_GEOMETRY = ("model.stages", "model.pool", "model.padding", "model.kernel_size")
+
+
+def check_space_fits(cfg: StudyConfig, in_shape: tuple[int, int, int]) -> None:
+    """ConfigError unless every net the space can sample accepts ``in_shape``.
+
+    Checks every combination of the searched model options that change the net's geometry
+    (small finite sets: a few hundred combinations at most), so ``model.stages: {choices: [2, 3,
+    4]}`` too deep for 8x8 digits is refused before any study exists instead of failing its
+    trials one by one. With none of them searched, the study's own model settings are checked.
+    """
+    searched = grid_values(cfg.search.space, only=_GEOMETRY)
+    fixed = {k: s.value for k, s in cfg.search.space.items() if k in _GEOMETRY and s.value is not None}
+    keys = list(searched)
+    for combo in itertools.product(*searched.values()):
+        chosen = {**fixed, **dict(zip(keys, combo, strict=True))}
+        try:
+            check_input_size(trial_config(cfg, chosen).model, in_shape)
+        except ConfigError as exc:
+            if not keys:
+                raise
+            shown = ", ".join(f"{k}={v}" for k, v in chosen.items())
+            raise ConfigError(
+                f"search.space.{keys[0]}",
+                shown,
+                f"a net this space can sample does not fit: {exc.problem}",
+                f"narrow {', '.join(keys)} in search.space to nets that fit, or use larger images",
+            ) from None
 
 
 def build_model(
@@ -128,7 +160,7 @@ class Objective:
 
             require_tensorboard()  # a missing extra is bad input, found before any study exists
         splits = load_splits(cfg.data, cfg.seed, with_test=False)
-        check_input_size(cfg.model, splits.in_shape)
+        check_space_fits(cfg, splits.in_shape)
         self.in_shape = splits.in_shape
         self.n_classes = splits.n_classes
         self.classes = splits.classes

@@ -123,6 +123,11 @@ def test_cli_flags_override_the_config(workdir: Path) -> None:
             ["--set", "model.stages=4", "--set", "model.pool=max"],
             "model.stages: the 8x8 input images are too small for this net: the net needs at least 24x24",
         ),
+        (
+            ["--set", "model.pool=max", "--set", "search.space.model.stages={choices: [2, 4]}"],
+            r"search.space.model.stages: a net this space can sample does not fit: .* at least 24x24 .*"
+            r"got 'model.stages=4'",
+        ),
         (["--set", "search.space.train.foo={choices: [1]}"], "search.space.train.foo: unknown config field"),
         (
             ["--set", "search.space.data.image_size={choices: [16, 32]}"],
