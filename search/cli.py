@@ -88,7 +88,9 @@ def _trial_line(trial: Any) -> str:
     seconds = trial.duration.total_seconds() if trial.duration is not None else 0.0
     epochs = trial.user_attrs.get("epochs_run", "-")
     extra = ""
-    if "pruned_at_epoch" in trial.user_attrs:
+    if "constraint" in trial.user_attrs:  # over a search.constraints budget: pruned before training
+        extra = f" over_budget={trial.user_attrs['constraint']!r}"
+    elif "pruned_at_epoch" in trial.user_attrs:
         extra = f" pruned_at={trial.user_attrs['pruned_at_epoch']}"
     elif "fail_reason" in trial.user_attrs:
         extra = f" reason={trial.user_attrs['fail_reason']!r}"
@@ -275,7 +277,13 @@ def _run_exit(result: Any) -> int:
         print(f"study {name}: {result.stop_message}; see `search status` for the reasons")
         return EXIT_FAILED
     if result.outcome is Outcome.NO_TRIAL_COMPLETED:
-        print(f"study {name}: no trial completed ({elapsed:.1f}s)")
+        over = (
+            f"; {result.over_budget} of {result.finished} finished trials were over budget "
+            "(search.constraints) and pruned before training, see `search status`"
+            if result.over_budget
+            else ""
+        )
+        print(f"study {name}: no trial completed ({elapsed:.1f}s){over}")
         return EXIT_FAILED
     best = result.best
     print(
@@ -390,7 +398,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     import optuna
 
     from search.failures import fail_summary
-    from search.study import best_trial, make_storage, mask_url, state_counts
+    from search.study import best_trial, make_storage, mask_url, over_budget_counts, state_counts
 
     if args.study_name:
         check_study_name(args.study_name, "--study-name")
@@ -418,6 +426,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{name:<24} " + " ".join(f"{counts[s]:>8}" for s in states) + f"  {best_text}")
         for reason, count in fail_summary(trials):
             print(f"{'':<24} failed x{count}: {reason}")
+        for budget, count in over_budget_counts(trials).items():
+            print(f"{'':<24} over budget x{count}: search.constraints.{budget} (pruned before training)")
         _status_running(study, storage, args.fail_stale)
     return EXIT_OK
 

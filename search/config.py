@@ -751,8 +751,37 @@ class PrunerConfig:
 
 
 @dataclass(frozen=True, config=SECTION)
+class ConstraintsConfig:
+    """Budgets the model of a trial must fit: a trial over one is recorded PRUNED before training.
+
+    Not resumable: the trials already in a study were judged (and the samplers learnt) against
+    the budgets it started with; a study under other budgets is another experiment.
+    """
+
+    max_params: Int | None = _field(
+        None,
+        "use e.g. 1000000, or null for no limit",
+        "most trainable parameters a trial's model may have (null: no limit)",
+        ge=1,
+    )
+    max_latency_ms: Float | None = _field(
+        None,
+        "use e.g. 5.0 (milliseconds), or null for no limit",
+        "most milliseconds of a batch-1 forward pass on the trial's device, median after warm-up "
+        "(null: no limit, not measured)",
+        gt=0,
+        problem="must be positive",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """True when at least one budget is set."""
+        return self.max_params is not None or self.max_latency_ms is not None
+
+
+@dataclass(frozen=True, config=SECTION)
 class SearchConfig:
-    """The search: how many trials, the sampler, the pruner and the space."""
+    """The search: how many trials, the sampler, the pruner, the space and the budgets."""
 
     n_trials: Int = _field(
         20, "use e.g. 20", "total finished trials over all runs and workers", ge=1, resumable=True
@@ -786,6 +815,10 @@ class SearchConfig:
         60, "use e.g. 60", "no heartbeat for this long: the trial is stale and retried", ge=1
     )
     max_retry: Int = _field(3, "use e.g. 3", "how often one trial is re-queued after a killed worker", ge=0)
+    constraints: ConstraintsConfig = _field(
+        default_factory=ConstraintsConfig,
+        description="budgets (max_params, max_latency_ms): the best model that fits",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchConfig:

@@ -45,6 +45,7 @@ from search.model import count_parameters
 from search.objective import build_model, make_transform, normalisation
 from search.report import default_report_dir, open_existing, study_config
 from search.space import ParamValue, params_of
+from search.storage import is_feasible
 from search.train import fit
 
 log = logging.getLogger(__name__)
@@ -110,11 +111,11 @@ def run_seed(cfg: StudyConfig, trial: int, index: int) -> int:
 
 
 def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
-    """The ``k`` best COMPLETE trials, best first (ties: lower number first)."""
+    """The ``k`` best COMPLETE trials within the study's budgets, best first (ties: lower number first)."""
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.value is not None and math.isfinite(t.value)
+        if t.value is not None and math.isfinite(t.value) and is_feasible(t)
     ]
     done.sort(key=lambda t: (-float(t.value or 0.0), t.number))
     return done[:k]

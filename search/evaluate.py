@@ -1,5 +1,5 @@
 """Test-set metrics and pictures: per-class accuracy/precision/recall/F1, confusion matrix,
-a grid of sample predictions and the first conv layer's filters.
+a grid of sample predictions and the first conv layer's filters; a model's forward latency.
 
 Everything is computed over the whole test set at once (the seed notebook's per-class accuracy
 came from its last batch only). Pictures are drawn with matplotlib's Agg backend (no display).
@@ -9,13 +9,17 @@ This module never searches or trains.
 from __future__ import annotations
 
 import logging
+import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
+
+if TYPE_CHECKING:  # pandas is imported where a frame is made: a trial's latency check needs none
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +90,54 @@ def classification_metrics(y_true: torch.Tensor, y_pred: torch.Tensor, classes: 
 
 def confusion_frame(metrics: TestMetrics) -> pd.DataFrame:
     """The confusion matrix with class names: index = true class, columns = predicted class."""
+    import pandas as pd
+
     names = list(metrics.classes)
     df = pd.DataFrame(metrics.confusion, index=names, columns=names)
     df.index.name = "true\\predicted"
     return df
+
+
+LATENCY_WARMUP = 5  # forward passes before timing: allocator, cuDNN algorithm choice, caches
+LATENCY_REPEATS = 20  # timed forward passes; the median is robust to a stray slow one
+
+
+def forward_latency_ms(
+    model: torch.nn.Module,
+    in_shape: Sequence[int],
+    device: torch.device,
+    *,
+    warmup: int = LATENCY_WARMUP,
+    repeats: int = LATENCY_REPEATS,
+) -> float:
+    """Median milliseconds of one batch-1 forward pass of ``model`` on ``device``.
+
+    The model is moved to ``device`` and timed in eval mode under ``no_grad`` in float32 (no
+    autocast, default memory format: how ``search predict`` runs an exported model), on an
+    all-zero input of shape ``(1, *in_shape)`` (no random numbers drawn, so training's seeded
+    stream is untouched). ``warmup`` passes go first; on CUDA each timed pass is bracketed by
+    ``torch.cuda.synchronize`` so the time is the kernels', not the launch's. The model's
+    training mode is restored afterwards.
+    """
+    was_training = model.training
+    model.to(device).eval()
+    x = torch.zeros((1, *in_shape), device=device)
+    cuda = device.type == "cuda"
+    times: list[float] = []
+    try:
+        with torch.no_grad():
+            for i in range(warmup + repeats):
+                if cuda:
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                model(x)
+                if cuda:
+                    torch.cuda.synchronize(device)
+                if i >= warmup:
+                    times.append(time.perf_counter() - start)
+    finally:
+        model.train(was_training)
+    return statistics.median(times) * 1000.0
 
 
 def _pyplot() -> Any:

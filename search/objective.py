@@ -1,4 +1,4 @@
-"""The Optuna objective: suggest → build → fit → report/prune → save best weights → user_attrs.
+"""The Optuna objective: suggest → build → budgets → fit → report/prune → save best weights → user_attrs.
 
 Data are loaded, checked and moved to the device once per process, when the objective is built
 (before any study is touched, so a bad dataset or an input too small for the net never leaves a
@@ -23,9 +23,11 @@ from search.artifacts import WEIGHTS_ATTR, CheckpointStore, StorageFault, Weight
 from search.augment import BatchTransform, channel_stats
 from search.config import ConfigError, StudyConfig, trial_config
 from search.data import Splits, folders_written, load_splits
+from search.evaluate import forward_latency_ms
 from search.failures import FAIL_REASON_ATTR, DeviceFailure, describe_failure, free_memory, is_device_fatal
 from search.model import ConvNet, build_convnet, check_input_size, count_parameters
 from search.space import grid_values, suggest
+from search.storage import CONSTRAINT_ATTR, LATENCY_ATTR, N_PARAMS_ATTR, budget_constraints, over_budget
 from search.train import EpochMetrics, FitResult, FitState, StopKind, fit
 
 if TYPE_CHECKING:
@@ -219,6 +221,7 @@ class Objective:
         torch.manual_seed(cfg.seed + trial.number)
         model = build_model(cfg, params, self.in_shape, self.n_classes)
         self._record_start(trial, model)
+        self._check_budgets(trial, model)
         checkpoints = CheckpointStore.for_study(cfg.checkpoints_dir, trial.study)
         earlier = retry_history(trial)
         resume = self._resume_state(trial, checkpoints, earlier, params)
@@ -283,10 +286,51 @@ class Objective:
 
     def _record_start(self, trial: optuna.Trial, model: ConvNet) -> None:
         """Where and what the trial trains (``search status`` shows host, pid and device)."""
-        trial.set_user_attr("n_params", count_parameters(model))
+        trial.set_user_attr(N_PARAMS_ATTR, count_parameters(model))
         trial.set_user_attr("device", device_label(self.device))
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
+
+    def _check_budgets(self, trial: optuna.Trial, model: ConvNet) -> None:
+        """With ``search.constraints``: store the trial's constraint values; over budget: PRUNED now.
+
+        Over budget, the trial costs no training: it raises TrialPruned before any epoch, with
+        user attr ``constraint`` naming the budget and the figures. PRUNED, not FAIL or COMPLETE:
+        Optuna keeps constraint values of COMPLETE and PRUNED trials only and its samplers skip
+        FAIL ones, so TPE ranks the trial below every feasible one (its infeasibility score) and
+        learns to avoid the region; a COMPLETE over-budget trial would need a made-up value and
+        would show in every table of completed results. A PRUNED trial counts as finished
+        toward ``search.n_trials``, so a study whose every point is over budget still ends.
+        GP fits on COMPLETE trials only: it models the budget from the feasible trials' values
+        (how far under budget each was). Random, QMC and grid read no constraints: for them
+        the budget means only that an over-budget trial trains nothing and is never the best.
+        Values go through ``trial.set_constraint`` (Optuna 5's replacement for the deprecated
+        ``constraints_func``), which every sampler reads from the storage; the latency is
+        measured only when the parameter count fits (a model far over budget may not fit the
+        device at all).
+        """
+        budgets = self.cfg.search.constraints
+        if not budgets.enabled:
+            return
+        # a retry of an interrupted trial carries its attempt's constraint values and latency
+        # (Optuna's retry copies system and user attrs): same params, so they are kept
+        stored = trial.constraints
+        attrs: dict[str, Any] = {N_PARAMS_ATTR: count_parameters(model)}
+        if budgets.max_latency_ms is not None and not over_budget(attrs, budgets):
+            if "max_latency_ms" in stored and LATENCY_ATTR in trial.user_attrs:
+                attrs[LATENCY_ATTR] = trial.user_attrs[LATENCY_ATTR]
+            else:
+                attrs[LATENCY_ATTR] = round(forward_latency_ms(model, self.in_shape, self.device), 4)
+                trial.set_user_attr(LATENCY_ATTR, attrs[LATENCY_ATTR])
+        for key, value in budget_constraints(attrs, budgets).items():
+            if key not in stored:
+                trial.set_constraint(key, value)
+        over = over_budget(attrs, budgets)
+        if over:
+            text = "; ".join(over)
+            trial.set_user_attr(CONSTRAINT_ATTR, text)
+            log.info("trial %d over budget (%s): pruned before training", trial.number, text)
+            raise optuna.TrialPruned(f"over budget: {text}")
 
     def _finish(self, trial: optuna.Trial, result: FitResult) -> float:
         """Record the fit, then prune, fail (NaN) or keep the weights and return the value."""

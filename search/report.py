@@ -27,7 +27,16 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import PARAM_NAMES, ConfigError, StudyConfig, config_from_dict
-from search.storage import CONFIG_ATTR, best_trial, load_study, make_storage
+from search.storage import (
+    CONFIG_ATTR,
+    CONSTRAINT_ATTR,
+    LATENCY_ATTR,
+    N_PARAMS_ATTR,
+    best_trial,
+    is_feasible,
+    load_study,
+    make_storage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +51,13 @@ COLUMNS = (
     "duration_s",
     "images_per_s",
     "n_params",
+    "latency_ms",
+    "feasible",
     "device",
     "datetime_start",
     "stop_reason",
     "fail_reason",
+    "constraint",
 )
 # Ranking of states for "best first": finished trials by value, then the rest.
 _STATE_RANK = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
@@ -70,6 +82,13 @@ def study_config(study: optuna.Study) -> StudyConfig:
             "run the study with `search run CONFIG`",
         )
     return config_from_dict(raw)
+
+
+def budgets_of(study: optuna.Study) -> dict[str, float]:
+    """The study's set budgets (``search.constraints`` of its stored config), e.g. {"max_params": 1e5}."""
+    raw = study.user_attrs.get(CONFIG_ATTR)
+    section = raw.get("search", {}).get("constraints", {}) if isinstance(raw, dict) else {}
+    return {k: v for k, v in section.items() if v is not None} if isinstance(section, dict) else {}
 
 
 def _utc(ts: datetime | None) -> pd.Timestamp:
@@ -101,7 +120,16 @@ def _dotted_names(study: optuna.Study, space: dict[str, Any]) -> list[str]:
     return names
 
 
-def _row(trial: FrozenTrial, fixed: dict[str, Any], dotted: Sequence[str] = ()) -> dict[str, Any]:
+def _feasible(trial: FrozenTrial, constrained: bool) -> bool | None:
+    """Within the study's budgets; None (NA) for a trial of a constrained study not yet checked."""
+    if not constrained:
+        return True  # no budget to exceed
+    return is_feasible(trial) if trial.constraints else None
+
+
+def _row(
+    trial: FrozenTrial, fixed: dict[str, Any], dotted: Sequence[str] = (), constrained: bool = False
+) -> dict[str, Any]:
     attrs = trial.user_attrs
     row: dict[str, Any] = {
         "number": trial.number,
@@ -118,11 +146,14 @@ def _row(trial: FrozenTrial, fixed: dict[str, Any], dotted: Sequence[str] = ()) 
         pruned_at_epoch=attrs.get("pruned_at_epoch"),
         duration_s=trial.duration.total_seconds() if trial.duration is not None else math.nan,
         images_per_s=attrs.get("images_per_s", math.nan),
-        n_params=attrs.get("n_params"),
+        n_params=attrs.get(N_PARAMS_ATTR),
+        latency_ms=attrs.get(LATENCY_ATTR, math.nan),
+        feasible=_feasible(trial, constrained),
         device=attrs.get("device"),
         datetime_start=_utc(trial.datetime_start),
         stop_reason=attrs.get("stop_reason"),
         fail_reason=attrs.get("fail_reason"),
+        constraint=attrs.get(CONSTRAINT_ATTR),
     )
     return row
 
@@ -140,20 +171,23 @@ def frame_of(study: optuna.Study) -> pd.DataFrame:
             if isinstance(v, int | float | str) and (not isinstance(v, bool) or "." in k)
         }
     dotted = _dotted_names(study, space)
-    rows = [_row(t, fixed, dotted) for t in study.get_trials(deepcopy=False)]
+    constrained = bool(budgets_of(study))
+    rows = [_row(t, fixed, dotted, constrained) for t in study.get_trials(deepcopy=False)]
     at = COLUMNS.index(PARAM_NAMES[-1]) + 1  # searched config fields right after the five names
     df = pd.DataFrame(rows, columns=[*COLUMNS[:at], *dotted, *COLUMNS[at:]])
     for col in dotted:
         df[col] = _dotted_dtype(df[col])
     for col in ("best_epoch", "epochs_run", "pruned_at_epoch", "n_params", "c1", "c2", "l1", "batch_size"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
-    for col in ("value", "lr", "duration_s", "images_per_s"):
+    for col in ("value", "lr", "duration_s", "images_per_s", "latency_ms"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    df["feasible"] = df["feasible"].astype("boolean")
     df["datetime_start"] = pd.to_datetime(df["datetime_start"], utc=True)
-    for col in ("state", "device", "stop_reason", "fail_reason"):
+    for col in ("state", "device", "stop_reason", "fail_reason", "constraint"):
         df[col] = df[col].astype("string")
-    if df["fail_reason"].isna().all():
-        df = df.drop(columns="fail_reason")
+    for col in ("fail_reason", "constraint"):
+        if df[col].isna().all():
+            df = df.drop(columns=col)
     rank = df["state"].map(_STATE_RANK).fillna(len(_STATE_RANK)).astype(int)
     order = df.assign(_rank=rank).sort_values(
         ["_rank", "value", "number"], ascending=[True, False, True], na_position="last"
@@ -166,8 +200,11 @@ def trials_frame(study_name: str, storage: str | BaseStorage) -> pd.DataFrame:
 
     Columns: number, state, value, c1, c2, l1, lr, batch_size, then one per searched config
     field (its dotted name, e.g. ``train.weight_decay``), best_epoch, epochs_run,
-    pruned_at_epoch, duration_s, images_per_s (training images per second), n_params, device,
-    datetime_start (UTC), stop_reason, and fail_reason when any trial failed.
+    pruned_at_epoch, duration_s, images_per_s (training images per second), n_params,
+    latency_ms (measured only with search.constraints.max_latency_ms), feasible (within the
+    study's budgets; NA for a trial not checked yet), device, datetime_start (UTC), stop_reason,
+    fail_reason when any trial failed, and constraint (the budget exceeded, with the figures)
+    when any trial was over budget.
     """
     return frame_of(open_existing(study_name, storage))
 
@@ -191,6 +228,8 @@ class Summary:
     saved_by_early_stopping_s: float
     notes: list[str] = field(default_factory=list)
     confirm: dict[str, Any] | None = None  # the study user attr ``confirm`` (`search confirm`)
+    budgets: dict[str, float] = field(default_factory=dict)  # search.constraints that are set
+    over_budget: int = 0  # finished trials over a budget (PRUNED before training)
 
     @property
     def saved_seconds(self) -> float:
@@ -229,6 +268,8 @@ def summarize(study: optuna.Study, df: pd.DataFrame, epochs: int) -> Summary:
         saved_by_pruning_s=float(saved[finished["state"] == "PRUNED"].sum()),
         saved_by_early_stopping_s=float(saved[finished["state"] == "COMPLETE"].sum()),
         confirm=_confirm_attr(study),
+        budgets=budgets_of(study),
+        over_budget=int((df["state"].isin(["COMPLETE", "PRUNED"]) & ~df["feasible"].fillna(True)).sum()),
     )
 
 
@@ -240,7 +281,7 @@ def _confirm_attr(study: optuna.Study) -> dict[str, Any] | None:
 def summary_lines(s: Summary) -> list[str]:
     """The summary as short human-readable lines (used by report.md, report.html and the CLI)."""
     best = (
-        "no completed trial"
+        ("no completed trial within budget" if s.budgets else "no completed trial")
         if s.best_number is None
         else f"trial {s.best_number}, value {s.best_value:.4f}, "
         + " ".join(f"{k}={_fmt(v)}" for k, v in s.best_params.items())
@@ -255,6 +296,14 @@ def summary_lines(s: Summary) -> list[str]:
         f"{s.saved_by_early_stopping_s:.1f} s (vs {s.full_run_seconds:.1f} s estimated for every "
         f"trial running all {s.epochs_per_trial} epochs)",
     ]
+    if s.budgets:
+        n_finished = s.states.get("COMPLETE", 0) + s.states.get("PRUNED", 0)
+        lines.append(
+            "budgets: "
+            + ", ".join(f"{k}={_fmt(v)}" for k, v in s.budgets.items())
+            + f" ({s.over_budget} of {n_finished} finished trials over budget, pruned before training;"
+            " best: the best within budget)"
+        )
     if s.confirm is not None:
         lines.append(f"confirm: {s.confirm['verdict']}")
     return lines + [f"note: {n}" for n in s.notes]

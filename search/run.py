@@ -5,7 +5,8 @@ tests and the benchmarks call. Optuna's RDB storage is the scheduler: every proc
 runs the same loop:
 
 1. fail stale trials (:func:`search.study.fail_stale_trials`; a retry is re-queued as WAITING);
-2. stop when the study holds ``search.n_trials`` finished (COMPLETE + PRUNED) trials;
+2. stop when the study holds ``search.n_trials`` finished (COMPLETE + PRUNED) trials (a trial
+   over a ``search.constraints`` budget is PRUNED before training, so it counts);
 3. wait while finished + live RUNNING trials already make up the total (one of them may still
    fail and need a replacement);
 4. otherwise run one trial (``study.optimize(n_trials=1)``; a WAITING retry is taken first).
@@ -40,7 +41,7 @@ from search.confirm import WarmStartPlan, WarmStartResult, apply_warm_start
 from search.failures import FAIL_REASON_ATTR, DeviceFailure, FailureBudget
 from search.objective import Objective, TrialInterrupted, check_run_folders
 from search.resume import prepare_resume
-from search.storage import retrying
+from search.storage import is_feasible, retrying
 from search.study import (
     FINISHED_STATES,
     RetryStale,
@@ -79,6 +80,7 @@ class RunResult:
     best: FrozenTrial | None
     elapsed_s: float  # from the first trial's start
     stop_message: str = ""  # with FAILURE_BUDGET: why the run stopped
+    over_budget: int = 0  # finished trials over a search.constraints budget (PRUNED, never trained)
 
 
 def _ignore(_trial: FrozenTrial) -> None:
@@ -173,6 +175,7 @@ def run_study(
         best=best,
         elapsed_s=time.perf_counter() - started,
         stop_message=budget.stop_message() if budget.tripped else "",
+        over_budget=sum(not is_feasible(t) for t in study.get_trials(deepcopy=False, states=FINISHED_STATES)),
     )
 
 

@@ -35,8 +35,10 @@ from search.storage import (
     HEARTBEAT_INTERVAL_S,
     StorageError,
     best_trial,
+    is_feasible,
     load_study,
     make_storage,
+    over_budget_counts,
     scrub,
     sqlite_path,
 )
@@ -54,9 +56,11 @@ __all__ = [  # storage names re-exported: callers that only need a study import 
     "HEARTBEAT_INTERVAL_S",
     "StorageError",
     "best_trial",
+    "is_feasible",
     "load_study",
     "make_storage",
     "mask_url",
+    "over_budget_counts",
     "scrub",
     "sqlite_path",
 ]
