@@ -26,7 +26,7 @@ from search.data import Splits, folders_written, load_splits
 from search.evaluate import forward_latency_ms
 from search.failures import FAIL_REASON_ATTR, DeviceFailure, describe_failure, free_memory, is_device_fatal
 from search.model import ConvNet, build_convnet, check_input_size, count_parameters
-from search.space import grid_values, suggest
+from search.space import grid_values, params_of, suggest
 from search.storage import CONSTRAINT_ATTR, LATENCY_ATTR, N_PARAMS_ATTR, budget_constraints, over_budget
 from search.train import EpochMetrics, FitResult, FitState, StopKind, fit
 
@@ -210,6 +210,23 @@ class Objective:
         free_memory()  # outside the except block, so the traceback's tensors are already gone
         trial.set_user_attr(FAIL_REASON_ATTR, reason)
         return float("nan")  # Optuna records a NaN objective as FAIL; the study goes on
+
+    def params_fit(self, params: dict[str, Any]) -> bool:
+        """Whether sampled ``params`` (the space's fixed values added) build a model within
+        ``search.constraints.max_params``; built on the meta device (no memory, no weights)."""
+        limit = self.cfg.search.constraints.max_params
+        if limit is None:
+            return True
+        try:
+            full = params_of(params, self.cfg.search.space)
+        except KeyError:  # a partial proposal: the trial itself is checked once it is complete
+            return True
+        try:
+            with torch.device("meta"):
+                model = build_model(self.cfg, full, self.in_shape, self.n_classes)
+        except ConfigError:  # e.g. an input too small for these params: the trial fails with it
+            return True
+        return count_parameters(model) <= limit
 
     def _release(self) -> None:
         if self.release_memory:

@@ -132,6 +132,7 @@ def run_study(
     stop = stop or StopRequest()
     policy = use_threads(len(workers) or 1, flag=threads, configured=cfg.train.threads)
     data_attrs: dict[str, Any] | None = None
+    fits: Callable[[dict[str, Any]], bool] | None = None
     if objective is None:
         check_run_folders(cfg)  # a trial trains for minutes before it saves: refuse a bad folder now
         train_device = torch.device("cpu") if workers else _device(device)
@@ -139,10 +140,12 @@ def run_study(
             cfg, train_device, WeightStore(cfg.artifacts_dir), stop, release_memory=release_memory
         )
         objective, data_attrs = built, built.data_attrs()
+        if cfg.search.constraints.max_params is not None:
+            fits = built.params_fit
     storage = storage_for(cfg, create=not join)
     if not join:
         prepare_resume(storage, cfg, data_attrs, fresh=fresh)
-    study = open_study(cfg, storage, None if join else data_attrs)
+    study = open_study(cfg, storage, None if join else data_attrs, fits=fits)
     if warm_start is not None:
         ws = apply_warm_start(study, warm_start)
         if on_warm_start is not None:

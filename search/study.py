@@ -88,6 +88,12 @@ class TrialSeeded(optuna.samplers.BaseSampler):
     from the same random state (two copies of one command used to sample identical params), a
     resumed study never replays the first run's draws, and one run stays reproducible. The
     samplers keep everything else they learn in the storage, so a fresh instance loses nothing.
+
+    With ``fits`` (whether sampled params build a model within ``search.constraints.max_params``),
+    a relative proposal over that budget is dropped and the trial's params come from the
+    sampler's independent (random) sampling instead. GPSampler (and CMA-ES) model COMPLETE trials
+    only, so an over-budget trial, ended PRUNED before training, is invisible to them: without
+    this they propose the same over-budget point trial after trial.
     """
 
     def __init__(
@@ -95,10 +101,12 @@ class TrialSeeded(optuna.samplers.BaseSampler):
         make: Callable[[int], optuna.samplers.BaseSampler],
         seed: int,
         first: optuna.samplers.BaseSampler,
+        fits: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
         self._make = make
         self._seed = seed
         self._inner = first
+        self._fits = fits
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._inner = self._make(_seed32(self._seed + trial.number))
@@ -112,7 +120,11 @@ class TrialSeeded(optuna.samplers.BaseSampler):
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        return self._inner.sample_relative(study, trial, search_space)
+        params = self._inner.sample_relative(study, trial, search_space)
+        if params and self._fits is not None and not self._fits(params):
+            log.info("trial %d: the sampler proposed params over max_params; sampled at random", trial.number)
+            return {}
+        return params
 
     def sample_independent(
         self,
@@ -136,17 +148,24 @@ class TrialSeeded(optuna.samplers.BaseSampler):
         self._inner.reseed_rng()
 
 
-def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    cfg: StudyConfig, fits: Callable[[dict[str, Any]], bool] | None = None
+) -> optuna.samplers.BaseSampler:
     """The configured sampler; missing optional dependencies fail here, before any trial.
 
     TPE, random, CMA-ES and GP are seeded per trial with ``seed + trial number`` (see
-    :class:`TrialSeeded`); grid and QMC keep one seed: their order of points hangs on it, and
-    they pick each trial's point from the trials in the storage (the trial number, the sample id).
+    :class:`TrialSeeded`, which also gets ``fits``); grid and QMC keep one seed: their order of
+    points hangs on it, and they pick each trial's point from the trials in the storage (the
+    trial number, the sample id).
+
+    Budgets (``search.constraints``) need no sampler option: the objective stores each trial's
+    constraint values with ``Trial.set_constraint`` (Optuna 5; the samplers' ``constraints_func``
+    is deprecated since 5.0) and TPE, GP and NSGA-II read them from the storage.
     """
     if cfg.search.sampler.name in ("grid", "qmc"):
         return _sampler(cfg, _seed32(cfg.seed))
     first = _sampler(cfg, _seed32(cfg.seed))  # fails here on a missing dependency
-    return TrialSeeded(lambda seed: _sampler(cfg, seed), cfg.seed, first)
+    return TrialSeeded(lambda seed: _sampler(cfg, seed), cfg.seed, first, fits)
 
 
 def _seed32(seed: int) -> int:
@@ -164,12 +183,15 @@ def _sampler(cfg: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.GridSampler(grid_values(cfg.search.space), seed=seed)  # type: ignore[arg-type]
     if s.name == "qmc":
         return optuna.samplers.QMCSampler(seed=seed, scramble=True)
+    # with max_params, TrialSeeded replaces an over-budget proposal by independent sampling on
+    # purpose: the samplers' warning about it (which blames a dynamic search space) is off then
+    warn = cfg.search.constraints.max_params is None
     if s.name == "cmaes":
         _require("cmaes", "search.sampler.name", s.name)
-        return optuna.samplers.CmaEsSampler(seed=seed, **startup)
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=warn, **startup)
     if s.name == "gp":
         _require("scipy", "search.sampler.name", s.name)
-        return optuna.samplers.GPSampler(seed=seed, **startup)
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=warn, **startup)
     raise ConfigError("search.sampler.name", s.name, "unknown sampler", "see `search validate`")
 
 
@@ -207,11 +229,18 @@ def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
 
 
 def open_study(
-    cfg: StudyConfig, storage: RDBStorage, data_attrs: dict[str, Any] | None = None
+    cfg: StudyConfig,
+    storage: RDBStorage,
+    data_attrs: dict[str, Any] | None = None,
+    *,
+    fits: Callable[[dict[str, Any]], bool] | None = None,
 ) -> optuna.Study:
-    """Create the study, or resume it if it exists; the config is stored on the study."""
+    """Create the study, or resume it if it exists; the config is stored on the study.
+
+    ``fits``: whether sampled params fit ``search.constraints.max_params`` (see :class:`TrialSeeded`).
+    """
     pruner = make_pruner(cfg)
-    sampler = make_sampler(cfg)  # checks dependencies before touching the storage
+    sampler = make_sampler(cfg, fits)  # checks dependencies before touching the storage
     study = optuna.create_study(
         storage=storage,
         study_name=cfg.name,

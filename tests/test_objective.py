@@ -1,10 +1,11 @@
-"""The objective: a trial retried on another device type resumes from its checkpoint."""
+"""The objective: a trial retried on another device type resumes from its checkpoint; budgets."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
@@ -12,6 +13,7 @@ from optuna.trial import TrialState
 from search.artifacts import CheckpointStore
 from search.config import config_from_dict
 from search.objective import Objective, TrialInterrupted
+from search.run import run_study
 from search.study import RetryStale, make_storage, open_study
 from tests.conftest import tiny_config
 
@@ -49,3 +51,91 @@ def test_a_trial_checkpointed_on_cuda_is_resumed_by_a_cpu_worker(
     assert retry.user_attrs["resumed_from_epoch"] == 1 and retry.user_attrs["epochs_run"] == 3
     assert "checkpoint written on cuda, resuming on cpu: data order re-seeded" in caplog.text
     assert not list(Path(cfg.checkpoints_dir).rglob("*.pt"))  # finished: its checkpoints are gone
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+def _budget_study(tmp_path: Path, **search: object) -> tuple[optuna.Study, Objective]:
+    raw = tiny_config(storage=f"sqlite:///{tmp_path}/s.db", train={"epochs": 1, "patience": 1})
+    raw["search"] = {**raw["search"], **search}
+    raw["data"] = {**raw["data"], "cache_dir": str(tmp_path / "cache")}
+    cfg = config_from_dict(raw)
+    return open_study(cfg, make_storage(cfg.storage)), Objective(cfg, torch.device("cpu"), None)
+
+
+def test_a_trial_over_max_params_is_pruned_before_training_with_the_reason(tmp_path: Path) -> None:
+    # c1=4: 3558 parameters, c1=32: 14954 (digits 8x8, c2=8, l1=16); the grid runs each once
+    space = {"c1": {"choices": [4, 32]}, "c2": 8, "l1": 16, "lr": 0.005, "batch_size": 64}
+    study, objective = _budget_study(
+        tmp_path,
+        n_trials=2,
+        sampler={"name": "grid"},
+        space=space,
+        constraints={"max_params": 10_000, "max_latency_ms": 1.0e6},
+    )
+    study.optimize(objective, n_trials=2)
+    by_c1 = {t.params["c1"]: t for t in study.trials}
+    over, fits = by_c1[32], by_c1[4]
+
+    assert over.state == TrialState.PRUNED
+    assert over.user_attrs["n_params"] == 14954
+    assert over.user_attrs["constraint"] == "n_params 14954 > max_params 10000"
+    for trained in ("epochs_run", "train_seconds", "best_epoch", "stop_reason", "latency_ms"):
+        assert trained not in over.user_attrs  # no training, and no latency for a model over budget
+    assert over.intermediate_values == {}
+    assert over.constraints == pytest.approx({"max_params": 14954 / 10_000 - 1})
+
+    assert fits.state == TrialState.COMPLETE and fits.user_attrs["epochs_run"] == 1
+    assert "constraint" not in fits.user_attrs
+    latency = fits.user_attrs["latency_ms"]
+    assert latency > 0
+    assert fits.constraints == pytest.approx(
+        {"max_params": 3558 / 10_000 - 1, "max_latency_ms": latency / 1.0e6 - 1}
+    )
+    assert study.best_trial.number == fits.number
+
+
+def test_without_budgets_no_constraint_is_stored_and_no_latency_measured(tmp_path: Path) -> None:
+    study, objective = _budget_study(tmp_path, n_trials=1)
+    study.optimize(objective, n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE
+    assert trial.constraints == {} and "latency_ms" not in trial.user_attrs
+    assert trial.user_attrs["n_params"] > 0
+
+
+def test_the_gp_sampler_reads_the_constraints_and_is_kept_off_points_over_max_params(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # GPSampler reads every COMPLETE trial's constraint values (the same keys on all of them, or
+    # it raises); it never sees an over-budget (PRUNED) trial, so after 2 random trials it keeps
+    # proposing c1=27 (over budget) unless the run replaces such a proposal (search.study.TrialSeeded)
+    raw = tiny_config(
+        storage=f"sqlite:///{tmp_path}/s.db",
+        checkpoints_dir=str(tmp_path / "ckpt"),
+        artifacts_dir=str(tmp_path / "art"),
+        train={"epochs": 1, "patience": 1},
+    )
+    raw["data"] = {**raw["data"], "cache_dir": str(tmp_path / "cache")}
+    raw["search"] = {
+        **raw["search"],
+        "n_trials": 5,
+        "sampler": {"name": "gp", "n_startup_trials": 2},
+        "space": {"c1": {"low": 4, "high": 32}, "c2": 8, "l1": 16, "lr": 0.005, "batch_size": 64},
+        "constraints": {"max_params": 8000, "max_latency_ms": 1.0e6},
+    }
+    cfg = config_from_dict(raw)
+    with caplog.at_level(logging.INFO, logger="search.study"):
+        result = run_study(cfg, device="cpu")
+    assert result.finished == 5
+    assert "the sampler proposed params over max_params; sampled at random" in caplog.text
+    study = optuna.load_study(study_name=cfg.name, storage=cfg.storage)
+    assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    for t in study.trials:
+        if t.state == TrialState.COMPLETE:
+            assert set(t.constraints) == {"max_params", "max_latency_ms"}
+            assert t.user_attrs["n_params"] <= 8000 and all(v <= 0 for v in t.constraints.values())
+        else:
+            assert t.user_attrs["n_params"] > 8000 and t.constraints["max_params"] > 0
+    assert result.best is not None and result.best.user_attrs["n_params"] <= 8000
