@@ -444,3 +444,78 @@ def test_searching_config_fields_end_to_end(workdir: Path) -> None:
     proc = run_cli("run", str(cfg), "--device", "cpu", cwd=workdir, check=2)
     assert "search.space.train.weight_decay.high: stored 0.01, now 0.1" in proc.stderr
     assert len(_load(workdir).trials) == 3
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+def test_run_with_max_params_trains_only_what_fits_and_reports_feasibility(workdir: Path) -> None:
+    # c1=4: 3558 parameters, c1=32: 14954 on digits (8x8, c2=8, l1=16)
+    raw = tiny_config(
+        search={
+            **tiny_config()["search"],
+            "n_trials": 4,
+            "sampler": {"name": "tpe", "n_startup_trials": 2},
+            "space": {**tiny_config()["search"]["space"], "c1": {"choices": [4, 32]}},
+            "constraints": {"max_params": 10_000},
+        },
+        train={"epochs": 1, "patience": 1},
+    )
+    cfg = write_config(workdir / "tiny.yaml", raw)
+    proc = run_cli("run", str(cfg), "--device", "cpu", cwd=workdir, check=0)
+    study = _load(workdir)
+    trials = study.get_trials()
+    assert len(trials) == 4 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    over = [t for t in trials if t.params["c1"] == 32]
+    assert over, "the seeded sampler drew c1=32 at least once"
+    for t in over:
+        assert t.state == TrialState.PRUNED and "epochs_run" not in t.user_attrs
+        assert t.user_attrs["constraint"] == "n_params 14954 > max_params 10000"
+        assert f"trial {t.number:>4} PRUNED" in proc.stdout
+    assert "over_budget='n_params 14954 > max_params 10000'" in proc.stdout
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert complete and all(t.user_attrs["n_params"] <= 10_000 for t in complete)
+    assert all(t.constraints["max_params"] <= 0 for t in complete)
+    assert study.best_trial.user_attrs["n_params"] <= 10_000
+    assert f"best trial {study.best_trial.number} " in proc.stdout
+
+    status = run_cli("status", cwd=workdir, check=0).stdout
+    assert f"over budget x{len(over)}: search.constraints.max_params (pruned before training)" in status
+    assert f"#{study.best_trial.number} " in status
+
+    report = run_cli("report", "tiny", cwd=workdir, check=0).stdout
+    assert f"({len(over)} of 4 finished trials over budget, pruned before training;" in report
+    assert f"best: trial {study.best_trial.number}," in report
+    import pandas as pd
+
+    df = pd.read_csv(workdir / "storage" / "reports" / "tiny" / "report.csv")
+    by_number = df.set_index("number")
+    for t in trials:
+        row = by_number.loc[t.number]
+        assert bool(row["feasible"]) is (t.params["c1"] == 4)
+        assert row["n_params"] == t.user_attrs["n_params"]
+    assert df["latency_ms"].isna().all()  # measured only with max_latency_ms
+
+
+def test_a_study_with_every_trial_over_budget_ends_and_exits_1(workdir: Path) -> None:
+    raw = tiny_config(search={**tiny_config()["search"], "constraints": {"max_params": 1}})
+    cfg = write_config(workdir / "tiny.yaml", raw)
+    proc = run_cli("run", str(cfg), "--device", "cpu", cwd=workdir, check=1)
+    assert (
+        "no trial completed (" in proc.stdout
+        and "3 of 3 finished trials were over budget (search.constraints) and pruned before training"
+        in proc.stdout
+    )
+    study = _load(workdir)
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 3  # they count toward n_trials
+    assert all("epochs_run" not in t.user_attrs and t.intermediate_values == {} for t in study.trials)
+    status = run_cli("status", cwd=workdir, check=0).stdout
+    row = next(line for line in status.splitlines() if line.startswith("tiny"))
+    assert row.split()[1:3] == ["0", "3"] and row.rstrip().endswith("-")
+    assert "over budget x3: search.constraints.max_params" in status
+    report = run_cli("report", "tiny", cwd=workdir, check=0).stdout
+    assert "best: no completed trial within budget" in report
+
+    # the budgets are part of the experiment: a resumed study keeps them
+    changed = run_cli("run", str(cfg), "--set", "search.constraints.max_params=100000", cwd=workdir, check=2)
+    assert "search.constraints.max_params: stored 1, now 100000" in changed.stderr
