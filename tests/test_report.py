@@ -47,7 +47,8 @@ def test_trials_frame_one_row_per_trial_best_first(digits: tuple[Path, optuna.St
     root, study = digits
     df = trials_frame("tiny", db_url(root))
     assert len(df) == len(study.trials) == 4
-    assert [c for c in COLUMNS if c != "fail_reason"] == list(df.columns)
+    assert [c for c in COLUMNS if c not in ("fail_reason", "constraint")] == list(df.columns)
+    assert df["feasible"].all() and df["latency_ms"].isna().all()  # no budgets: all fit, none timed
     assert df.loc[0, "number"] == study.best_trial.number and df.loc[0, "value"] == study.best_value
     complete = df[df["state"] == "COMPLETE"]
     assert list(complete["value"]) == sorted(complete["value"], reverse=True)
@@ -71,7 +72,7 @@ def test_report_cli_writes_readable_tables_and_plots(digits: tuple[Path, optuna.
     out = root / "storage" / "reports" / "tiny"  # the default --out
     assert f"best: trial {study.best_trial.number}, value {study.best_value:.4f}" in proc.stdout
     n = len(study.trials)
-    expected = [c for c in COLUMNS if c != "fail_reason"]
+    expected = [c for c in COLUMNS if c not in ("fail_reason", "constraint")]
     csv = pd.read_csv(out / "report.csv")
     parquet = pd.read_parquet(out / "report.parquet")
     for table in (csv, parquet):
