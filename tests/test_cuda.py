@@ -1,6 +1,7 @@
 """The CUDA path, on a real GPU: skipped without one; ``benchmarks/gpu_check.sh`` runs them there.
 
 Covers ``fit`` with bf16 autocast, fused Adam, channels_last and cuDNN; evaluation under autocast;
+the forward latency of ``search.constraints.max_latency_ms`` (synchronised timing);
 checkpoint and resume on CUDA (and across devices); out-of-memory inside a trial (FAIL
 ``oom (...)`` and the memory given back); a broken CUDA context (a real device-side assert: the
 worker ends, the trial is retried in a fresh process); two workers on one GPU; and finetune,
@@ -31,6 +32,7 @@ from search import cli
 from search.augment import AugmentSpec, BatchTransform
 from search.config import TrainConfig
 from search.data import ImageSet
+from search.evaluate import forward_latency_ms
 from search.export import load_export, predict_tensor
 from search.model import ConvNet
 from search.train import FitState, evaluate, fit, predict_logits
@@ -118,6 +120,13 @@ def test_evaluate_under_autocast_matches_fp32_and_the_cpu() -> None:
 
 
 # --------------------------------------------------------------------------- checkpoint and resume
+
+
+def test_forward_latency_on_cuda_is_timed_on_the_gpu() -> None:
+    model = _model()
+    ms = forward_latency_ms(model, (3, 16, 16), CUDA)
+    assert math.isfinite(ms) and ms > 0
+    assert next(model.parameters()).device.type == "cuda" and model.training
 
 
 def test_resume_on_cuda_from_a_cuda_and_from_a_cpu_checkpoint() -> None:
