@@ -319,8 +319,10 @@ class Objective:
         would show in every table of completed results. A PRUNED trial counts as finished
         toward ``search.n_trials``, so a study whose every point is over budget still ends.
         GP fits on COMPLETE trials only: it models the budget from the feasible trials' values
-        (how far under budget each was). Random, QMC and grid read no constraints: for them
-        the budget means only that an over-budget trial trains nothing and is never the best.
+        (how far under budget each was), and ``study.TrialSeeded`` replaces its proposals over
+        max_params (:meth:`params_fit`), which it would otherwise repeat. Random, QMC and grid
+        read no constraints: for them the budget means only that an over-budget trial trains
+        nothing and is never the best.
         Values go through ``trial.set_constraint`` (Optuna 5's replacement for the deprecated
         ``constraints_func``), which every sampler reads from the storage; the latency is
         measured only when the parameter count fits (a model far over budget may not fit the
