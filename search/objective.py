@@ -212,7 +212,8 @@ class Objective:
         return float("nan")  # Optuna records a NaN objective as FAIL; the study goes on
 
     def params_fit(self, params: dict[str, Any]) -> bool:
-        """Whether sampled ``params`` (the space's fixed values added) build a model within
+        """Whether sampled ``params`` (the space's fixed values added; dotted ones such as
+        ``model.stages`` applied as the trial would) build a model within
         ``search.constraints.max_params``; built on the meta device (no memory, no weights)."""
         limit = self.cfg.search.constraints.max_params
         if limit is None:
@@ -222,8 +223,9 @@ class Objective:
         except KeyError:  # a partial proposal: the trial itself is checked once it is complete
             return True
         try:
+            cfg = trial_config(self.cfg, full)
             with torch.device("meta"):
-                model = build_model(self.cfg, full, self.in_shape, self.n_classes)
+                model = build_model(cfg, full, self.in_shape, self.n_classes)
         except ConfigError:  # e.g. an input too small for these params: the trial fails with it
             return True
         return count_parameters(model) <= limit
