@@ -519,3 +519,54 @@ def test_a_study_with_every_trial_over_budget_ends_and_exits_1(workdir: Path) ->
     # the budgets are part of the experiment: a resumed study keeps them
     changed = run_cli("run", str(cfg), "--set", "search.constraints.max_params=100000", cwd=workdir, check=2)
     assert "search.constraints.max_params: stored 1, now 100000" in changed.stderr
+
+
+def test_budget_search_over_dotted_parameters_end_to_end(workdir: Path) -> None:
+    """The issue's end-to-end budget study: 3x64x64 synthetic images, train.optimizer,
+    train.weight_decay and model.stages searched under max_params. With the seed's flatten head
+    and no pooling, 2 stages have 148,646 parameters, 3 stages 299,590 and 4 stages 608,390:
+    only 2 stages fit 200,000."""
+    space = {
+        "c1": 4,
+        "c2": 8,
+        "l1": 16,
+        "lr": 0.005,
+        "batch_size": 16,
+        "train.optimizer": {"choices": ["adam", "adamw", "sgd"]},
+        "train.weight_decay": {"low": 1.0e-6, "high": 1.0e-2, "log": True},
+        "model.stages": {"choices": [2, 3, 4]},
+    }
+    raw = tiny_config(
+        data={"dataset": "synthetic", "synthetic": {"shape": [3, 64, 64], "n_classes": 2, "n_samples": 40}},
+        train={"epochs": 1, "patience": 1},
+    )
+    raw["search"] = {
+        **raw["search"],
+        "n_trials": 6,
+        "sampler": {"name": "tpe", "n_startup_trials": 3},
+        "space": space,
+        "constraints": {"max_params": 200_000},
+    }
+    cfg = write_config(workdir / "tiny.yaml", raw)
+    proc = run_cli("run", str(cfg), "--device", "cpu", cwd=workdir, check=0)
+    study = _load(workdir)
+    trials = study.get_trials()
+    assert len(trials) == 6 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    for t in trials:  # Optuna names the params by their dotted paths
+        assert set(t.params) == {"train.optimizer", "train.weight_decay", "model.stages"}
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert complete
+    for t in complete:  # every COMPLETE trial is within budget
+        assert t.params["model.stages"] == 2 and t.user_attrs["n_params"] == 148_646
+        assert t.constraints["max_params"] <= 0
+    over = [t for t in trials if t.params["model.stages"] != 2]
+    assert over, "the seeded sampler drew 3 or 4 stages at least once"
+    for t in over:
+        assert t.state == TrialState.PRUNED and "epochs_run" not in t.user_attrs
+        assert t.user_attrs["constraint"] in (
+            "n_params 299590 > max_params 200000",
+            "n_params 608390 > max_params 200000",
+        )
+    best = study.best_trial
+    assert best.params["model.stages"] == 2 and best.constraints["max_params"] <= 0
+    assert f"best trial {best.number} " in proc.stdout and "model.stages=2" in proc.stdout
