@@ -12,6 +12,7 @@ This module knows nothing about torch or optuna.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 import reprlib
@@ -392,11 +393,15 @@ class TrainConfig:
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> TrainConfig:
-        if self.optimizer == "sgd" and self.nesterov and self.momentum == 0:
+        if _nesterov_without_momentum(self.optimizer, self.nesterov, self.momentum):
             raise ConfigError(
                 "nesterov", True, "Nesterov momentum needs momentum > 0", "set train.momentum: 0.9"
             )
         return self
+
+
+def _nesterov_without_momentum(optimizer: Any, nesterov: Any, momentum: Any) -> bool:
+    return bool(optimizer == "sgd" and nesterov and momentum == 0)
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -942,6 +947,35 @@ class StudyConfig:
     confirm: ConfirmConfig = _field(
         default_factory=ConfirmConfig, description="`search confirm` defaults", resumable=True
     )
+
+    @model_validator(mode="after")
+    def _space_keeps_train_valid(self) -> StudyConfig:
+        """Every mix of the searched ``train.optimizer``/``momentum``/``nesterov`` values passes
+        train's own check: each value was checked alone (the other fields at their defaults), so
+        ``nesterov: {choices: [true, false]}`` with ``train.momentum: 0`` would fail trials one by one."""
+        names = ("optimizer", "nesterov", "momentum")
+        values: list[tuple[Any, ...]] = []
+        for name in names:
+            spec = self.search.space.get(f"train.{name}")
+            if spec is None:
+                values.append((getattr(self.train, name),))
+            elif spec.value is not None:
+                values.append((spec.value,))
+            elif spec.choices is not None:
+                values.append(tuple(spec.choices))
+            else:
+                values.append((spec.low, spec.high))
+        searched = [f"train.{n}" for n in names if f"train.{n}" in self.search.space]
+        for optimizer, nesterov, momentum in itertools.product(*values):
+            if searched and _nesterov_without_momentum(optimizer, nesterov, momentum):
+                shown = f"train.optimizer={optimizer}, train.nesterov={nesterov}, train.momentum={momentum}"
+                raise ConfigError(
+                    f"search.space.{searched[0]}",
+                    shown,
+                    "this space can sample sgd with Nesterov momentum at momentum 0, which torch refuses",
+                    "keep train.momentum above 0 (e.g. 0.9) or train.nesterov false",
+                )
+        return self
 
 
 # --------------------------------------------------------------------------- errors

@@ -234,7 +234,35 @@ BAD = [
         "search.space.train.weight_decay",
         "finite set",
     ),
+    # each searched value alone is fine; their mix with the study's train settings is not
+    (
+        {
+            "train": {"optimizer": "sgd", "momentum": 0.0},
+            "search": {"space": {"train.nesterov": {"choices": [True, False]}}},
+        },
+        "search.space.train.nesterov",
+        "Nesterov momentum at momentum 0",
+    ),
+    (
+        {
+            "train": {"nesterov": True},
+            "search": {
+                "space": {
+                    "train.optimizer": {"choices": ["adam", "sgd"]},
+                    "train.momentum": {"low": 0.0, "high": 0.9},
+                }
+            },
+        },
+        "search.space.train.optimizer",
+        "Nesterov momentum at momentum 0",
+    ),
 ]
+
+
+def test_searched_momentum_above_zero_may_meet_nesterov() -> None:
+    space = {"train.optimizer": {"choices": ["adam", "sgd"]}, "train.momentum": {"low": 0.1, "high": 0.9}}
+    cfg = config_from_dict({"train": {"nesterov": True}, "search": {"space": space}})
+    assert trial_config(cfg, {"train.optimizer": "sgd", "train.momentum": 0.5}).train.momentum == 0.5
 
 
 @pytest.mark.parametrize(("raw", "field", "message"), BAD, ids=[b[1] + ":" + b[2] for b in BAD])
