@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -506,3 +507,10 @@ def test_schema_takes_dotted_space_keys() -> None:
     assert not pattern.fullmatch("depth") and not pattern.fullmatch("train.")
     fixed = space["additionalProperties"]["anyOf"][0]
     assert fixed == {"type": ["number", "string", "boolean"]}  # train.optimizer: sgd is a fixed value
+
+
+def test_schema_bounds_of_nullable_fields_are_json_schema_keywords() -> None:
+    schema = json_schema()
+    max_params = schema["$defs"]["ConstraintsConfig"]["properties"]["max_params"]["anyOf"][0]
+    assert max_params == {"type": "integer", "minimum": 1}  # not pydantic's {"ge": 1}, which editors ignore
+    assert '"ge"' not in json.dumps(schema) and '"gt"' not in json.dumps(schema)
