@@ -326,18 +326,23 @@ def _summary(result: ConfirmResult) -> dict[str, Any]:
 
 
 def write_csv(result: ConfirmResult, path: Path) -> Path:
-    """``confirm.csv``: one row per confirmed trial (study rank order) with every run's value."""
+    """``confirm.csv``: one row per confirmed trial (study rank order), its params (the five, then
+    the searched config fields) and every run's value."""
     path.parent.mkdir(parents=True, exist_ok=True)
     winner = result.winner
+    # the searched config fields (train.optimizer, ...) right after the five names
+    dotted = list(dict.fromkeys(k for r in result.rows for k in r.params if k not in PARAM_NAMES))
+    at = CSV_COLUMNS.index(PARAM_NAMES[-1]) + 1
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(CSV_COLUMNS)
+        w.writerow([*CSV_COLUMNS[:at], *dotted, *CSV_COLUMNS[at:]])
         for r in result.rows:
             w.writerow(
                 [
                     r.trial,
                     r.rank,
                     *(r.params[p] for p in PARAM_NAMES),
+                    *(r.params.get(p, "") for p in dotted),
                     r.study_value,
                     "" if not r.n else f"{r.mean:.6f}",
                     "" if math.isnan(r.std) else f"{r.std:.6f}",

@@ -20,7 +20,7 @@ import torch
 from optuna.trial import TrialState
 
 from search.cli import main
-from search.config import ConfigError, config_from_dict, load_config
+from search.config import PARAM_NAMES, ConfigError, config_from_dict, load_config
 from search.confirm import (
     RUN_ATTR_PREFIX,
     WARM_START_ATTR,
@@ -353,3 +353,17 @@ def test_config_section(tmp_path: Path) -> None:
         config_from_dict({"confirm": {"top": 0}})
     with pytest.raises(ConfigError, match=r"^confirm\.folds: "):
         config_from_dict({"confirm": {"folds": 1}})
+
+
+def test_confirm_csv_has_the_searched_config_fields(tmp_path: Path) -> None:
+    space = {**tiny_config()["search"]["space"], "train.optimizer": {"choices": ["adam", "sgd"]}}
+    cfg = tiny_config(train={"epochs": 1}, search={**tiny_config()["search"], "n_trials": 2, "space": space})
+    write_config(tmp_path / "tiny.yaml", cfg)
+    run_cli("run", "tiny.yaml", "--device", "cpu", cwd=tmp_path, check=0)
+    run_cli("confirm", "tiny", "--top", "2", "--seeds", "1", "--device", "cpu", cwd=tmp_path, check=0)
+    rows = _csv(tmp_path)
+    assert list(rows[0])[2:9] == [*PARAM_NAMES, "train.optimizer", "study_value"]
+    study = _load(tmp_path)
+    assert [r["train.optimizer"] for r in rows] == [
+        study.trials[int(r["trial"])].params["train.optimizer"] for r in rows
+    ]
