@@ -66,10 +66,12 @@ def _wait_for_trial_mid_run(
 ) -> FrozenTrial:
     """A RUNNING trial that has finished at least one epoch (so it has a checkpoint)."""
     end = time.monotonic() + timeout
+    storage = None  # made once: a new engine per poll costs more than an epoch on a loaded machine
     while time.monotonic() < end:
         assert proc.poll() is None, f"run ended early: {proc.communicate()}"
         try:
-            for t in _trials(url, name):
+            storage = storage or make_storage(url, heartbeat=False)
+            for t in optuna.load_study(study_name=name, storage=storage).get_trials():
                 if t.state == TrialState.RUNNING and t.intermediate_values:  # epoch 1 reported
                     return t
         except KeyError:  # the study is not created yet
@@ -267,7 +269,8 @@ def test_killed_worker_trial_is_retried_and_resumes_from_its_checkpoint(
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ctrl_c_records_interrupted_trials_and_a_rerun_resumes(workdir: Path, workers: int) -> None:
     url = f"sqlite:///{workdir}/studies.db"
-    write_config(workdir / "faults.yaml", _slow_config(url, workdir, n_trials=1, epochs=4))
+    # 6 epochs: the signal must land mid-trial even when a loaded machine polls slowly
+    write_config(workdir / "faults.yaml", _slow_config(url, workdir, n_trials=1, epochs=6))
     proc = popen_cli("run", "faults.yaml", "--workers", str(workers), cwd=workdir)
     victim = _wait_for_trial_mid_run(url, "faults", proc)
     proc.send_signal(signal.SIGINT)
@@ -302,7 +305,7 @@ def test_ctrl_c_records_interrupted_trials_and_a_rerun_resumes(workdir: Path, wo
     )
     assert resumed.state == TrialState.COMPLETE
     assert resumed.user_attrs["resumed_from_epoch"] >= len(victim.intermediate_values)
-    assert resumed.user_attrs["epochs_run"] == 4
+    assert resumed.user_attrs["epochs_run"] == 6
     assert not list((workdir / "storage" / "checkpoints").rglob("*"))  # no checkpoint, no empty folder left
 
 
