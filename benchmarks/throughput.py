@@ -194,6 +194,51 @@ def ours_epoch(
     return result.images_per_s, result.compile_seconds
 
 
+# ------------------------------------------------------------------------------- the machine's limit
+
+
+def train_gflop_per_image(model: ConvNet, shape: tuple[int, int, int] = SHAPE) -> tuple[float, float]:
+    """(forward, training) GFLOP per image: multiply-adds x 2 of the convolutions and linear layers,
+    counted from their shapes; training = 3 x forward (forward, input gradients, weight gradients)."""
+    flops = 0.0
+    x = torch.zeros(1, *shape)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                x_out = module(x)
+                k = module.kernel_size[0] * module.kernel_size[1]
+                flops += 2.0 * module.in_channels * k * x_out[0].numel()
+                x = x_out
+            elif isinstance(module, nn.Linear):
+                flops += 2.0 * module.in_features * module.out_features
+    return flops / 1e9, 3 * flops / 1e9
+
+
+def sgemm_gflops(n: int, repeats: int) -> float:
+    """fp32 matrix-multiply rate of this process's torch threads: ``torch.mm`` of two n x n matrices."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n**3 / median(times) / 1e9
+
+
+def limit_line(ours: float, quick: bool) -> str:
+    """``limit: sgemm X GFLOPS ...; ours Y img/s = Z % of it``: the CPU's fp32 ceiling for this net."""
+    n = 256 if quick else 1024
+    gflops = sgemm_gflops(n, 2 if quick else 10)
+    fwd, train_gflop = train_gflop_per_image(new_model(0))
+    limit = gflops / train_gflop
+    return (
+        f"limit: sgemm {gflops:.1f} GFLOPS (torch.mm {n}x{n} fp32, {torch.get_num_threads()} thread(s)); "
+        f"net {train_gflop:.3f} GFLOP per training image (3 x {fwd:.3f} forward) -> {limit:.1f} img/s; "
+        f"ours {ours:.1f} img/s = {100 * ours / limit:.0f} % of it; load average {os.getloadavg()[0]:.1f}"
+    )
+
+
 # -------------------------------------------------------------------------------------- breakdown
 
 
@@ -372,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
         parts = breakdown(args, device, loader, dataset, images, labels, transform)
         print(table(["part (timed alone)", "images/s"], parts))
+    if device.type == "cpu":
+        print()
+        print(limit_line(median(our_rates), args.quick))
     print()
     print(f"speedup: {median(our_rates) / median(seed_rates):.2f}x")
     return 0
