@@ -197,21 +197,29 @@ def ours_epoch(
 # ------------------------------------------------------------------------------- the machine's limit
 
 
-def train_gflop_per_image(model: ConvNet, shape: tuple[int, int, int] = SHAPE) -> tuple[float, float]:
+def train_gflop_per_image(model: nn.Module, shape: tuple[int, int, int] = SHAPE) -> tuple[float, float]:
     """(forward, training) GFLOP per image: multiply-adds x 2 of the convolutions and linear layers,
-    counted from their shapes; training = 3 x forward (forward, input gradients, weight gradients)."""
-    flops = 0.0
-    x = torch.zeros(1, *shape)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Conv2d):
-                x_out = module(x)
-                k = module.kernel_size[0] * module.kernel_size[1]
-                flops += 2.0 * module.in_channels * k * x_out[0].numel()
-                x = x_out
-            elif isinstance(module, nn.Linear):
-                flops += 2.0 * module.in_features * module.out_features
-    return flops / 1e9, 3 * flops / 1e9
+    from the shapes one forward pass sees; training = 3 x forward (forward, input and weight grads)."""
+    flops = [0.0]
+
+    def count(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            flops[0] += 2.0 * k * output[0].numel()
+        elif isinstance(module, nn.Linear):
+            flops[0] += 2.0 * module.in_features * module.out_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *shape))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return flops[0] / 1e9, 3 * flops[0] / 1e9
 
 
 def sgemm_gflops(n: int, repeats: int) -> float:
