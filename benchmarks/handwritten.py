@@ -1,7 +1,7 @@
 """The baseline: a careful hand-written Optuna + torch loop, what a user would write without us.
 
 Same space, TPE sampler, median pruner (``n_startup_trials`` / ``n_warmup_steps`` from the config),
-SQLite in WAL mode with ``synchronous=NORMAL``, the same net (``search.model.ConvNet``) and data
+SQLite in WAL mode with ``synchronous=NORMAL``, the same net (``search.model.build_convnet``) and data
 (``search.data.load_splits``, normalised once as float tensors), Adam, cross-entropy, full batches
 in a fresh permutation each epoch (the last partial one dropped, as ours), one evaluation of the
 whole validation split per epoch, ``trial.report`` + ``trial.should_prune`` each epoch, early
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from search.config import StudyConfig, load_config
 from search.data import load_splits
-from search.model import ConvNet
+from search.model import build_convnet
 from search.space import suggest
 
 
@@ -72,14 +72,13 @@ def run_handwritten(
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, cfg.search.space)
         torch.manual_seed(cfg.seed + trial.number)
-        model = ConvNet(
+        model = build_convnet(
+            cfg.model,
             int(params["c1"]),
             int(params["c2"]),
             int(params["l1"]),
             splits.in_shape,
             splits.n_classes,
-            padding=cfg.model.padding,
-            dropout=cfg.model.dropout,
         )
         opt = torch.optim.Adam(model.parameters(), lr=float(params["lr"]), weight_decay=tc.weight_decay)
         batch = min(int(params["batch_size"]), len(y_train))
