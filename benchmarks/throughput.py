@@ -194,6 +194,59 @@ def ours_epoch(
     return result.images_per_s, result.compile_seconds
 
 
+# ------------------------------------------------------------------------------- the machine's limit
+
+
+def train_gflop_per_image(model: nn.Module, shape: tuple[int, int, int] = SHAPE) -> tuple[float, float]:
+    """(forward, training) GFLOP per image: multiply-adds x 2 of the convolutions and linear layers,
+    from the shapes one forward pass sees; training = 3 x forward (forward, input and weight grads)."""
+    flops = [0.0]
+
+    def count(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            flops[0] += 2.0 * k * output[0].numel()
+        elif isinstance(module, nn.Linear):
+            flops[0] += 2.0 * module.in_features * module.out_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *shape))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return flops[0] / 1e9, 3 * flops[0] / 1e9
+
+
+def sgemm_gflops(n: int, repeats: int) -> float:
+    """fp32 matrix-multiply rate of this process's torch threads: ``torch.mm`` of two n x n matrices."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n**3 / median(times) / 1e9
+
+
+def limit_line(ours: float, quick: bool) -> str:
+    """``limit: sgemm X GFLOPS ...; ours Y img/s = Z % of it``: the CPU's fp32 ceiling for this net."""
+    n = 256 if quick else 1024
+    gflops = sgemm_gflops(n, 2 if quick else 10)
+    fwd, train_gflop = train_gflop_per_image(new_model(0))
+    limit = gflops / train_gflop
+    return (
+        f"limit: sgemm {gflops:.1f} GFLOPS (torch.mm {n}x{n} fp32, {torch.get_num_threads()} thread(s)); "
+        f"net {train_gflop:.3f} GFLOP per training image (3 x {fwd:.3f} forward) -> {limit:.1f} img/s; "
+        f"ours {ours:.1f} img/s = {100 * ours / limit:.0f} % of it; load average {os.getloadavg()[0]:.1f}"
+    )
+
+
 # -------------------------------------------------------------------------------------- breakdown
 
 
@@ -372,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
         parts = breakdown(args, device, loader, dataset, images, labels, transform)
         print(table(["part (timed alone)", "images/s"], parts))
+    if device.type == "cpu":
+        print()
+        print(limit_line(median(our_rates), args.quick))
     print()
     print(f"speedup: {median(our_rates) / median(seed_rates):.2f}x")
     return 0

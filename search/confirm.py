@@ -43,7 +43,6 @@ from search.config import (
 from search.data import ImageSet, load_splits
 from search.model import count_parameters
 from search.objective import build_model, make_transform, normalisation
-from search.report import default_report_dir, open_existing, study_config
 from search.space import ParamValue, params_of
 from search.storage import is_feasible
 from search.train import fit
@@ -524,6 +523,8 @@ def run_confirm(
     if interrupted:
         log.warning("confirm %s: interrupted with %d/%d runs recorded", study.study_name, n_done, total)
         return result
+    from search.report import default_report_dir  # pandas: only where a report folder is named
+
     folder = Path(out) if out is not None else default_report_dir(study.study_name)
     result.csv_path = write_csv(result, folder / "confirm.csv")
     result.summary = _summary(result)
@@ -657,6 +658,8 @@ def plan_warm_start(cfg: StudyConfig, source: str, storage: str, top: int) -> Wa
         raise ConfigError(
             "--warm-start", source, "a study cannot warm-start from itself", "name another study"
         )
+    from search.report import open_existing, study_config  # pandas: not on `run`'s path
+
     study = open_existing(source, storage)
     source_cfg: StudyConfig | None = None
     try:
@@ -714,5 +717,7 @@ def apply_warm_start(study: optuna.Study, plan: WarmStartPlan) -> WarmStartResul
 
 def load_for_confirm(study_name: str, storage: str) -> tuple[optuna.Study, StudyConfig]:
     """The study and its stored config (StorageError / ConfigError when either is missing)."""
+    from search.report import open_existing, study_config  # pandas: not on `run`'s path
+
     study = open_existing(study_name, storage)
     return study, study_config(study)

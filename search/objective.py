@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from search.artifacts import WEIGHTS_ATTR, CheckpointStore, StorageFault, WeightStore, check_writable
 from search.augment import BatchTransform, channel_stats
-from search.config import ConfigError, StudyConfig, trial_config
+from search.config import ConfigError, PrunerConfig, StudyConfig, trial_config
 from search.data import Splits, folders_written, load_splits
 from search.evaluate import forward_latency_ms
 from search.failures import FAIL_REASON_ATTR, DeviceFailure, describe_failure, free_memory, is_device_fatal
@@ -42,7 +42,8 @@ class TrialInterrupted(Exception):
 
 def retry_history(trial: optuna.Trial) -> list[int]:
     """Numbers of the earlier attempts this trial repeats (oldest first; empty for a fresh trial)."""
-    for t in trial.study.get_trials(deepcopy=False):
+    # the trial is RUNNING while it asks: reading only RUNNING trials spares a whole-study scan
+    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.number == trial.number:
             return [int(n) for n in t.system_attrs.get("retry_history", [])]
     return []
@@ -157,6 +158,7 @@ class Objective:
         self.release_memory = release_memory
         self.weights = weights
         self.should_stop = should_stop or (lambda: False)
+        self.prune_gate = PruneGate(cfg.search.pruner)
         if cfg.train.tensorboard:
             from search.tensorboard import require_tensorboard
 
@@ -250,7 +252,7 @@ class Objective:
             if board is not None:  # host floats only: no extra sync
                 board.epoch(metrics)
             trial.report(metrics.val_acc, epoch)  # one storage write an epoch; epochs_run at the end
-            if trial.should_prune():
+            if self.prune_gate.worth_asking(trial.study, epoch) and trial.should_prune():
                 return True  # fit stops here and returns its figures; pruned below
             if self.should_stop():
                 trial.set_user_attr("epochs_run", epoch)
@@ -427,3 +429,36 @@ class Objective:
         trial.set_user_attr(WEIGHTS_ATTR, artifact_id)
         ranked = sorted([*kept, (value, artifact_id)], key=lambda vk: vk[0], reverse=True)
         self.weights.keep_top([a for _, a in ranked], k)
+
+
+class PruneGate:
+    """Whether ``trial.should_prune()`` could say yes at an epoch: when not, it is not asked.
+
+    Asking reads the trial back and all of the study's COMPLETE trials (about 7 SQL statements and
+    a commit on SQLite). The median and percentile pruners never prune before step
+    ``n_warmup_steps`` nor while fewer than ``n_startup_trials`` (and at least one) trials are
+    COMPLETE, and no pruner never prunes, so those calls are skipped; the answer is the same. The
+    COMPLETE count is read (the pruner's own read, without the trial's) only until it is reached:
+    it never falls, so from then on every epoch past the warm-up asks the pruner directly.
+    Successive halving and hyperband are always asked (their rungs are kept in the storage).
+    """
+
+    def __init__(self, pruner: PrunerConfig) -> None:
+        self.name = pruner.name
+        self.startup = max(1, pruner.n_startup_trials)
+        self.warmup = pruner.n_warmup_steps
+        self._started: set[str] = set()  # studies known to hold `startup` COMPLETE trials
+
+    def worth_asking(self, study: optuna.Study, step: int) -> bool:
+        if self.name == "none":
+            return False
+        if self.name not in ("median", "percentile"):
+            return True
+        if step < self.warmup:
+            return False
+        if study.study_name not in self._started:
+            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if len(complete) < self.startup:
+                return False
+            self._started.add(study.study_name)
+        return True

@@ -189,11 +189,17 @@ class SurplusTrial(Exception):
     """The trial started while the study's total was already taken by finished + running trials."""
 
 
-def _slots(study: optuna.Study, storage: RDBStorage, grace_s: float) -> tuple[int, int]:
-    """(finished trials, live RUNNING trials): stale RUNNING ones do not hold a slot."""
-    trials = study.get_trials(deepcopy=False)  # one snapshot for both counts
+def _slots(study: optuna.Study, storage: RDBStorage, grace_s: float, retry: RetryStale) -> tuple[int, int]:
+    """Fail (and re-queue) stale RUNNING trials, then (finished trials, live RUNNING trials).
+
+    One snapshot of the study serves all three: failing a stale trial changes neither count
+    (stale trials hold no slot; its retry is WAITING).
+    """
+    trials = study.get_trials(deepcopy=False)
+    running = running_trials(study, storage, grace_s, trials)
+    fail_stale_trials(study, storage, grace_s, retry, running)
     finished = sum(t.state in FINISHED_STATES for t in trials)
-    live = sum(not rt.stale for rt in running_trials(study, storage, grace_s, trials))
+    live = sum(not rt.stale for rt in running)
     return finished, live
 
 
@@ -286,8 +292,7 @@ def _loop(
         if deadline is not None and time.monotonic() >= deadline:
             log.info("timeout: not starting more trials")
             return started, False
-        retrying("failing stale trials", lambda: fail_stale_trials(study, storage, grace, retry))
-        finished, live = retrying("counting trials", lambda: _slots(study, storage, grace))
+        finished, live = retrying("counting trials", lambda: _slots(study, storage, grace, retry))
         if finished >= n:
             return started, False
         if finished + live >= n:

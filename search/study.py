@@ -357,6 +357,8 @@ def running_trials(
     if trials is None:
         trials = study.get_trials(deepcopy=False)
     trials = [t for t in trials if t.state == TrialState.RUNNING]
+    if not trials:
+        return []  # no storage round trip (the database's clock) when nothing runs
     study_id = storage.get_study_id_from_name(study.study_name) if trials else -1
     ids = {t.number: storage.get_trial_id_from_study_id_trial_number(study_id, t.number) for t in trials}
     db_now, beats = _heartbeats(storage, list(ids.values()))
@@ -416,13 +418,20 @@ class StaleResult:
 
 
 def fail_stale_trials(
-    study: optuna.Study, storage: RDBStorage, grace_period_s: float, retry: RetryStale
+    study: optuna.Study,
+    storage: RDBStorage,
+    grace_period_s: float,
+    retry: RetryStale,
+    running: Sequence[RunningTrial] | None = None,
 ) -> StaleResult:
     """Mark the study's stale RUNNING trials FAIL (``fail_reason`` "stale") and re-queue them
-    through ``retry`` (at most ``max_retry`` times per original trial)."""
+    through ``retry`` (at most ``max_retry`` times per original trial). ``running``: the
+    :func:`running_trials` the caller already read (default: read them here)."""
     requeued: list[int] = []
     not_requeued: list[int] = []
-    for rt in running_trials(study, storage, grace_period_s):
+    if running is None:
+        running = running_trials(study, storage, grace_period_s)
+    for rt in running:
         if not rt.stale:
             continue
         try:

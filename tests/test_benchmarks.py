@@ -62,6 +62,37 @@ def test_throughput_quick(tmp_path: Path) -> None:
     assert out[-1] == f"speedup: {ours / seed:.2f}x" or abs(float(out[-1][9:-1]) - ours / seed) < 0.02
 
 
+def test_throughput_quick_names_the_cpu_limit(tmp_path: Path) -> None:
+    out = lines(run_bench("throughput.py", "--quick", cwd=tmp_path))
+    limit = next(line for line in out if line.startswith("limit: "))
+    m = re.fullmatch(
+        r"limit: sgemm (\d+\.\d) GFLOPS \(torch.mm 256x256 fp32, \d+ thread\(s\)\); "
+        r"net 0\.366 GFLOP per training image \(3 x 0\.122 forward\) -> (\d+\.\d) img/s; "
+        r"ours (\d+\.\d) img/s = (\d+) % of it; load average \d+\.\d",
+        limit,
+    )
+    assert m is not None, limit
+    gflops, limit_rate, ours, share = (float(g) for g in m.groups())
+    assert gflops > 0 and abs(limit_rate - gflops / 0.366) < 0.01 * limit_rate + 0.2
+    assert abs(share - 100 * ours / limit_rate) <= 1
+
+
+def test_quickstart_quick(tmp_path: Path) -> None:
+    """One layout under load (2 workers beside the busy process it starts) and the start-up table."""
+    args = ("--quick", "--layouts", "2x1", "--conditions", "loaded")
+    out = lines(run_bench("quickstart.py", *args, cwd=tmp_path))
+    rows = table_rows(out)
+    runs = [r for r in rows if r[0] in ("1x2", "2x1")]
+    assert [r[:2] for r in runs] == [["2x1", "loaded"]]
+    assert float(runs[0][2]) > 0 and 0 <= float(runs[0][3]) <= 1, runs  # it finished, with a best value
+    starts = {r[0]: r for r in rows if r[0].startswith(("search ", "hand-written"))}
+    assert len(starts) == 4 and all(float(r[1]) > 0 for r in starts.values())
+    for name in ("search run, 1 trial (data cached)", "hand-written loop, 1 trial (data cached)"):
+        assert 0 < float(starts[name][3]) < float(starts[name][1])  # wall less the trial's own seconds
+    assert out[-1] == "faster: neither clearly (one layout measured)"
+    assert not list(Path(tmp_path).iterdir())  # every run in its own temporary folder
+
+
 def test_throughput_without_cuda_is_bad_input(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
@@ -72,10 +103,18 @@ def test_throughput_without_cuda_is_bad_input(tmp_path: Path) -> None:
 
 def test_overhead_quick(tmp_path: Path) -> None:
     out = lines(run_bench("overhead.py", "--quick", cwd=tmp_path))
-    assert re.fullmatch(r"overhead: \d+\.\d ms/trial at 6 finished trials \(sqlite\)", out[-1])
+    assert re.fullmatch(r"per-trial ratio: \d+\.\d\dx \(ours / hand-written\)", out[-1])
+    assert any(re.fullmatch(r"overhead: \d+\.\d ms/trial at 6 finished trials \(sqlite\)", x) for x in out)
     rows = table_rows(out)
     assert rows[0][:3] == ["storage", "finished trials", "timed"]
-    assert [(r[0], r[1], r[2]) for r in rows[1:]] == [("sqlite", "3", "2"), ("sqlite", "6", "2")]
+    levels = [r for r in rows if r[0] == "sqlite"]
+    assert [(r[0], r[1], r[2]) for r in levels] == [("sqlite", "3", "2"), ("sqlite", "6", "2")]
+    assert all(float(r[10]) > 0 and float(r[11]) > 0 for r in levels)  # SQL statements, commits a trial
+    parts = {r[0]: r for r in rows if len(r) == 3 and r[0] != "part"}
+    assert float(parts["report"][1]) > 0 and float(parts["user attrs"][2]) > 0
+    loops = {r[0]: r for r in rows if r[0] in ("ours", "hand-written")}
+    # the same two enqueued param sets, 2 epochs each (no pruning before 5 COMPLETE trials)
+    assert loops["ours"][2:4] == loops["hand-written"][2:4] == ["2", "4"]
     assert not list(tmp_path.iterdir())  # everything went to a temporary directory
 
 

@@ -204,6 +204,33 @@ def test_validate_imports_neither_torch_nor_optuna(workdir: Path) -> None:
         assert heavy not in imported, heavy
 
 
+def _imported(*args: str, cwd: Path) -> tuple[set[str], subprocess.CompletedProcess[str]]:
+    """The modules ``python -X importtime -m search ARGS`` imported, and the finished process."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "search", *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}, proc
+
+
+def test_run_and_status_import_only_what_they_use(workdir: Path) -> None:
+    """`run` (no --dashboard) loads no optuna_dashboard, pandas or matplotlib; `status` no torch either."""
+    cfg = write_config(workdir / "t.yaml", tiny_config(search={"n_trials": 1}))
+    imported, proc = _imported("run", str(cfg), cwd=workdir)
+    assert "1/1 trials finished" in proc.stdout and "torch" in imported and "search.run" in imported
+    for heavy in ("optuna_dashboard", "pandas", "matplotlib", "plotly"):
+        assert heavy not in imported, heavy
+    imported, proc = _imported("status", cwd=workdir)
+    assert proc.stdout.splitlines()[1].split()[:2] == ["tiny", "1"] and "optuna" in imported
+    for heavy in ("torch", "optuna_dashboard", "pandas", "matplotlib", "plotly"):
+        assert heavy not in imported, heavy
+
+
 def test_schema_json_is_current_and_bundled_configs_use_it(workdir: Path) -> None:
     printed = json.loads(run_cli("schema", cwd=workdir, check=0).stdout)
     committed = json.loads((REPO / "study_configs" / "schema.json").read_text())

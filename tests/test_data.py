@@ -35,6 +35,19 @@ def test_digits_splits_cached_uint8_and_disjoint(tmp_path: Path) -> None:
     assert torch.equal(again.val.images, s.val.images) and torch.equal(again.test.images, s.test.images)
 
 
+def test_digits_read_without_sklearn_match_load_digits() -> None:
+    """The bundled CSV read directly (no scikit-learn import) gives load_digits' images and labels."""
+    from sklearn.datasets import load_digits
+
+    from search.data import _digits_arrays, digits_csv
+
+    assert digits_csv() is not None
+    images, labels = _digits_arrays()
+    bunch = load_digits()
+    assert images.shape == (1797, 8, 8) and (images == bunch.images).all()
+    assert labels.dtype.kind == "i" and (labels == bunch.target).all()
+
+
 def test_search_never_sees_the_test_split(tmp_path: Path) -> None:
     s = load_splits(DataConfig(cache_dir=str(tmp_path)), seed=0)
     assert s.test is None

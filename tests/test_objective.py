@@ -139,3 +139,43 @@ def test_the_gp_sampler_reads_the_constraints_and_is_kept_off_points_over_max_pa
         else:
             assert t.user_attrs["n_params"] > 8000 and t.constraints["max_params"] > 0
     assert result.best is not None and result.best.user_attrs["n_params"] <= 8000
+
+
+@pytest.mark.parametrize("name", ["median", "percentile"])
+def test_prune_gate_skips_only_calls_the_pruner_answers_no(name: str) -> None:
+    """Where PruneGate skips ``should_prune``, the pruner itself would not prune (any step, any count)."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from search.config import PrunerConfig
+    from search.objective import PruneGate
+    from search.study import make_pruner
+
+    pruning = {"name": name, "n_startup_trials": 2, "n_warmup_steps": 2}
+    cfg = config_from_dict(tiny_config(search={**tiny_config()["search"], "pruner": pruning}))
+    pc, pruner = cfg.search.pruner, make_pruner(cfg)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    gate, skipped, asked = PruneGate(pc), 0, 0
+    for n_complete in range(4):
+        curve = {step: 0.0 for step in range(5)}  # a hopeless trial: pruned wherever pruning may act
+        for step in curve:
+            frozen = optuna.trial.create_trial(
+                state=TrialState.RUNNING,
+                params={"x": 0.5},
+                intermediate_values=dict(list(curve.items())[: step + 1]),
+                distributions={"x": FloatDistribution(0, 1)},
+            )
+            if gate.worth_asking(study, step):
+                asked += 1
+            else:
+                skipped += 1
+                assert not pruner.prune(study, frozen), (n_complete, step)
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=1.0,
+                params={"x": 0.5},
+                distributions={"x": FloatDistribution(0, 1)},
+                intermediate_values={s: 1.0 for s in range(5)},
+            )
+        )
+    assert skipped and asked and not PruneGate(PrunerConfig(name="none")).worth_asking(study, 9)

@@ -196,10 +196,15 @@ def test_retry_keeps_params_and_history_up_to_max_retry_then_drops_the_checkpoin
 # --------------------------------------------------------------------------- many workers, one study
 
 TRIVIAL_WORKER = """
-import sys, optuna
+import pathlib, sys, time, optuna
 from search.config import config_from_dict
 from search.run import run_study
 url, name, n, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+# a common start once all four have imported: else the first one up may run all the trivial trials
+pathlib.Path(f"ready-{seed}").touch()
+deadline = time.monotonic() + 120
+while len(list(pathlib.Path(".").glob("ready-*"))) < 4 and time.monotonic() < deadline:
+    time.sleep(0.02)
 cfg = config_from_dict({"name": name, "storage": url, "seed": seed, "search": {"n_trials": n}})
 result = run_study(cfg, objective=lambda t: t.suggest_float("x", 0, 1), join=True)
 print(result.started)
