@@ -741,6 +741,13 @@ class SamplerConfig:
     n_startup_trials: Int | None = _field(
         None, "use e.g. 10, or null for the sampler's default", "random trials first", ge=0
     )
+    startup: Literal["random", "sobol"] = _field(
+        "random",
+        "use random or sobol",
+        "how TPE / CMA-ES / GP draw their start-up trials: at random, or as scrambled Sobol points "
+        "(QMC, spread evenly over the space)",
+        problem="must be random or sobol",
+    )
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -804,6 +811,13 @@ class SearchConfig:
     space: Space = _field(
         default_factory=lambda: DEFAULT_SPACE,
         description="searched parameters: a number (fixed), {choices: [...]}, or {low, high, log, step}",
+    )
+    enqueue_default: Bool = _field(
+        False,
+        "write true or false",
+        "a new study's trial 0 is the space's log-midpoint (each of c1/c2/l1/lr/batch_size at its geometric "
+        "middle, snapped to its choices or step; lr 1e-4..1e-2 gives 1e-3); not with the grid sampler "
+        "or a --warm-start",
     )
     keep_top_k: Int = _field(3, "use e.g. 3", "weights kept for the best k trials", ge=0, resumable=True)
     max_failures: Int | None = _field(

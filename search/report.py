@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import optuna
 import pandas as pd
@@ -353,6 +353,72 @@ def learning_curves(study: optuna.Study, df: pd.DataFrame, top: int = TOP_CURVES
     return picked[:top]
 
 
+class EffortPoint(NamedTuple):
+    """The study after one more finished trial: its number, the epochs trained so far, the best."""
+
+    number: int
+    epochs: int  # cumulative epochs_run of the trials finished so far (pruned and failed ones too)
+    best: float  # best COMPLETE value so far; nan before the first
+
+
+def best_so_far(study: optuna.Study) -> list[EffortPoint]:
+    """Best-so-far validation accuracy against cumulative training epochs, one point per trial.
+
+    Finished trials (COMPLETE, PRUNED, FAIL) in order of completion; each adds its user attr
+    ``epochs_run`` (a pruned trial counts the epochs it ran, one without the attr counts 0); the
+    best is over COMPLETE trials, as the study's best trial is."""
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state.is_finished() and t.datetime_complete is not None
+    ]
+    done.sort(key=lambda t: (t.datetime_complete, t.number))
+    points: list[EffortPoint] = []
+    epochs, best = 0, math.nan
+    for t in done:
+        epochs += int(t.user_attrs.get("epochs_run", 0) or 0)
+        if t.state == TrialState.COMPLETE and t.value is not None and not (best >= t.value):
+            best = float(t.value)
+        points.append(EffortPoint(t.number, epochs, best))
+    return points
+
+
+def _effort_plotly(points: list[EffortPoint]) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure(
+        go.Scatter(
+            x=[p.epochs for p in points],
+            y=[p.best for p in points],
+            mode="lines+markers",
+            line_shape="hv",
+            text=[f"trial {p.number}" for p in points],
+            name="best so far",
+        )
+    )
+    fig.update_layout(
+        title="Best so far against training spent",
+        xaxis_title="cumulative epochs (all finished trials, pruned ones included)",
+        yaxis_title="best validation accuracy so far",
+    )
+    return fig
+
+
+def _effort_png(points: list[EffortPoint], path: Path) -> None:
+    plt = _matplotlib()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.step([p.epochs for p in points], [p.best for p in points], where="post", marker="o")
+    ax.set(
+        title="Best so far against training spent",
+        xlabel="cumulative epochs (all finished trials, pruned ones included)",
+        ylabel="best validation accuracy so far",
+    )
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _curves_plotly(trials: list[FrozenTrial]) -> Any:
     import plotly.graph_objects as go
 
@@ -497,12 +563,16 @@ def write_plots(study: optuna.Study, df: pd.DataFrame, out: Path) -> tuple[list[
             None if n_done else "parallel coordinate needs a completed trial",
         ),
         ("learning_curves", None, None, None),
+        ("best_vs_epochs", None, None, None),
     ]
     curves = learning_curves(study, df)
+    effort = best_so_far(study)
     for name, html_plot, png_plot, known_problem in specs:
         problem = known_problem
         if name == "learning_curves" and not curves:
             problem = "learning curves need a trial that reported intermediate values"
+        if name == "best_vs_epochs" and not any(p.best == p.best for p in effort):
+            problem = "best so far against epochs needs a completed trial"
         if problem is not None:
             notes.append(f"skipped {name}: {problem}")
             log.info("report: skipped %s (%s)", name, problem)
@@ -511,9 +581,14 @@ def write_plots(study: optuna.Study, df: pd.DataFrame, out: Path) -> tuple[list[
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # Optuna's quantile notes
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                fig = _curves_plotly(curves) if html_plot is None else html_plot(study)
+                if name == "best_vs_epochs":
+                    fig = _effort_plotly(effort)
+                else:
+                    fig = _curves_plotly(curves) if html_plot is None else html_plot(study)
             fig.write_html(str(out / f"{name}.html"), include_plotlyjs="directory", full_html=True)
-            if png_plot is None:
+            if name == "best_vs_epochs":
+                _effort_png(effort, out / f"{name}.png")
+            elif png_plot is None:
                 _curves_png(curves, out / f"{name}.png")
             else:
                 _optuna_png(png_plot, study, out / f"{name}.png")

@@ -47,6 +47,7 @@ from search.study import (
     RetryStale,
     RunningTrial,
     best_trial,
+    enqueue_default,
     fail_stale_trials,
     finished_count,
     open_study,
@@ -150,6 +151,8 @@ def run_study(
         ws = apply_warm_start(study, warm_start)
         if on_warm_start is not None:
             on_warm_start(warm_start.source, ws)
+    elif not join:
+        enqueue_default(study, cfg)  # search.enqueue_default: a new study's trial 0 is the midpoint
     budget = FailureBudget.for_run(cfg.search.max_failures, cfg.search.n_trials)
     started = time.perf_counter()
     with around(study) if around is not None else contextlib.nullcontext():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import inspect
 import logging
 import warnings
 from collections import Counter
@@ -26,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.config import ConfigError, StudyConfig, mask_url, to_dict
 from search.failures import FAIL_REASON_ATTR
-from search.space import grid_values
+from search.space import grid_values, log_midpoint
 from search.storage import (
     CONFIG_ATTR,
     DATA_ATTR,
@@ -148,6 +149,76 @@ class TrialSeeded(optuna.samplers.BaseSampler):
         self._inner.reseed_rng()
 
 
+class SobolStartup(optuna.samplers.BaseSampler):
+    """``main``'s start-up trials drawn from a scrambled Sobol sequence instead of at random.
+
+    While the study holds fewer than ``n_startup`` finished (COMPLETE or PRUNED) trials, the
+    same count TPE uses to end its random phase, each trial is a point of ``qmc`` (one
+    :class:`optuna.samplers.QMCSampler` with one seed: the sequence is shared by the study through
+    its storage); afterwards ``main`` samples. An enqueued trial (``search.enqueue_default``, a
+    warm start) keeps its fixed params either way.
+    """
+
+    def __init__(
+        self, main: optuna.samplers.BaseSampler, qmc: optuna.samplers.BaseSampler, n_startup: int
+    ) -> None:
+        self._main = main
+        self._qmc = qmc
+        self._n_startup = n_startup
+        self._active = main
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        done = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+        self._active = self._qmc if done < self._n_startup else self._main
+        self._active.before_trial(study, trial)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return self._active.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._active.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self._active.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self._active.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._main.reseed_rng()
+
+
+def _startup_trials(cfg: StudyConfig) -> int:
+    """The sampler's start-up trials: ``search.sampler.n_startup_trials``, else the sampler's own
+    default (read from its signature, so it follows Optuna's)."""
+    s = cfg.search.sampler
+    if s.n_startup_trials is not None:
+        return s.n_startup_trials
+    cls = {
+        "tpe": optuna.samplers.TPESampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "gp": optuna.samplers.GPSampler,
+    }[s.name]
+    default = inspect.signature(cls).parameters["n_startup_trials"].default
+    return int(default)
+
+
 def make_sampler(
     cfg: StudyConfig, fits: Callable[[dict[str, Any]], bool] | None = None
 ) -> optuna.samplers.BaseSampler:
@@ -161,11 +232,33 @@ def make_sampler(
     Budgets (``search.constraints``) need no sampler option: the objective stores each trial's
     constraint values with ``Trial.set_constraint`` (Optuna 5; the samplers' ``constraints_func``
     is deprecated since 5.0) and TPE, GP and NSGA-II read them from the storage.
+
+    With ``search.sampler.startup: sobol``, TPE / CMA-ES / GP take their start-up trials from one
+    such QMC sequence (:class:`SobolStartup`).
     """
     if cfg.search.sampler.name in ("grid", "qmc"):
         return _sampler(cfg, _seed32(cfg.seed))
     first = _sampler(cfg, _seed32(cfg.seed))  # fails here on a missing dependency
-    return TrialSeeded(lambda seed: _sampler(cfg, seed), cfg.seed, first, fits)
+    seeded = TrialSeeded(lambda seed: _sampler(cfg, seed), cfg.seed, first, fits)
+    if cfg.search.sampler.startup == "sobol" and cfg.search.sampler.name != "random":
+        qmc = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=_seed32(cfg.seed))
+        return SobolStartup(seeded, qmc, _startup_trials(cfg))
+    return seeded
+
+
+def enqueue_default(study: optuna.Study, cfg: StudyConfig) -> bool:
+    """Enqueue the space's log-midpoint as a new study's first trial (``search.enqueue_default``).
+
+    Only on a study with no trials yet and not with the grid sampler (it visits its own points);
+    True when it was enqueued."""
+    if not cfg.search.enqueue_default or cfg.search.sampler.name == "grid":
+        return False
+    params = log_midpoint(cfg.search.space)
+    if not params or study.get_trials(deepcopy=False):
+        return False
+    study.enqueue_trial(params, user_attrs={"enqueued": "default"}, skip_if_exists=True)
+    log.info("trial 0: the space's log-midpoint %s (search.enqueue_default)", params)
+    return True
 
 
 def _seed32(seed: int) -> int:

@@ -19,7 +19,7 @@ from search.config import TrainConfig
 from search.data import ImageSet
 from search.model import ConvNet
 from search.train import eval_batch_size, fit
-from tests.conftest import REPO, cli_env
+from tests.conftest import REPO, cli_env, png_size
 
 BENCH = REPO / "benchmarks"
 
@@ -230,3 +230,25 @@ def test_gpu_check_dry_run_writes_its_table(tmp_path: Path) -> None:
     assert grid[1] == "ok" and re.search(r"grid: \d+\.\d s, .* 8: \d", grid[2])
     assert "== seed grid: exit 0" in (out / "gpu_check.log").read_text()
     assert table in proc.stdout
+
+
+def test_search_efficiency_quick(tmp_path: Path) -> None:
+    plot = tmp_path / "out" / "eff.png"
+    out = lines(run_bench("search_efficiency.py", "--quick", "--plot", str(plot), cwd=tmp_path))
+    assert out[0].startswith("machine: ")
+    assert "1 seed(s) 0, 1 epochs a trial, patience 2, budget 2x the grid's epochs" in out[1]
+    rows = table_rows(out)
+    assert rows[0][:3] == ["dataset", "variant", "epochs to grid best (reached)"]
+    assert [r[:2] for r in rows[1:]] == [
+        ["digits", "grid (8 points)"],
+        ["digits", "defaults"],
+        ["digits", "midpoint-first"],
+    ]
+    grid_epochs = float(rows[1][2])
+    assert 1 <= grid_epochs <= 2  # 2 grid points (--quick), 1 epoch each
+    for row in rows[2:]:
+        assert re.fullmatch(r"(\d+\.\d|-) \([01]/1\)", row[2])
+        assert float(row[6]) >= 0 and float(row[8]) > 0
+    assert png_size(plot)[1] > 0 and out[-2] == f"plot: {plot}"
+    assert re.fullmatch(r"goals, defaults, digits: grid best within 0\.5x .*: (yes|no) \(.*\)", out[-1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the studies went to a temporary folder

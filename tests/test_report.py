@@ -15,6 +15,7 @@ from search.cli import main
 from search.config import PARAM_NAMES
 from search.report import (
     COLUMNS,
+    best_so_far,
     importances_problem,
     label_overlaps,
     summarize,
@@ -25,7 +26,13 @@ from search.report import (
 from tests.conftest import png_size, run_cli
 from tests.studies import build_study, db_url, fake_trial, study_config
 
-PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "learning_curves")
+PLOTS = (
+    "optimization_history",
+    "param_importances",
+    "parallel_coordinate",
+    "learning_curves",
+    "best_vs_epochs",
+)
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +94,26 @@ def test_report_cli_writes_readable_tables_and_plots(digits: tuple[Path, optuna.
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_trials"] == n and summary["best_number"] == study.best_trial.number
     assert sum(summary["states"].values()) == n
-    for name in ("optimization_history", "parallel_coordinate", "learning_curves"):
+    for name in ("optimization_history", "parallel_coordinate", "learning_curves", "best_vs_epochs"):
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert "plotly" in (out / f"{name}.html").read_text()
     if importances_problem(study) is None:
         assert (out / "param_importances.png").exists()
     assert png_size(out / "parallel_coordinate.png") == (650, 1200)  # height, width in pixels
+    assert 'src="best_vs_epochs.png"' in page and "![best_vs_epochs](best_vs_epochs.png)" in md
+    # the curve is what the trials say: in order of completion, epochs summed, best COMPLETE value
+    done = sorted(
+        (t for t in study.trials if t.state.is_finished()), key=lambda t: (t.datetime_complete, t.number)
+    )
+    points = best_so_far(study)
+    assert [p.number for p in points] == [t.number for t in done]
+    total = 0
+    for point, trial in zip(points, done, strict=True):
+        total += trial.user_attrs["epochs_run"]
+        so_far = [t.value for t in done[: done.index(trial) + 1] if t.state == TrialState.COMPLETE]
+        assert point.epochs == total and point.best == max(so_far)
+    assert points[-1].best == study.best_value
+    assert points[-1].epochs == sum(t.user_attrs["epochs_run"] for t in study.trials)
 
 
 def test_parallel_coordinate_tick_labels_do_not_overlap(digits: tuple[Path, optuna.Study]) -> None:
@@ -182,7 +203,10 @@ def test_summary_seconds_saved_by_pruning_and_early_stopping(tmp_path: Path, url
     ("case", "skipped"),
     [
         ("one_trial", {"param_importances"}),
-        ("all_pruned", {"param_importances", "optimization_history", "parallel_coordinate"}),
+        (
+            "all_pruned",
+            {"param_importances", "optimization_history", "parallel_coordinate", "best_vs_epochs"},
+        ),
         ("single_varying_param", set()),
         ("nothing_varies", {"param_importances"}),
     ],
@@ -230,3 +254,30 @@ def test_fixed_params_fill_the_table(tmp_path: Path, url: str) -> None:
     study.set_user_attr("config", cfg)
     row = trials_frame("fixed", url).iloc[0]
     assert [row[p] for p in PARAM_NAMES] == [8, 16, 32, pytest.approx(1e-3), 64]
+
+
+def test_best_so_far_follows_completion_order_and_counts_pruned_epochs(tmp_path: Path, url: str) -> None:
+    # trial 0 starts first but finishes last (600 s); trial 2 is pruned after 2 epochs, 3 fails
+    study = _study(
+        tmp_path,
+        "effort",
+        [
+            fake_trial(0, TrialState.COMPLETE, 0.9, P, seconds=600, epochs_run=6),
+            fake_trial(1, TrialState.COMPLETE, 0.5, P, seconds=10, epochs_run=4),
+            fake_trial(2, TrialState.PRUNED, 0.7, P, seconds=10, epochs_run=2),
+            fake_trial(3, TrialState.FAIL, None, P, seconds=10, epochs_run=1),
+            fake_trial(4, TrialState.COMPLETE, 0.6, P, seconds=10, epochs_run=5),
+        ],
+    )
+    points = best_so_far(study)
+    assert [(p.number, p.epochs, p.best) for p in points] == [
+        (1, 4, 0.5),
+        (2, 6, 0.5),  # a pruned value is not a best
+        (3, 7, 0.5),
+        (4, 12, 0.6),
+        (0, 18, 0.9),
+    ]
+    files = write_report("effort", url, tmp_path / "out")
+    assert "best_vs_epochs" in files.plots
+    assert png_size(tmp_path / "out" / "best_vs_epochs.png") == (450, 700)
+    assert '"x":[4,6,7,12,18]' in (tmp_path / "out" / "best_vs_epochs.html").read_text()

@@ -202,3 +202,61 @@ def test_every_documented_sampler_runs_a_trial(sampler: str, tmp_path: Path) -> 
     study = build_study(raw)
     (trial,) = study.trials
     assert trial.state == TrialState.COMPLETE and 0.0 < trial.value <= 1.0
+
+
+def _space_objective(cfg):  # type: ignore[no-untyped-def]
+    from search.space import suggest
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, cfg.search.space)
+        return float(params["lr"])
+
+    return objective
+
+
+def test_sobol_startup_draws_the_first_trials_from_one_qmc_sequence(tmp_path: Path) -> None:
+    space = {**tiny_config()["search"]["space"], "l1": {"low": 16, "high": 64}}
+    cfg = _cfg(
+        tmp_path,
+        search={"sampler": {"name": "tpe", "startup": "sobol", "n_startup_trials": 3}, "space": space},
+    )
+    ours = optuna.create_study(direction="maximize", sampler=make_sampler(cfg))
+    ours.optimize(_space_objective(cfg), n_trials=5)
+    qmc = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=cfg.seed)
+    ref = optuna.create_study(direction="maximize", sampler=qmc)
+    ref.optimize(_space_objective(cfg), n_trials=5)
+    assert [t.params for t in ours.trials[:3]] == [t.params for t in ref.trials[:3]]
+    assert ours.trials[3].params != ref.trials[3].params  # then TPE takes over
+    random_start = _cfg(tmp_path, search={"sampler": {"name": "tpe", "n_startup_trials": 3}, "space": space})
+    plain = optuna.create_study(direction="maximize", sampler=make_sampler(random_start))
+    plain.optimize(_space_objective(random_start), n_trials=3)
+    assert [t.params for t in plain.trials[1:3]] != [t.params for t in ours.trials[1:3]]
+
+
+def test_enqueue_default_makes_trial_0_the_log_midpoint(tmp_path: Path) -> None:
+    from search.space import log_midpoint
+
+    cfg = _cfg(tmp_path, search={"n_trials": 2, "enqueue_default": True})
+    _run(cfg)
+    study = optuna.load_study(study_name="tiny", storage=cfg.storage)
+    mid = {"c1": 4, "c2": 8, "l1": 16, "lr": pytest.approx(10**-2.5), "batch_size": 64}
+    assert log_midpoint(cfg.search.space) == mid  # c1 {4, 8}: a tie, the smaller
+    first = min(study.trials, key=lambda t: t.number)
+    assert first.params == log_midpoint(cfg.search.space) and first.state == TrialState.COMPLETE
+    assert first.user_attrs["enqueued"] == "default"
+    assert study.trials[1].params != first.params and "enqueued" not in study.trials[1].user_attrs
+    # resumed: nothing enqueued again; off (the default): trial 0 is sampled
+    _run(config_from_dict({**to_dict(cfg), "search": {**to_dict(cfg)["search"], "n_trials": 3}}))
+    study = optuna.load_study(study_name="tiny", storage=cfg.storage)
+    assert sum("enqueued" in t.user_attrs for t in study.trials) == 1 and len(study.trials) == 3
+    off = _cfg(tmp_path / "off", search={"n_trials": 1})
+    _run(off)
+    trial = optuna.load_study(study_name="tiny", storage=off.storage).trials[0]
+    assert "enqueued" not in trial.user_attrs
+
+
+def test_log_midpoint_of_the_default_space() -> None:
+    from search.config import DEFAULT_SPACE
+    from search.space import log_midpoint
+
+    assert log_midpoint(DEFAULT_SPACE) == {"c1": 16, "c2": 32, "l1": 91, "lr": 1e-3, "batch_size": 64}
