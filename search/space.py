@@ -116,22 +116,26 @@ def grid_size(space: Mapping[str, ParamSpec]) -> int:
 
 def log_midpoint(space: Mapping[str, ParamSpec]) -> dict[str, int | float]:
     """The five searched parameters' log-midpoints (fixed and dotted ones left out: the sampler
-    draws those): each range's geometric
-    middle ``sqrt(low * high)``, rounded to an integer or onto its step; for choices, the choice
-    nearest the middle of the smallest and largest on a log scale (the smaller one on a tie).
-    ``lr`` in 1e-4..1e-2 gives 1e-3; the default space gives c1 16, c2 32, l1 91, batch 64."""
+    draws those): each range's geometric middle ``sqrt(low * high)``, rounded to an integer or
+    onto its step; for choices, the choice nearest the middle of the smallest and largest on a
+    log scale (the smaller one on a tie). ``lr`` in 1e-4..1e-2 gives 1e-3; the default space
+    gives c1 16, c2 32, l1 91, batch 64."""
     out: dict[str, int | float] = {}
     for name in PARAM_NAMES:
         spec = space[name]
         if spec.value is not None:
             continue
         if spec.choices is not None:
-            mid = math.sqrt(min(spec.choices) * max(spec.choices))
-            out[name] = _cast(name, min(spec.choices, key=lambda c: (round(abs(math.log(c / mid)), 9), c)))
+            values = [float(c) for c in spec.choices if isinstance(c, int | float)]
+            mid = math.sqrt(min(values) * max(values))
+            pick = min(values, key=lambda c: (round(abs(math.log(c / mid)), 9), c))
+            out[name] = round(pick) if name in INT_PARAMS else pick
             continue
         assert spec.low is not None and spec.high is not None
-        mid = math.sqrt(spec.low * spec.high)
+        low, high = float(spec.low), float(spec.high)
+        mid = math.sqrt(low * high)
         if spec.step is not None:
-            mid = spec.low + round((mid - spec.low) / spec.step) * spec.step
-        out[name] = round(mid) if name in INT_PARAMS else float(mid)
+            step = float(spec.step)
+            mid = low + round((mid - low) / step) * step
+        out[name] = round(mid) if name in INT_PARAMS else mid
     return out
