@@ -45,7 +45,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from benchmarks._common import REPO, machine, quiet_logging, table
-from search.config import config_from_dict
+from search.config import ConfigError, config_from_dict
 from search.report import EffortPoint, best_so_far
 from search.run import run_study
 from search.space import grid_size
@@ -297,6 +297,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_cell(dataset: str, seed: int, args: argparse.Namespace) -> dict[str, Run]:
     """The grid and every variant on one dataset with one seed (its own temporary folder)."""
+    try:
+        return _run_cell(dataset, seed, args)
+    except ConfigError as exc:  # as text: a job's exception crosses the process pool pickled
+        raise RuntimeError(f"{dataset} seed {seed}: {exc}") from None
+
+
+def _run_cell(dataset: str, seed: int, args: argparse.Namespace) -> dict[str, Run]:
     quiet_logging()
     out: dict[str, Run] = {}
     with tempfile.TemporaryDirectory(prefix="bench-eff-") as tmp:
