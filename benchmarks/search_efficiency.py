@@ -17,9 +17,12 @@ The plot (one panel per dataset, one line per variant, the mean over seeds) goes
 The last lines say, per dataset, whether the tool's defaults meet issue 19's goals: the grid's
 best in <= 0.5x its epochs, and >= 1 point above it within 2x.
 
-    python benchmarks/search_efficiency.py                    # 3 datasets x 3 seeds (about 20 min, 2 cores)
-    python benchmarks/search_efficiency.py --seeds 0 1 --variants defaults midpoint
+    python benchmarks/search_efficiency.py        # 3 datasets x seeds 0 1, 4 epochs, the 4 main variants
+    python benchmarks/search_efficiency.py --variants defaults tpe-startup-4 hyperband patience-1
     python benchmarks/search_efficiency.py --quick --plot /tmp/eff.png   # seconds: checks that it runs
+
+docs/BENCHMARKS.md reports the default run's cells (there with ``--jobs 6``: MINUTES minutes on 2
+cores that other jobs were loading). Every variant is one entry of ``VARIANTS``.
 """
 
 from __future__ import annotations
@@ -90,10 +93,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "successive-halving": {"search": {"pruner": {"name": "successive_halving"}}},
     "hyperband": {"search": {"pruner": {"name": "hyperband"}}},
     "patience-1": {"train": {"patience": 1}},
-    "midpoint+sobol-4": {
+    "midpoint-sobol-4": {
         "search": {"enqueue_default": True, "sampler": {"startup": "sobol", "n_startup_trials": 4}}
     },
 }
+
+
+DEFAULT_VARIANTS = ("defaults", "sobol-startup-4", "midpoint-first", "midpoint-sobol-4")
 
 
 def merge(base: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, Any]:
@@ -274,11 +280,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="1 seed, 2 variants, 1 epoch, tiny data and nets")
     p.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=None)
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None)
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2")
-    p.add_argument("--epochs", type=int, default=None, help="epochs a trial (default 6)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1")
+    p.add_argument("--epochs", type=int, default=None, help="epochs a trial (default 4)")
     p.add_argument("--patience", type=int, default=2, help="early-stopping patience (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
-    p.add_argument("--jobs", type=int, default=1, help="(dataset, seed) cells run at once (default 1)")
+    p.add_argument("--jobs", type=int, default=2, help="(dataset, seed) cells run at once (default 2)")
     p.add_argument(
         "--plot", type=Path, default=REPO / "docs" / "img" / "search_efficiency.png", help="PNG to write"
     )
@@ -288,10 +294,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.variants = args.variants or ["defaults", "midpoint-first"]
         args.seeds = args.seeds or [0]
         args.epochs = args.epochs or 1
+        args.jobs = 1
     args.datasets = args.datasets or list(DATASETS)
-    args.variants = args.variants or list(VARIANTS)
-    args.seeds = args.seeds or [0, 1, 2]
-    args.epochs = args.epochs or 6
+    args.variants = args.variants or list(DEFAULT_VARIANTS)
+    args.seeds = args.seeds or [0, 1]
+    args.epochs = args.epochs or 4
     return args
 
 
