@@ -21,7 +21,7 @@ best in <= 0.5x its epochs, and >= 1 point above it within 2x.
     python benchmarks/search_efficiency.py --variants defaults tpe-startup-4 hyperband patience-1
     python benchmarks/search_efficiency.py --quick --plot /tmp/eff.png   # seconds: checks that it runs
 
-docs/BENCHMARKS.md reports the default run's cells (there with ``--jobs 6``: MINUTES minutes on 2
+docs/BENCHMARKS.md reports the default run's cells (there with ``--jobs 6``: 4.5 minutes on 2
 cores that other jobs were loading). Every variant is one entry of ``VARIANTS``.
 """
 
@@ -260,8 +260,9 @@ def plot(results: dict[str, dict[str, dict[int, Run]]], path: Path, variants: Se
         ax.axhline(grid_best, color="black", linestyle=":", linewidth=1)
         ax.axvline(0.5 * g_epochs, color="grey", linestyle="--", linewidth=0.8)
         lows = [v for v in mean_curve(grid_runs, [g_epochs // 4]) if not math.isnan(v)]
-        if lows:
-            ax.set_ylim(bottom=max(0.0, min(lows) - 0.05), top=min(1.0, grid_best + 0.08))
+        highs = [r.best for runs in by_variant.values() for r in runs.values() if not math.isnan(r.best)]
+        if lows and highs:
+            ax.set_ylim(bottom=max(0.0, min(lows) - 0.05), top=min(1.005, max(highs) + 0.01))
         ax.set(
             title=f"{dataset} (mean of {len(grid_runs)} seed(s))",
             xlabel="cumulative training epochs",
