@@ -21,7 +21,7 @@ best in <= 0.5x its epochs, and >= 1 point above it within 2x.
     python benchmarks/search_efficiency.py --variants defaults tpe-startup-4 hyperband patience-1
     python benchmarks/search_efficiency.py --quick --plot /tmp/eff.png   # seconds: checks that it runs
 
-docs/BENCHMARKS.md reports the default run's cells (there with ``--jobs 6``: 4.5 minutes on 2
+docs/BENCHMARKS.md reports the default run's cells (there with ``--jobs 6``: 3 to 4.5 minutes on 2
 cores that other jobs were loading). Every variant is one entry of ``VARIANTS``.
 """
 
