@@ -124,7 +124,7 @@ def _threads_flag(args: argparse.Namespace) -> int | None:
     if flag is not None and flag < 1:
         raise BadInput(
             f"--threads: must be >= 1 (got {flag}). "
-            "Fix: use e.g. --threads 1, or leave it out for usable cores // local workers"
+            "Fix: use e.g. --threads 1, or leave it out for free cores // local workers"
         )
     return flag
 
@@ -654,7 +654,7 @@ def _add_threads_arg(p: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         metavar="N",
-        help="torch CPU threads per process (default: train.threads, else usable cores // local workers)",
+        help="torch CPU threads per process (default: train.threads, else free cores // local workers)",
     )
 
 

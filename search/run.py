@@ -125,7 +125,7 @@ def run_study(
     - ``warm_start``: enqueue another study's top param sets (``--warm-start``) once the study is
       open, before any sampling; ``on_warm_start(source, result)`` hears what was enqueued.
     - ``threads``: torch CPU threads per process (``--threads``; default ``train.threads``, else
-      usable cores // local workers; see :mod:`search.threads`), applied here and to the workers.
+      free cores // local workers; see :mod:`search.threads`), applied here and to the workers.
     - ``release_memory``: return cached GPU memory around every trial (a worker sharing its GPU).
 
     Raises ConfigError, DataError, StorageError or ResumeConflict before anything is created.

@@ -5,7 +5,13 @@ else runs: beside one other CPU-bound process (or a second worker), its threads 
 other at every parallel region's barrier while the scheduler runs the competitor, and a trial
 takes several times as long (measured in docs/BENCHMARKS.md, "Threads"). So each process gets
 
-    threads = usable cores (``os.sched_getaffinity``) // local workers   (at least 1)
+    threads = (usable cores (``os.sched_getaffinity``) - cores busy with other processes)
+              // local workers   (at least 1)
+
+"Busy" is how many other tasks are runnable right now (Linux's ``/proc/loadavg``, sampled a few
+times at start-up; 0 where it cannot be read): beside one CPU-bound process on 2 cores, a
+quickstart with 2 threads took 3.5x its quiet time and with 1 thread 0.93x (docs/BENCHMARKS.md),
+while on a quiet machine 2 threads are 1.13x faster than 1.
 
 unless the user chose: ``--threads N`` on the command line, then ``OMP_NUM_THREADS`` set in the
 environment, then the config's ``train.threads``. The decision is applied once per process
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -50,10 +57,13 @@ class ThreadPolicy:
     cores: int
     workers: int
     source: str  # "auto", "--threads", "OMP_NUM_THREADS" or "train.threads"
+    busy: int = 0  # cores other processes kept busy when the policy was decided ("auto" only)
 
     def describe(self) -> str:
         """``torch threads: 2 (2 usable cores, 1 worker)``, naming the user's choice when there was one."""
         why = f"{self.cores} usable core{'s' if self.cores != 1 else ''}, "
+        if self.busy:
+            why += f"{self.busy} busy with other processes, "
         why += f"{self.workers} worker{'s' if self.workers != 1 else ''}"
         if self.source != "auto":
             why = f"set by {self.source}; {why}"
@@ -66,6 +76,27 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # no sched_getaffinity on macOS / Windows
         return max(1, os.cpu_count() or 1)
+
+
+LOADAVG = "/proc/loadavg"
+
+
+def busy_cores(samples: int = 5, interval_s: float = 0.005, path: str = LOADAVG) -> int:
+    """How many tasks other than this one are runnable now: the median over a few readings of
+    ``/proc/loadavg``'s running count (which includes the reader), so a process that only
+    flickers past is not counted. 0 where the file cannot be read (not Linux)."""
+    counts: list[int] = []
+    for i in range(samples):
+        try:
+            with open(path, encoding="ascii") as fh:
+                running = fh.read().split()[3].split("/")[0]
+            counts.append(max(0, int(running) - 1))
+        except (OSError, IndexError, ValueError):
+            return 0
+        if i + 1 < samples:
+            time.sleep(interval_s)
+    counts.sort()
+    return counts[len(counts) // 2]
 
 
 def _env_threads(environ: Mapping[str, str]) -> int | None:
@@ -88,7 +119,8 @@ def thread_policy(
     """Threads per process for ``workers`` local processes sharing this machine's usable cores.
 
     Precedence: ``flag`` (``--threads``), ``OMP_NUM_THREADS`` in ``environ`` (default
-    ``os.environ``), ``configured`` (``train.threads``), then usable cores // workers.
+    ``os.environ``), ``configured`` (``train.threads``), then (usable cores - busy cores) //
+    workers, at least 1.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1 (got {workers})")
@@ -103,7 +135,8 @@ def thread_policy(
         return ThreadPolicy(from_env, cores, workers, "OMP_NUM_THREADS")
     if configured is not None:
         return ThreadPolicy(configured, cores, workers, "train.threads")
-    return ThreadPolicy(max(1, cores // workers), cores, workers, "auto")
+    busy = min(busy_cores(), cores - 1)
+    return ThreadPolicy(max(1, (cores - busy) // workers), cores, workers, "auto", busy)
 
 
 def apply(policy: ThreadPolicy) -> ThreadPolicy:

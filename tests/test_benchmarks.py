@@ -242,7 +242,7 @@ def test_search_efficiency_quick(tmp_path: Path) -> None:
     assert [r[:2] for r in rows[1:]] == [
         ["digits", "grid (8 points)"],
         ["digits", "defaults"],
-        ["digits", "midpoint-first"],
+        ["digits", "no-midpoint"],
     ]
     grid_epochs = float(rows[1][2])
     assert 1 <= grid_epochs <= 2  # 2 grid points (--quick), 1 epoch each

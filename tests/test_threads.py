@@ -1,4 +1,4 @@
-"""Thread policy: usable cores // local workers unless the user chose; passed on to child processes."""
+"""Thread policy: (usable cores - busy cores) // workers unless the user chose; passed on to children."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+import search.threads as threads_module
 import search.workers as workers_module
 from search.config import ConfigError, config_from_dict
 from search.threads import ThreadPolicy, child_env, passive_wait, thread_policy, use_threads
@@ -20,8 +21,31 @@ from tests.studies import build_study, study_config
 
 @pytest.fixture
 def four_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    """This process may run on 4 cores (of however many the machine has)."""
+    """This process may run on 4 cores (of however many the machine has), none busy elsewhere."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(threads_module, "busy_cores", lambda: 0)
+
+
+def test_busy_cores_counts_other_runnable_tasks(tmp_path: Path) -> None:
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("1.52 0.98 0.40 3/345 12345\n")  # 3 runnable: this reader and 2 others
+    assert threads_module.busy_cores(samples=3, interval_s=0, path=str(loadavg)) == 2
+    loadavg.write_text("0.00 0.00 0.00 1/200 1\n")
+    assert threads_module.busy_cores(samples=1, path=str(loadavg)) == 0
+    loadavg.write_text("garbage\n")
+    assert threads_module.busy_cores(samples=1, path=str(loadavg)) == 0
+    assert threads_module.busy_cores(samples=1, path=str(tmp_path / "missing")) == 0
+
+
+@pytest.mark.parametrize(("busy", "workers", "threads"), [(1, 1, 3), (3, 1, 1), (9, 1, 1), (2, 2, 1)])
+def test_auto_policy_leaves_cores_busy_elsewhere(
+    monkeypatch: pytest.MonkeyPatch, busy: int, workers: int, threads: int
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(threads_module, "busy_cores", lambda: busy)
+    policy = thread_policy(workers, environ={})
+    assert policy.threads == threads and policy.busy == min(busy, 3)
+    assert f"{min(busy, 3)} busy with other processes" in policy.describe()
 
 
 @pytest.mark.parametrize(("workers", "threads"), [(1, 4), (2, 2), (3, 1), (4, 1), (8, 1)])
