@@ -2,9 +2,11 @@
 
 Each run is a fresh ``python -m search run`` in a fresh temporary folder (new SQLite storage, data
 cache, weights and checkpoints: the data are decoded once, as on a first run), timed from the
-process start to its exit, for two layouts:
+process start to its exit, for three layouts:
 
-- ``1x2``: one process, torch threads = usable cores (the CPU default, ``search run``);
+- ``default``: one process, torch threads as the policy decides (``search run``: free cores, so
+  one thread beside a busy process on 2 cores);
+- ``1x2``: one process with ``--threads 2`` (the policy before it counted busy cores);
 - ``2x1``: ``--workers 2``, one thread each (usable cores // 2);
 
 each quiet (whatever else the machine runs) and loaded: beside one competing CPU-bound process
@@ -14,12 +16,12 @@ The environment's ``OMP_NUM_THREADS`` is removed, so the thread policy decides.
 Then the start-up costs: ``search validate``, ``search status``, and a one-trial ``search run``
 against the hand-written loop's one trial (``benchmarks/handwritten.py``), each a fresh process.
 
-    python benchmarks/quickstart.py                 # 4 quickstart runs (~3 min quiet) + start-up
+    python benchmarks/quickstart.py                 # 6 quickstart runs (~3 min quiet) + start-up
     python benchmarks/quickstart.py --repeats 2
     python benchmarks/quickstart.py --quick         # 1 trial, 1 epoch: seconds, checks that it runs
 
 Every run is bounded by ``--timeout`` seconds (default 600). The last line names the faster layout
-(``faster: 1x2``, ``faster: 2x1``) when it wins both conditions by more than 10 %, else
+(``faster: 2x1``, ...) when it beats every other in both conditions by more than 10 %, else
 ``faster: neither clearly``.
 """
 
@@ -38,7 +40,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "study_configs" / "digits.yaml"
-LAYOUTS = {"1x2": [], "2x1": ["--workers", "2"]}
+LAYOUTS = {"default": [], "1x2": ["--threads", "2"], "2x1": ["--workers", "2"]}
 CONDITIONS = ("quiet", "loaded")
 CLEAR_MARGIN = 0.10  # a layout counts as faster when it wins by more than this in both conditions
 BEST = re.compile(r"trials finished in .*; best trial \d+ value=(\d\.\d+)")
@@ -225,8 +227,13 @@ def main(argv: list[str] | None = None) -> int:
 def faster(best_time: dict[tuple[str, str], float], args: argparse.Namespace) -> str:
     if set(args.layouts) != set(LAYOUTS):
         return "neither clearly (one layout measured)"
-    for a, b in (("1x2", "2x1"), ("2x1", "1x2")):
-        if all(best_time[(a, c)] * (1 + CLEAR_MARGIN) < best_time[(b, c)] for c in args.conditions):
+    for a in LAYOUTS:
+        others = [b for b in LAYOUTS if b != a]
+        if all(
+            best_time[(a, c)] * (1 + CLEAR_MARGIN) < best_time[(b, c)]
+            for b in others
+            for c in args.conditions
+        ):
             return a
     return "neither clearly"
 
