@@ -245,11 +245,11 @@ def test_enqueue_default_makes_trial_0_the_log_midpoint(tmp_path: Path) -> None:
     assert first.params == log_midpoint(cfg.search.space) and first.state == TrialState.COMPLETE
     assert first.user_attrs["enqueued"] == "default"
     assert study.trials[1].params != first.params and "enqueued" not in study.trials[1].user_attrs
-    # resumed: nothing enqueued again; off (the default): trial 0 is sampled
+    # resumed: nothing enqueued again; off: trial 0 is sampled
     _run(config_from_dict({**to_dict(cfg), "search": {**to_dict(cfg)["search"], "n_trials": 3}}))
     study = optuna.load_study(study_name="tiny", storage=cfg.storage)
     assert sum("enqueued" in t.user_attrs for t in study.trials) == 1 and len(study.trials) == 3
-    off = _cfg(tmp_path / "off", search={"n_trials": 1})
+    off = _cfg(tmp_path / "off", search={"n_trials": 1, "enqueue_default": False})
     _run(off)
     trial = optuna.load_study(study_name="tiny", storage=off.storage).trials[0]
     assert "enqueued" not in trial.user_attrs
