@@ -82,7 +82,47 @@ def storage_for(cfg: StudyConfig, url: str | None = None, *, create: bool = True
 # --------------------------------------------------------------------------- sampler and pruner
 
 
-class TrialSeeded(optuna.samplers.BaseSampler):
+class _Delegating(optuna.samplers.BaseSampler):
+    """A sampler that hands every call to ``self._inner`` (subclasses choose it per trial)."""
+
+    _inner: optuna.samplers.BaseSampler
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
+
+
+class TrialSeeded(_Delegating):
     """A sampler built afresh for each trial with seed ``(seed + trial number) mod 2**32``.
 
     Trial numbers are unique in a study, so concurrent runs and workers on one study never draw
@@ -113,11 +153,6 @@ class TrialSeeded(optuna.samplers.BaseSampler):
         self._inner = self._make(_seed32(self._seed + trial.number))
         self._inner.before_trial(study, trial)
 
-    def infer_relative_search_space(
-        self, study: optuna.Study, trial: FrozenTrial
-    ) -> dict[str, BaseDistribution]:
-        return self._inner.infer_relative_search_space(study, trial)
-
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
@@ -127,29 +162,8 @@ class TrialSeeded(optuna.samplers.BaseSampler):
             return {}
         return params
 
-    def sample_independent(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        param_name: str,
-        param_distribution: BaseDistribution,
-    ) -> Any:
-        return self._inner.sample_independent(study, trial, param_name, param_distribution)
 
-    def after_trial(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        state: TrialState,
-        values: Sequence[float] | None,
-    ) -> None:
-        self._inner.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self._inner.reseed_rng()
-
-
-class SobolStartup(optuna.samplers.BaseSampler):
+class SobolStartup(_Delegating):
     """``main``'s start-up trials drawn from a scrambled Sobol sequence instead of at random.
 
     While the study holds fewer than ``n_startup`` finished (COMPLETE or PRUNED) trials, the
@@ -165,40 +179,12 @@ class SobolStartup(optuna.samplers.BaseSampler):
         self._main = main
         self._qmc = qmc
         self._n_startup = n_startup
-        self._active = main
+        self._inner = main
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         done = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
-        self._active = self._qmc if done < self._n_startup else self._main
-        self._active.before_trial(study, trial)
-
-    def infer_relative_search_space(
-        self, study: optuna.Study, trial: FrozenTrial
-    ) -> dict[str, BaseDistribution]:
-        return self._active.infer_relative_search_space(study, trial)
-
-    def sample_relative(
-        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
-    ) -> dict[str, Any]:
-        return self._active.sample_relative(study, trial, search_space)
-
-    def sample_independent(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        param_name: str,
-        param_distribution: BaseDistribution,
-    ) -> Any:
-        return self._active.sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        state: TrialState,
-        values: Sequence[float] | None,
-    ) -> None:
-        self._active.after_trial(study, trial, state, values)
+        self._inner = self._qmc if done < self._n_startup else self._main
+        self._inner.before_trial(study, trial)
 
     def reseed_rng(self) -> None:
         self._main.reseed_rng()
