@@ -35,7 +35,9 @@ from tests.pg import postgres_server, storage_url  # noqa: F401  (fixtures)
 FAULT_SEARCH = {"heartbeat_interval_s": 1, "grace_period_s": 3}
 
 
-def _slow_config(url: str, tmp: Path, n_trials: int, epochs: int = 4) -> dict[str, Any]:
+def _slow_config(
+    url: str, tmp: Path, n_trials: int, epochs: int = 4, n_samples: int = 1600
+) -> dict[str, Any]:
     """Trials of a few epochs, each long enough (a few seconds) to be caught mid-trial.
 
     Also creates the storage's tables, so the test can poll it while the run starts.
@@ -44,7 +46,10 @@ def _slow_config(url: str, tmp: Path, n_trials: int, epochs: int = 4) -> dict[st
     cfg = tiny_config(
         name="faults",
         storage=url,
-        data={"dataset": "synthetic", "synthetic": {"shape": [3, 16, 16], "n_classes": 4, "n_samples": 1600}},
+        data={
+            "dataset": "synthetic",
+            "synthetic": {"shape": [3, 16, 16], "n_classes": 4, "n_samples": n_samples},
+        },
         train={"epochs": epochs, "patience": epochs, "checkpoint_every_s": 0},
     )
     cfg["search"] = {
@@ -404,7 +409,8 @@ def test_second_ctrl_c_aborts_at_once_and_leaves_a_resumable_study(workdir: Path
     """Two SIGINTs 0.2 s apart mid-trial: exit 130 without a traceback, the trial FAIL with reason
     'interrupted' and re-queued, its checkpoint kept; the same command then resumes it."""
     url = f"sqlite:///{workdir}/studies.db"
-    write_config(workdir / "faults.yaml", _slow_config(url, workdir, n_trials=1, epochs=6))
+    # epochs of about a second: the second signal must land before the first has ended the trial
+    write_config(workdir / "faults.yaml", _slow_config(url, workdir, n_trials=1, epochs=6, n_samples=6400))
     proc = popen_cli("run", "faults.yaml", cwd=workdir)
     victim = _wait_for_trial_mid_run(url, "faults", proc)
     proc.send_signal(signal.SIGINT)
