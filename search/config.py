@@ -18,7 +18,7 @@ import re
 import reprlib
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -966,32 +966,42 @@ class StudyConfig:
 
     @model_validator(mode="after")
     def _space_keeps_train_valid(self) -> StudyConfig:
-        """Every mix of the searched ``train.optimizer``/``momentum``/``nesterov`` values passes
+        """Every mix of the searched ``train.optimizer``/``nesterov``/``momentum`` values passes
         train's own check: each value was checked alone (the other fields at their defaults), so
         ``nesterov: {choices: [true, false]}`` with ``train.momentum: 0`` would fail trials one by one."""
-        names = ("optimizer", "nesterov", "momentum")
-        values: list[tuple[Any, ...]] = []
-        for name in names:
-            spec = self.search.space.get(f"train.{name}")
-            if spec is None:
-                values.append((getattr(self.train, name),))
-            elif spec.value is not None:
-                values.append((spec.value,))
-            elif spec.choices is not None:
-                values.append(tuple(spec.choices))
-            else:
-                values.append((spec.low, spec.high))
-        searched = [f"train.{n}" for n in names if f"train.{n}" in self.search.space]
-        for optimizer, nesterov, momentum in itertools.product(*values):
-            if searched and _nesterov_without_momentum(optimizer, nesterov, momentum):
-                shown = f"train.optimizer={optimizer}, train.nesterov={nesterov}, train.momentum={momentum}"
+        paths = ("train.optimizer", "train.nesterov", "train.momentum")
+        searched = [p for p in paths if p in self.search.space]
+        if not searched:
+            return self
+        for mix in space_corners(self, paths):
+            if _nesterov_without_momentum(*(mix[p] for p in paths)):
                 raise ConfigError(
                     f"search.space.{searched[0]}",
-                    shown,
+                    ", ".join(f"{k}={v}" for k, v in mix.items()),
                     "this space can sample sgd with Nesterov momentum at momentum 0, which torch refuses",
                     "keep train.momentum above 0 (e.g. 0.9) or train.nesterov false",
                 )
         return self
+
+
+def space_corners(cfg: StudyConfig, paths: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """Every mix of the values the dotted config fields ``paths`` can take in ``cfg``'s space:
+    a searched field's choices, fixed value or a range's two ends; an unsearched one its value in
+    ``cfg``. For checks across fields, which each searched value passed alone; a range's ends
+    suffice where the check is monotone in the field (momentum 0, the net's depth)."""
+    values: list[tuple[Any, ...]] = []
+    for path in paths:
+        spec = cfg.search.space.get(path)
+        if spec is None:
+            values.append((_read(cfg, path),))
+        elif spec.value is not None:
+            values.append((spec.value,))
+        elif spec.choices is not None:
+            values.append(tuple(spec.choices))
+        else:
+            values.append((spec.low, spec.high))
+    for mix in itertools.product(*values):
+        yield dict(zip(paths, mix, strict=True))
 
 
 # --------------------------------------------------------------------------- errors

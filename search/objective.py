@@ -7,7 +7,6 @@ study behind). No training loop lives here: that is ``train.fit``.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import socket
@@ -21,12 +20,12 @@ from optuna.trial import TrialState
 
 from search.artifacts import WEIGHTS_ATTR, CheckpointStore, StorageFault, WeightStore, check_writable
 from search.augment import BatchTransform, channel_stats
-from search.config import ConfigError, PrunerConfig, StudyConfig, trial_config
+from search.config import ConfigError, PrunerConfig, StudyConfig, space_corners, trial_config
 from search.data import Splits, folders_written, load_splits
 from search.evaluate import forward_latency_ms
 from search.failures import FAIL_REASON_ATTR, DeviceFailure, describe_failure, free_memory, is_device_fatal
 from search.model import ConvNet, build_convnet, check_input_size, count_parameters
-from search.space import grid_values, params_of, suggest
+from search.space import params_of, suggest
 from search.storage import CONSTRAINT_ATTR, LATENCY_ATTR, N_PARAMS_ATTR, budget_constraints, over_budget
 from search.train import EpochMetrics, FitResult, FitState, StopKind, fit
 
@@ -86,27 +85,25 @@ _GEOMETRY = ("model.stages", "model.pool", "model.padding", "model.kernel_size")
 def check_space_fits(cfg: StudyConfig, in_shape: tuple[int, int, int]) -> None:
     """ConfigError unless every net the space can sample accepts ``in_shape``.
 
-    Checks every combination of the searched model options that change the net's geometry
-    (small finite sets: a few hundred combinations at most), so ``model.stages: {choices: [2, 3,
-    4]}`` too deep for 8x8 digits is refused before any study exists instead of failing its
-    trials one by one. With none of them searched, the study's own model settings are checked.
+    Checks every mix of the searched model options that change the net's geometry (finite
+    choices; a ``model.stages`` range by its two ends: more stages never need smaller images), so
+    ``model.stages: {choices: [2, 3, 4]}`` too deep for 8x8 digits is refused before any study
+    exists instead of failing its trials one by one. With none of them searched, the study's own
+    model settings are checked.
     """
-    searched = grid_values(cfg.search.space, only=_GEOMETRY)
-    fixed = {k: s.value for k, s in cfg.search.space.items() if k in _GEOMETRY and s.value is not None}
-    keys = list(searched)
-    for combo in itertools.product(*searched.values()):
-        chosen = {**fixed, **dict(zip(keys, combo, strict=True))}
+    searched = [k for k in _GEOMETRY if k in cfg.search.space]
+    if not searched:
+        check_input_size(cfg.model, in_shape)
+        return
+    for mix in space_corners(cfg, _GEOMETRY):
         try:
-            check_input_size(trial_config(cfg, chosen).model, in_shape)
+            check_input_size(trial_config(cfg, mix).model, in_shape)
         except ConfigError as exc:
-            if not keys:
-                raise
-            shown = ", ".join(f"{k}={v}" for k, v in chosen.items())
             raise ConfigError(
-                f"search.space.{keys[0]}",
-                shown,
+                f"search.space.{searched[0]}",
+                ", ".join(f"{k}={mix[k]}" for k in searched),
                 f"a net this space can sample does not fit: {exc.problem}",
-                f"narrow {', '.join(keys)} in search.space to nets that fit, or use larger images",
+                f"narrow {', '.join(searched)} in search.space to nets that fit, or use larger images",
             ) from None
 
 
@@ -241,8 +238,8 @@ class Objective:
         cfg = trial_config(self.cfg, params)  # the study's config with the trial's dotted params
         torch.manual_seed(cfg.seed + trial.number)
         model = build_model(cfg, params, self.in_shape, self.n_classes)
-        self._record_start(trial, model)
-        self._check_budgets(trial, model)
+        n_params = self._record_start(trial, model)
+        self._check_budgets(trial, model, n_params)
         checkpoints = CheckpointStore.for_study(cfg.checkpoints_dir, trial.study)
         earlier = retry_history(trial)
         resume = self._resume_state(trial, checkpoints, earlier, params)
@@ -305,14 +302,17 @@ class Objective:
                 board.finish(ended, value)
         return self._finish(trial, result)
 
-    def _record_start(self, trial: optuna.Trial, model: ConvNet) -> None:
-        """Where and what the trial trains (``search status`` shows host, pid and device)."""
-        trial.set_user_attr(N_PARAMS_ATTR, count_parameters(model))
+    def _record_start(self, trial: optuna.Trial, model: ConvNet) -> int:
+        """Where and what the trial trains (``search status`` shows host, pid and device); returns
+        the model's parameter count."""
+        n_params = count_parameters(model)
+        trial.set_user_attr(N_PARAMS_ATTR, n_params)
         trial.set_user_attr("device", device_label(self.device))
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
+        return n_params
 
-    def _check_budgets(self, trial: optuna.Trial, model: ConvNet) -> None:
+    def _check_budgets(self, trial: optuna.Trial, model: ConvNet, n_params: int) -> None:
         """With ``search.constraints``: store the trial's constraint values; over budget: PRUNED now.
 
         Over budget, the trial costs no training: it raises TrialPruned before any epoch, with
@@ -338,7 +338,7 @@ class Objective:
         # a retry of an interrupted trial carries its attempt's constraint values and latency
         # (Optuna's retry copies system and user attrs): same params, so they are kept
         stored = trial.constraints
-        attrs: dict[str, Any] = {N_PARAMS_ATTR: count_parameters(model)}
+        attrs: dict[str, Any] = {N_PARAMS_ATTR: n_params}
         if budgets.max_latency_ms is not None and not over_budget(attrs, budgets):
             if "max_latency_ms" in stored and LATENCY_ATTR in trial.user_attrs:
                 attrs[LATENCY_ATTR] = trial.user_attrs[LATENCY_ATTR]

@@ -11,7 +11,7 @@ dotted ones into the trial's config.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from search.config import INT_PARAMS, PARAM_NAMES, ParamSpec, is_int_range
@@ -79,19 +79,14 @@ def params_of(trial_params: Mapping[str, Any], space: Mapping[str, ParamSpec]) -
     return out
 
 
-def grid_values(
-    space: Mapping[str, ParamSpec], only: Collection[str] | None = None
-) -> dict[str, list[ParamValue]]:
-    """Every value of each searched parameter (of those in ``only``, when given), for the grid
-    sampler (fixed parameters left out).
+def grid_values(space: Mapping[str, ParamSpec]) -> dict[str, list[ParamValue]]:
+    """Every value of each searched parameter, for the grid sampler (fixed parameters left out).
 
     Finite sets only (the config refuses a grid over a continuous range): choices, integer
     ranges, and ranges with a step.
     """
     grid: dict[str, list[ParamValue]] = {}
     for name in names(space):
-        if only is not None and name not in only:
-            continue
         spec = space[name]
         if spec.value is not None:
             continue
