@@ -157,11 +157,11 @@ if [ "$MODE" = check ] && ! "$PY" -c 'import sys, torch; sys.exit(not torch.cuda
 fi
 
 # ---- 1. the CUDA tests
-run "CUDA tests" 100 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py
+run "CUDA tests" 100 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/engine/test_cuda.py
 summary="$(grep -E '[0-9]+ (passed|failed|skipped|error)' "$STEP_OUT" | tail -1 | sed 's/=//g; s/^ *//; s/ *$//')"
 verdict
 [ "$STEP_RC" -eq 0 ] && [ "$MODE" = dry ] && RESULT="ok (dry run: skipped without CUDA)"
-row "CUDA tests: pytest -m cuda tests/test_cuda.py" "$RESULT" "${summary:-no summary}" "$STEP_S"
+row "CUDA tests: pytest -m cuda tests/engine/test_cuda.py" "$RESULT" "${summary:-no summary}" "$STEP_S"
 
 # ---- 2. throughput, seed-style pipeline against ours
 if [ "$MODE" = dry ]; then

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from search.config import StudyConfig, load_config
-from search.data import load_splits
-from search.model import build_convnet
-from search.space import suggest
+from search.engine.data import load_splits
+from search.engine.model import build_convnet
+from search.study.space import suggest
 
 
 def sqlite_storage(url: str) -> optuna.storages.RDBStorage:

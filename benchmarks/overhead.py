@@ -58,16 +58,16 @@ import torch
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState, create_trial
 
-import search.objective as objective_module
+import search.study.objective as objective_module
 from benchmarks._common import REPO, machine, median, quiet_logging, table
 from benchmarks.handwritten import run_handwritten
-from search.artifacts import WeightStore
 from search.config import StudyConfig, load_config
-from search.objective import Objective
-from search.run import run_study
-from search.space import suggest
-from search.study import open_study, storage_for
-from search.train import EpochMetrics, FitResult, StopKind, StopReason
+from search.engine.train import EpochMetrics, FitResult, StopKind, StopReason
+from search.store.artifacts import WeightStore
+from search.study.objective import Objective
+from search.study.run import run_study
+from search.study.space import suggest
+from search.study.study import open_study, storage_for
 
 log = logging.getLogger("overhead")
 CONFIG = REPO / "study_configs" / "cifar10.yaml"

@@ -28,11 +28,11 @@ import torch
 from optuna.trial import TrialState
 
 from benchmarks._common import REPO, machine, quiet_logging, table
-from search.artifacts import WeightStore
 from search.config import load_config
-from search.objective import Objective
-from search.run import run_study
-from search.study import make_storage
+from search.store.artifacts import WeightStore
+from search.study.objective import Objective
+from search.study.run import run_study
+from search.study.study import make_storage
 
 log = logging.getLogger("pruning")
 CONFIG = REPO / "study_configs" / "digits.yaml"

@@ -49,11 +49,11 @@ from optuna.trial import FrozenTrial
 
 from benchmarks._common import REPO, machine, quiet_logging, table
 from search.config import ConfigError, config_from_dict
-from search.report import EffortPoint, best_so_far
-from search.run import run_study
-from search.space import grid_size
-from search.storage import make_storage
-from search.workers import StopRequest
+from search.results.report import EffortPoint, best_so_far
+from search.store.storage import make_storage
+from search.study.run import run_study
+from search.study.space import grid_size
+from search.study.workers import StopRequest
 
 log = logging.getLogger("search_efficiency")
 

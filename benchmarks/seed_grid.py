@@ -30,12 +30,12 @@ import torch
 from optuna.trial import TrialState
 
 from benchmarks._common import REPO, machine, median, quiet_logging, table
-from search.artifacts import WeightStore
 from search.config import load_config
-from search.objective import Objective, build_model
-from search.run import run_study
-from search.study import make_storage
-from search.train import fit, resolve_device
+from search.engine.train import fit, resolve_device
+from search.store.artifacts import WeightStore
+from search.study.objective import Objective, build_model
+from search.study.run import run_study
+from search.study.study import make_storage
 
 log = logging.getLogger("seed_grid")
 CONFIG = REPO / "study_configs" / "cifar10_grid.yaml"

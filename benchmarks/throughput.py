@@ -44,11 +44,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from benchmarks._common import machine, median, table
-from search.augment import AugmentSpec, BatchTransform
 from search.config import ModelConfig, TrainConfig
-from search.data import ImageSet
-from search.model import ConvNet, build_convnet
-from search.train import fit, resolve_device
+from search.engine.augment import AugmentSpec, BatchTransform
+from search.engine.data import ImageSet
+from search.engine.model import ConvNet, build_convnet
+from search.engine.train import fit, resolve_device
 
 C1, C2, L1 = 48, 96, 256
 SHAPE = (3, 32, 32)

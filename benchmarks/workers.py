@@ -33,7 +33,7 @@ def worker_main(url: str, name: str, n_trials: int, seed: int, sleep_s: float, h
     import optuna
 
     from search.config import config_from_dict
-    from search.run import run_study
+    from search.study.run import run_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = {"n_trials": n_trials, "heartbeat_interval_s": heartbeat_s, "grace_period_s": 3 * heartbeat_s}
@@ -69,7 +69,7 @@ def _create(url: str, name: str) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from search.study import make_storage
+    from search.study.study import make_storage
 
     optuna.create_study(storage=make_storage(url, heartbeat=False), study_name=name)
 
@@ -78,7 +78,7 @@ def _finished(url: str, name: str) -> list[object]:
     import optuna
     from optuna.trial import TrialState
 
-    from search.study import make_storage
+    from search.study.study import make_storage
 
     study = optuna.load_study(study_name=name, storage=make_storage(url, heartbeat=False))
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -110,7 +110,7 @@ def kill_to_retry(url: str, heartbeat_s: int) -> float:
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
-    from search.study import make_storage
+    from search.study.study import make_storage
 
     name = f"kill-{time.time_ns()}"
     _create(url, name)

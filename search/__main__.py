@@ -1,6 +1,6 @@
 import signal
 
-from search.cli import main
+from search.cli.main import main
 
 code = main()
 # A Ctrl-C that lands after main returned (the run already stopped on the first one) must not

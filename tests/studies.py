@@ -11,8 +11,8 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import config_from_dict
-from search.run import run_study
-from search.study import make_storage
+from search.study.run import run_study
+from search.study.study import make_storage
 from tests.conftest import CIFAR_SAMPLE, tiny_config
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.augment import BatchTransform
 from search.config import TrainConfig
-from search.data import ImageSet
-from search.model import ConvNet
-from search.train import eval_batch_size, fit
+from search.engine.augment import BatchTransform
+from search.engine.data import ImageSet
+from search.engine.model import ConvNet
+from search.engine.train import eval_batch_size, fit
 from tests.conftest import REPO, cli_env, png_size
 
 BENCH = REPO / "benchmarks"
@@ -222,8 +222,8 @@ def test_gpu_check_dry_run_writes_its_table(tmp_path: Path) -> None:
     assert "DRY RUN" in table and "every step passed" in table
     rows = {r[0]: r for r in table_rows(table.splitlines())}
     assert rows["packages"][1] == "ok"
-    assert rows["CUDA tests: pytest -m cuda tests/test_cuda.py"][1].startswith("ok")
-    assert re.search(r"\d+ (skipped|passed)", rows["CUDA tests: pytest -m cuda tests/test_cuda.py"][2])
+    assert rows["CUDA tests: pytest -m cuda tests/engine/test_cuda.py"][1].startswith("ok")
+    assert re.search(r"\d+ (skipped|passed)", rows["CUDA tests: pytest -m cuda tests/engine/test_cuda.py"][2])
     throughput = rows["throughput.py --device cpu --batch-size 8"]
     assert throughput[1] == "ok" and re.search(r"speedup \d+\.\d\dx", throughput[2])
     grid = rows["seed_grid.py --device cpu --quick --batch-sizes 8"]

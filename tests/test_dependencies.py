@@ -68,7 +68,7 @@ def third_party_imports() -> list[Found]:
         rel = file.relative_to(ROOT).as_posix()
         _walk(ast.parse(file.read_text(), rel), rel, False, out)
     stdlib = sys.stdlib_module_names
-    return [f for f in out if f.module not in stdlib and f.module != PACKAGE and f.module != "__future__"]
+    return [f for f in out if f.module not in stdlib and f.module not in (PACKAGE, "__future__")]
 
 
 # Import name -> distribution, for the few whose names differ, so the check does not depend on what

@@ -1,0 +1,5 @@
+"""The command line: ``search COMMAND``; the dispatcher and the exit codes."""
+
+from search.cli.main import build_parser, main
+
+__all__ = ["build_parser", "main"]

@@ -1,0 +1,409 @@
+"""Datasets decoded once into uint8 tensors, cached on disk, and split reproducibly.
+
+Every dataset ends up as ``uint8 [N, C, H, W]`` images and ``int64 [N]`` labels. Decoding
+(PIL, torchvision, scikit-learn) happens once; the result is cached under ``data.cache_dir``
+and re-used by every trial and every later run. Splits are seeded and stratified: the test split
+is the official one where the dataset has it (MNIST, Fashion-MNIST, CIFAR-10), otherwise a held-out
+``test_fraction``; validation is carved out of the training split. Search code asks for
+``with_test=False`` and never sees the test images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from search.config import DataConfig
+from search.store.files import UnreadableFile, load_tensors, save_atomic
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+CACHE_VERSION = 2  # 2: non-UTF-8 class folder names are stored escaped
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used: names the file or folder and what to do."""
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images (uint8 NCHW) and their labels (int64)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device: torch.device | str) -> ImageSet:
+        return ImageSet(self.images.to(device), self.labels.to(device))
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet | None
+    classes: tuple[str, ...]
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.train.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    test_images: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (keep, take): ``take`` holds about ``fraction`` of each class, chosen by ``seed``.
+
+    Every class with at least two samples gives at least one to each side.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    keep: list[torch.Tensor] = []
+    take: list[torch.Tensor] = []
+    for cls in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == cls).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        n_take = round(fraction * len(idx))
+        if len(idx) >= 2:
+            n_take = min(max(n_take, 1), len(idx) - 1)
+        take.append(idx[:n_take])
+        keep.append(idx[n_take:])
+    return torch.sort(torch.cat(keep)).values, torch.sort(torch.cat(take)).values
+
+
+def _subset(images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> ImageSet:
+    return ImageSet(images[idx].contiguous(), labels[idx].contiguous())
+
+
+def load_splits(cfg: DataConfig, seed: int, *, with_test: bool = False) -> Splits:
+    """Train/val (and, only when asked, test) splits of the configured dataset."""
+    decoded = _load_cached(cfg)
+    images, labels = decoded.images, decoded.labels
+    test: ImageSet | None = None
+    if decoded.test_images is not None and decoded.test_labels is not None:
+        if with_test:
+            test = ImageSet(decoded.test_images, decoded.test_labels)
+    else:
+        rest, test_idx = stratified_split(labels, cfg.test_fraction, seed)
+        if with_test:
+            test = _subset(images, labels, test_idx)
+        images, labels = images[rest], labels[rest]
+    # The val split uses its own stream so changing test_fraction's seed use cannot shift it.
+    train_idx, val_idx = stratified_split(labels, cfg.val_fraction, seed + 1)
+    splits = Splits(
+        train=_subset(images, labels, train_idx),
+        val=_subset(images, labels, val_idx),
+        test=test,
+        classes=decoded.classes,
+    )
+    log.info(
+        "data %s: %d train / %d val%s images of shape %s, %d classes",
+        cfg.dataset,
+        len(splits.train),
+        len(splits.val),
+        f" / {len(test)} test" if test is not None else "",
+        splits.in_shape,
+        splits.n_classes,
+    )
+    return splits
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _fingerprint(cfg: DataConfig) -> dict[str, Any]:
+    key: dict[str, Any] = {"dataset": cfg.dataset, "version": CACHE_VERSION}
+    if cfg.dataset == "imagefolder":
+        root = Path(cfg.root).resolve()
+        files = sorted(
+            (str(p.relative_to(root)), p.stat().st_size, int(p.stat().st_mtime))
+            for p in root.rglob("*")
+            if p.is_file()
+        )
+        key.update(root=str(root), files=files, image_size=cfg.image_size)
+    elif cfg.dataset == "synthetic":
+        s = cfg.synthetic
+        key.update(shape=list(s.shape), n_classes=s.n_classes, n_samples=s.n_samples)
+    return key
+
+
+def cache_path(cfg: DataConfig) -> Path:
+    """Where the decoded tensors of this dataset are cached."""
+    digest = hashlib.sha256(json.dumps(_fingerprint(cfg)).encode()).hexdigest()[:12]
+    return Path(cfg.cache_dir) / f"{cfg.dataset}-{digest}.pt"
+
+
+def folders_written(cfg: DataConfig) -> dict[str, str]:
+    """The data folders loading ``cfg`` writes (config field -> folder): the cache folder, unless
+    a cache of this dataset is already there."""
+    try:
+        cached = cache_path(cfg).is_file()
+    except OSError:
+        cached = False
+    return {} if cached else {"data.cache_dir": cfg.cache_dir}
+
+
+def _load_cached(cfg: DataConfig) -> _Decoded:
+    if cfg.dataset == "imagefolder":
+        _check_folder(Path(cfg.root))
+    path = cache_path(cfg)
+    if path.exists():
+        cached = _read_cache(path)
+        if cached is not None:
+            return cached
+    decoded = _decode(cfg)
+    blob: dict[str, Any] = {
+        "images": decoded.images,
+        "labels": decoded.labels,
+        "classes": list(decoded.classes),
+    }
+    if decoded.test_images is not None:
+        blob.update(test_images=decoded.test_images, test_labels=decoded.test_labels)
+    try:  # atomic (temp file, then rename): parallel workers never read a half-written cache
+        save_atomic(blob, path)
+    except OSError as exc:  # a cache is only a speed-up: a full or read-only disk must not stop a run
+        log.warning("could not write the data cache %s (%s); decoding again next time", path, exc)
+    else:
+        log.info("cached decoded %s data at %s", cfg.dataset, path)
+    return decoded
+
+
+def _read_cache(path: Path) -> _Decoded | None:
+    """The cached tensors at ``path``, or None (with a warning) when the file is unreadable or not
+    a cache of ours: the caller decodes again and replaces it."""
+    try:
+        blob = load_tensors(path)
+        decoded = _Decoded(
+            images=blob["images"],
+            labels=blob["labels"],
+            classes=tuple(str(c) for c in blob["classes"]),
+            test_images=blob.get("test_images"),
+            test_labels=blob.get("test_labels"),
+        )
+    except (UnreadableFile, OSError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("ignoring unreadable data cache %s (%s); decoding again", path, exc)
+        return None
+    tensors = [decoded.images, decoded.labels, decoded.test_images, decoded.test_labels]
+    ok = all(t is None or isinstance(t, torch.Tensor) for t in tensors)
+    ok = ok and decoded.images.dtype == torch.uint8 and decoded.images.ndim == 4
+    ok = ok and decoded.labels.ndim == 1 and len(decoded.labels) == len(decoded.images)
+    if not ok:
+        log.warning("ignoring data cache %s: not a cache of decoded images; decoding again", path)
+        return None
+    return decoded
+
+
+# --------------------------------------------------------------------------- decoders
+
+
+def _decode(cfg: DataConfig) -> _Decoded:
+    log.info("decoding dataset %s (once; later runs use the cache)", cfg.dataset)
+    if cfg.dataset == "digits":
+        return _decode_digits()
+    if cfg.dataset in ("mnist", "fashion_mnist", "cifar10"):
+        return _decode_torchvision(cfg.dataset, Path(cfg.root))
+    if cfg.dataset == "imagefolder":
+        return _decode_folder(Path(cfg.root), cfg.image_size)
+    if cfg.dataset == "synthetic":
+        s = cfg.synthetic
+        return _synthetic(s.shape, s.n_classes, s.n_samples)
+    raise DataError(f"unknown dataset {cfg.dataset!r}")
+
+
+def digits_csv() -> Path | None:
+    """scikit-learn's bundled ``digits.csv.gz`` (found without importing scikit-learn), or None."""
+    spec = importlib.util.find_spec("sklearn")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            return path
+    return None
+
+
+def _digits_arrays() -> tuple[Any, Any]:
+    """(pixels 0..16 as N x 8 x 8, labels): the file ``load_digits`` reads, read as it reads it.
+
+    Importing scikit-learn (and the pandas it pulls in) takes about a second; reading its CSV
+    directly, a tenth of that. ``load_digits`` itself is the fallback.
+    """
+    path = digits_csv()
+    if path is None:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.images, bunch.target
+    import numpy as np
+
+    data = np.loadtxt(path, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+
+
+def _decode_digits() -> _Decoded:
+    images_16, target = _digits_arrays()
+    pixels = torch.as_tensor(images_16, dtype=torch.float32)  # values 0..16
+    images = (pixels * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)
+    labels = torch.as_tensor(target, dtype=torch.int64)
+    return _Decoded(images, labels, tuple(str(c) for c in range(10)))
+
+
+def _decode_torchvision(name: str, root: Path) -> _Decoded:
+    from torchvision import datasets
+
+    cls = {
+        "mnist": datasets.MNIST,
+        "fashion_mnist": datasets.FashionMNIST,
+        "cifar10": datasets.CIFAR10,
+    }[name]
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        train = cls(str(root), train=True, download=True)
+        test = cls(str(root), train=False, download=True)
+    except (OSError, RuntimeError) as exc:
+        raise DataError(
+            f"could not download or read {name} into {root} ({exc}). Fix: run once with internet "
+            f"access, copy the torchvision files into data.root, or use dataset: imagefolder"
+        ) from exc
+
+    def tensors(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        data = torch.as_tensor(ds.data)
+        images = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)
+        return images.to(torch.uint8).contiguous(), torch.as_tensor(ds.targets, dtype=torch.int64)
+
+    images, labels = tensors(train)
+    test_images, test_labels = tensors(test)
+    return _Decoded(images, labels, tuple(train.classes), test_images, test_labels)
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _check_folder(root: Path) -> None:
+    if not root.is_dir():
+        raise DataError(
+            f"data.root {root} is not a folder. Fix: point data.root at a folder with one "
+            "sub-folder of images per class"
+        )
+    classes = _class_dirs(root)
+    if len(classes) < 2:
+        raise DataError(
+            f"data.root {root} has {len(classes)} class folder(s); a classifier needs at least 2. "
+            "Fix: put each class's images in its own sub-folder"
+        )
+    for folder in classes:
+        if not _image_files(folder):
+            raise DataError(
+                f"class folder {folder} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}). "
+                "Fix: add images or remove the folder"
+            )
+
+
+def printable_name(name: str) -> str:
+    """A folder name as text that can be printed and written as UTF-8 anywhere: bytes that are not
+    UTF-8 (which Python keeps as lone surrogates) become ``\\xNN`` escapes, so names stay distinct."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file system makes: escape it as it is
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def read_image(path: Path) -> Any:
+    """The fully decoded PIL image at ``path`` (file closed); DataError naming the file if it is
+    not a readable image or is too large to decode (a decompression bomb: more pixels than PIL's
+    ``Image.MAX_IMAGE_PIXELS``, found from the header before anything is decoded)."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return img.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(
+            f"image {path} is too large to decode safely ({exc}). Fix: resize it to a sensible size "
+            "or remove it"
+        ) from exc
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, MemoryError) as exc:
+        raise DataError(f"cannot read image {path} ({exc}). Fix: delete or replace the file") from exc
+
+
+def _decode_folder(root: Path, image_size: int | None) -> _Decoded:
+    import numpy as np
+    from PIL import Image
+
+    classes = _class_dirs(root)
+    files = [(path, label) for label, folder in enumerate(classes) for path in _image_files(folder)]
+    raw = [read_image(path) for path, _ in files]
+    mode_counts = Counter(img.mode for img in raw)
+    modes = set(mode_counts)
+    gray = modes <= {"L", "1", "I;16", "I", "LA"}
+    mode = "L" if gray else "RGB"
+    if not gray and not modes <= {"RGB"}:
+        other = next(path for (path, _), img in zip(files, raw, strict=True) if img.mode != "RGB")
+        log.warning(
+            "imagefolder %s mixes image modes (%s, e.g. %s); converting all to RGB",
+            root,
+            ", ".join(f"{n} {m}" for m, n in sorted(mode_counts.items())),
+            other,
+        )
+    first_size = raw[0].size
+    arrays = []
+    for (path, _), original in zip(files, raw, strict=True):
+        converted: Image.Image = original.convert(mode)
+        if image_size is not None:
+            converted = converted.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        elif converted.size != first_size:
+            raise DataError(
+                f"image {path} is {converted.size[0]}x{converted.size[1]} but {files[0][0]} is "
+                f"{first_size[0]}x{first_size[1]}. Fix: set data.image_size to resize all images"
+            )
+        arr = np.asarray(converted, dtype=np.uint8)
+        arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+    images = torch.from_numpy(np.stack(arrays)).contiguous()
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    log.info("decoded %d images from %s (%d classes, mode %s)", len(files), root, len(classes), mode)
+    return _Decoded(images, labels, tuple(printable_name(p.name) for p in classes))
+
+
+def _synthetic(shape: tuple[int, int, int], n_classes: int, n_samples: int) -> _Decoded:
+    """Learnable random images: each class is a smooth random pattern, each sample adds noise."""
+    gen = torch.Generator().manual_seed(1234)
+    c, h, w = shape
+    coarse = torch.rand(n_classes, c, max(1, h // 4), max(1, w // 4), generator=gen)
+    patterns = torch.nn.functional.interpolate(coarse, size=(h, w), mode="nearest")
+    labels = torch.arange(n_samples) % n_classes
+    noise = torch.randn(n_samples, c, h, w, generator=gen) * 0.15
+    images = ((patterns[labels] + noise).clamp(0, 1) * 255).round().to(torch.uint8)
+    return _Decoded(images, labels.to(torch.int64), tuple(f"class{i}" for i in range(n_classes)))

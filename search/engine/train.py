@@ -1,0 +1,577 @@
+"""``fit()`` and ``evaluate()``: a plain training loop over tensors already on the device.
+
+Batches are index slices of one uint8 tensor; augmentation and normalisation run batched on the
+device (``BatchTransform``); bf16 autocast on CUDA; channels_last; optional ``torch.compile``.
+Every training batch has the same shape (the last partial batch of an epoch is dropped; the
+permutation changes each epoch, so every image is still used), so compilation and cuDNN
+autotuning happen once, in the first step, which is timed apart from the steady rate.
+The inner loop never syncs with the host: losses and hit counts accumulate on the device and
+are read once per epoch. Early stopping watches validation accuracy (``patience``,
+``min_delta``) and the model ends holding its best epoch's weights. A NaN/inf loss stops the run
+with a reason. ``on_epoch(epoch, metrics)`` is the only way out: it returns True to prune the run
+there, or raises to abort it. Does not import optuna.
+
+Optimizer and schedule come from the :class:`TrainConfig`: ``optimizer`` adam (the default),
+adamw or sgd (``momentum``, ``nesterov``), ``weight_decay``, ``label_smoothing`` (training loss
+only), and ``lr_schedule`` constant (the default), cosine or onecycle with ``warmup_epochs``,
+applied per step (:func:`lr_factor`). The defaults (Adam, constant lr, no warm-up) build no
+scheduler at all: the same numbers as the loop always gave.
+
+Resume: :class:`FitState` holds everything a run needs to continue (model, optimizer, lr
+scheduler, the data generator, counters, history, timings); ``state_dict()`` is the checkpoint,
+``load_state_dict()`` continues from it (the lr schedule too). Dropout is re-seeded from
+(seed, epoch) at each epoch start, so on the CPU a resumed run gives the same weights and
+metrics as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search.config import TrainConfig
+from search.engine.augment import BatchTransform
+from search.engine.data import ImageSet
+
+log = logging.getLogger(__name__)
+
+DROPOUT_STREAM = 0x5EED  # dropout's per-epoch seeds differ from the data order's re-seeds
+ONECYCLE_START = 1 / 25  # onecycle: lr rises from lr x this (torch's OneCycleLR div_factor 25)
+ONECYCLE_END = 1 / 25e4  # ... and anneals to lr x this (final_div_factor 1e4)
+ONECYCLE_RISE = 0.3  # share of the steps that rise when train.warmup_epochs is 0 (pct_start)
+
+
+def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
+    """The lr multiplier before optimizer step ``step`` (0-based) of ``total`` steps.
+
+    ``constant``: 1, after a linear warm-up over the first ``warmup`` steps (from 1/warmup to 1).
+    ``cosine``: the same warm-up, then a half cosine from 1 to 0 at step ``total``.
+    ``onecycle``: a half cosine up from 1/25 to 1 over ``warmup`` steps (30% of ``total`` when
+    0), then down to 1/25e4 at the end; the warm-up is this rising phase (momentum is not cycled).
+    """
+    total = max(total, 1)
+    if schedule == "onecycle":
+        rise = warmup if warmup > 0 else round(ONECYCLE_RISE * total)
+        rise = min(max(rise, 1), total)
+        if step < rise:
+            t = step / rise
+            return ONECYCLE_START + (1 - ONECYCLE_START) * (1 - math.cos(math.pi * t)) / 2
+        t = min((step - rise) / max(total - rise, 1), 1.0)
+        return ONECYCLE_END + (1 - ONECYCLE_END) * (1 + math.cos(math.pi * t)) / 2
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        t = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return (1 + math.cos(math.pi * t)) / 2
+    return 1.0
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch over ``n`` images (full batches only)."""
+    batch = min(batch_size, n)
+    return n // batch if batch >= 2 else 0  # BatchNorm needs two samples in training mode
+
+
+def make_optimizer(model: nn.Module, lr: float, cfg: TrainConfig, *, fused: bool) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over the model's parameters (fused: one kernel for all of them, CUDA only)."""
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+            fused=fused,
+        )
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay, fused=fused)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int
+) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """The per-step lr schedule over ``cfg.epochs`` epochs of ``steps`` steps; None for a constant
+    lr without warm-up (the loop then never touches the lr)."""
+    if cfg.lr_schedule == "constant" and cfg.warmup_epochs == 0:
+        return None
+    total, warmup = cfg.epochs * steps, cfg.warmup_epochs * steps
+    schedule = cfg.lr_schedule
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(schedule, step, total, warmup))
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    seconds: float
+    images_per_s: float
+
+
+class StopKind(Enum):
+    COMPLETED = "completed"
+    EARLY_STOPPING = "early_stopping"
+    NAN_LOSS = "nan_loss"
+    PRUNED = "pruned"
+
+    @property
+    def failed(self) -> bool:
+        """The run produced no usable model (a diverged loss)."""
+        return self is StopKind.NAN_LOSS
+
+
+@dataclass(frozen=True)
+class StopReason:
+    """Why a run ended: ``str()`` is the user-visible text (``early_stopping at epoch 3``)."""
+
+    kind: StopKind
+    epoch: int = 0
+    detail: str = ""
+
+    def __str__(self) -> str:
+        if self.kind is StopKind.COMPLETED:
+            return "completed"
+        text = f"{self.kind.value} at epoch {self.epoch}"
+        return f"{text}, {self.detail}" if self.detail else text
+
+
+@dataclass
+class FitResult:
+    best_val_acc: float
+    best_epoch: int
+    epochs_run: int
+    stop: StopReason
+    train_seconds: float
+    images_per_s: float
+    compile_seconds: float = 0.0  # the first step, timed apart: compilation and cuDNN autotuning
+    history: list[EpochMetrics] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def stop_reason(self) -> str:
+        return str(self.stop)
+
+    @property
+    def failed(self) -> bool:
+        return self.stop.kind.failed
+
+
+def mixed_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """A seed derived deterministically from (seed, epoch, stream), distinct for distinct inputs."""
+    return ((seed * 1_000_003 + epoch) * 65_537 + stream) % (2**63)
+
+
+def _rng_device_type(rng: torch.Tensor) -> str:
+    """The device kind a generator state comes from (checkpoints written before it was stored)."""
+    return "cpu" if rng.numel() == torch.Generator().get_state().numel() else "cuda"
+
+
+def set_fused(optimizer: torch.optim.Optimizer, fused: bool) -> None:
+    """Make a loaded Adam fused (CUDA) or not (CPU), whatever the checkpoint's device used.
+
+    Fused Adam keeps its ``step`` counters on the parameters' device, the plain one on the CPU.
+    """
+    for group in optimizer.param_groups:
+        group["fused"] = fused
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            if "step" in st:
+                st["step"] = st["step"].to(device=p.device if fused else "cpu", dtype=torch.float32)
+
+
+@dataclass
+class FitState:
+    """A run's whole state: the live model, optimizer and data generator, and its counters."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    seed: int = 0
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+    epoch: int = 0
+    best_val_acc: float = -math.inf
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    epochs_without_gain: int = 0
+    history: list[EpochMetrics] = field(default_factory=list)
+    train_seconds: float = 0.0
+    images_seen: int = 0
+    compile_seconds: float = 0.0
+    compile_images: int = 0  # images of the steps timed apart (not counted in images_per_s)
+
+    @property
+    def device(self) -> torch.device:
+        return self.generator.device
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint (plain tensors, numbers and strings: loadable with ``weights_only=True``)."""
+        return {
+            "device": self.device.type,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "rng": self.generator.get_state(),
+            "epoch": self.epoch,
+            "best_val_acc": self.best_val_acc,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "epochs_without_gain": self.epochs_without_gain,
+            "history": [asdict(m) for m in self.history],
+            "train_seconds": self.train_seconds,
+            "images_seen": self.images_seen,
+            "compile_seconds": self.compile_seconds,
+            "compile_images": self.compile_images,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint, also one written on another device type."""
+        self.model.load_state_dict(state["model"])
+        # a copy: Optimizer.load_state_dict keeps the given tensors, and training updates them in place
+        self.optimizer.load_state_dict(copy.deepcopy(dict(state["optimizer"])))
+        set_fused(self.optimizer, fused=self.device.type == "cuda")
+        sched = state.get("scheduler")
+        if self.scheduler is not None and sched is not None:
+            self.scheduler.load_state_dict(dict(sched))  # where the schedule stood, and the lr
+        self.epoch = int(state["epoch"])
+        self.best_val_acc = float(state["best_val_acc"])
+        self.best_epoch = int(state["best_epoch"])
+        best = state["best_state"]
+        self.best_state = None if best is None else {k: v.to(self.device, copy=True) for k, v in best.items()}
+        self.epochs_without_gain = int(state["epochs_without_gain"])
+        self.history = [EpochMetrics(**m) for m in state["history"]]
+        self.train_seconds = float(state["train_seconds"])
+        self.images_seen = int(state["images_seen"])
+        self.compile_seconds = float(state.get("compile_seconds", 0.0))
+        self.compile_images = int(state.get("compile_images", 0))
+        self._load_generator(state["rng"], str(state.get("device") or _rng_device_type(state["rng"])))
+
+    def _load_generator(self, rng: torch.Tensor, saved_device: str) -> None:
+        if saved_device == self.device.type:
+            try:
+                self.generator.set_state(rng)
+                return
+            except (RuntimeError, ValueError) as exc:
+                log.warning("checkpoint's generator state does not load (%s)", exc)
+        # A CUDA generator state (16 bytes) does not fit a CPU generator (5056) or the reverse.
+        seed = mixed_seed(self.seed, self.epoch)
+        self.generator.manual_seed(seed)
+        log.warning(
+            "checkpoint written on %s, resuming on %s: data order re-seeded from seed %d and epoch %d",
+            saved_device,
+            self.device.type,
+            self.seed,
+            self.epoch,
+        )
+
+    def record(self, metrics: EpochMetrics, min_delta: float) -> None:
+        """Add an evaluated epoch: history, best-so-far (weights kept) and the patience counter."""
+        self.history.append(metrics)
+        if metrics.val_acc > self.best_val_acc + min_delta or self.best_epoch == 0:
+            self.best_val_acc, self.best_epoch = metrics.val_acc, metrics.epoch
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.epochs_without_gain = 0
+        else:
+            self.epochs_without_gain += 1
+
+    def patience_spent(self, patience: int) -> StopReason | None:
+        if self.epoch > 0 and self.epochs_without_gain >= patience:
+            return StopReason(StopKind.EARLY_STOPPING, self.epoch)
+        return None
+
+
+EpochCallback = Callable[[int, EpochMetrics], bool | None]
+CheckpointCallback = Callable[[FitState], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → the first CUDA GPU when there is one, else the CPU. Raises ValueError if absent."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"{name!r} is not a device (auto, cpu, cuda or cuda:N)") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device type {device.type!r} is not supported (auto, cpu, cuda or cuda:N)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but no CUDA GPU is visible")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {name!r} asked for, but only {torch.cuda.device_count()} GPU(s) are visible"
+            )
+    return device
+
+
+def _autocast(device: torch.device, amp: bool) -> AbstractContextManager[object]:
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def backend_settings(device: torch.device) -> Iterator[None]:
+    """cuDNN autotuning on CUDA (fixed batch shapes: it picks the fastest kernels once); restored after."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
+def _seed_dropout(device: torch.device, seed: int) -> None:
+    """Seed the device's default generator, which dropout (eager and compiled) draws from."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.default_generators[index].manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    transform: BatchTransform,
+    *,
+    batch_size: int = 1024,
+    amp: bool = True,
+) -> torch.Tensor:
+    """Logits (float32, on the images' device) for uint8 images, in eval mode.
+
+    On CUDA a last partial batch is padded to the full batch, so cuDNN sees one shape only.
+    """
+    was_training = model.training
+    model.eval()
+    device = images.device
+    n = images.shape[0]
+    batch_size = max(1, min(batch_size, n))
+    outs = []
+    for start in range(0, n, batch_size):
+        chunk = images[start : start + batch_size]
+        real = chunk.shape[0]
+        if device.type == "cuda" and real < batch_size:
+            chunk = torch.cat([chunk, chunk.new_zeros((batch_size - real, *chunk.shape[1:]))])
+        x = transform(chunk, train=False)
+        with _autocast(device, amp):
+            outs.append(model(x).float()[:real])
+    model.train(was_training)
+    return torch.cat(outs) if outs else torch.empty(0, device=device)
+
+
+def evaluate(
+    model: nn.Module,
+    data: ImageSet,
+    transform: BatchTransform,
+    *,
+    batch_size: int = 1024,
+    amp: bool = True,
+) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy over the whole of ``data`` (one host sync)."""
+    logits = predict_logits(model, data.images, transform, batch_size=batch_size, amp=amp)
+    loss = F.cross_entropy(logits, data.labels, reduction="sum")
+    correct = (logits.argmax(1) == data.labels).sum()
+    n = max(len(data), 1)
+    return float(loss) / n, float(correct) / n
+
+
+def eval_batch_size(configured: int, train_batch: int) -> int:
+    """Evaluation batch: ``configured``, but always at least twice the training batch.
+
+    Evaluation keeps no activations for backward, so it affords larger batches (fewer launches).
+    """
+    return max(configured, 2 * train_batch)
+
+
+def validate(
+    model: nn.Module, val: ImageSet, transform: BatchTransform, *, batch_size: int, cfg: TrainConfig
+) -> tuple[float, float]:
+    """Validation loss and accuracy measured exactly as ``fit`` measures them (batch, cuDNN, amp)."""
+    with backend_settings(val.images.device):
+        eval_batch = eval_batch_size(cfg.eval_batch_size, batch_size)
+        return evaluate(model, val, transform, batch_size=eval_batch, amp=cfg.amp)
+
+
+@dataclass(frozen=True)
+class _EpochStats:
+    loss: float
+    acc: float
+    seen: int
+    seconds: float
+
+
+def _train_epoch(
+    step_model: nn.Module,
+    state: FitState,
+    train: ImageSet,
+    batch_size: int,
+    cfg: TrainConfig,
+    transform: BatchTransform,
+    time_first_step: bool,
+) -> _EpochStats:
+    """One epoch of full batches; the first step is timed apart when ``time_first_step``."""
+    device = state.device
+    state.model.train()
+    _seed_dropout(device, mixed_seed(state.seed, state.epoch + 1, DROPOUT_STREAM))
+    _sync(device)
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    n = len(train)
+    batch = min(batch_size, n)
+    steps = steps_per_epoch(n, batch_size)
+    perm = torch.randperm(n, device=device, generator=state.generator)
+    for step in range(steps):
+        timed = time_first_step and step == 0
+        if timed:
+            _sync(device)
+            t_first = time.perf_counter()
+        idx = perm[step * batch : (step + 1) * batch]
+        x = transform(train.images[idx], train=True, generator=state.generator)
+        y = train.labels[idx]
+        with _autocast(device, cfg.amp):
+            logits = step_model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        state.optimizer.step()
+        if state.scheduler is not None:
+            state.scheduler.step()
+        loss_sum += loss.detach() * batch
+        correct += (logits.detach().argmax(1) == y).sum()
+        if timed:  # compilation / cuDNN autotuning: kept out of the steady rate
+            _sync(device)
+            state.compile_seconds += time.perf_counter() - t_first
+            state.compile_images += batch
+    seen = steps * batch
+    mean_loss, acc = float(loss_sum) / max(seen, 1), float(correct) / max(seen, 1)  # the epoch's one sync
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    state.epoch += 1
+    state.train_seconds += seconds
+    state.images_seen += seen
+    return _EpochStats(mean_loss, acc, seen, seconds)
+
+
+def _prepare(
+    model: nn.Module, device: torch.device, lr: float, cfg: TrainConfig, seed: int, steps: int
+) -> FitState:
+    model.to(device)
+    model.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    # fused: one kernel for all parameters instead of several per parameter (CUDA only)
+    optimizer = make_optimizer(model, lr, cfg, fused=device.type == "cuda")
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return FitState(model, optimizer, generator, seed, scheduler=make_scheduler(optimizer, cfg, steps))
+
+
+def _compiled(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    if not cfg.compile:
+        return model
+    # A fresh compile cache for each run: every architecture adds compiled variants of
+    # ConvNet.forward, and past dynamo's recompile limit (8) later trials silently ran eager.
+    torch.compiler.reset()
+    compiled: nn.Module = torch.compile(model)  # type: ignore[assignment]
+    return compiled
+
+
+def _result(state: FitState, stop: StopReason) -> FitResult:
+    """The run's summary; the model is left holding its best epoch's weights."""
+    train_time = state.train_seconds - state.compile_seconds
+    steady = state.images_seen - state.compile_images
+    result = FitResult(
+        best_val_acc=state.best_val_acc,
+        best_epoch=state.best_epoch,
+        epochs_run=state.epoch,
+        stop=stop,
+        train_seconds=state.train_seconds,
+        images_per_s=steady / train_time if train_time > 0 and steady > 0 else 0.0,
+        compile_seconds=state.compile_seconds,
+        history=list(state.history),
+    )
+    if state.best_state is not None:
+        state.model.load_state_dict(state.best_state)
+        result.best_state = {k: v.cpu() for k, v in state.best_state.items()}
+    else:
+        result.best_val_acc = float("nan")
+    return result
+
+
+def fit(
+    model: nn.Module,
+    train: ImageSet,
+    val: ImageSet,
+    *,
+    lr: float,
+    batch_size: int,
+    cfg: TrainConfig,
+    transform: BatchTransform,
+    seed: int = 0,
+    on_epoch: EpochCallback | None = None,
+    on_checkpoint: CheckpointCallback | None = None,
+    resume: Mapping[str, Any] | None = None,
+) -> FitResult:
+    """Train ``model`` on ``train`` and keep its best-validation-accuracy weights.
+
+    ``train`` and ``val`` must already be on the training device (the model is moved there).
+    After each evaluated epoch (before ``on_epoch``), ``on_checkpoint`` gets the :class:`FitState`;
+    passing its ``state_dict()`` as ``resume`` continues the run from the epoch after it.
+    """
+    device = train.images.device
+    state = _prepare(model, device, lr, cfg, seed, steps_per_epoch(len(train), batch_size))
+    step_model = _compiled(model, cfg)
+    if resume is not None:
+        state.load_state_dict(resume)
+        log.info("resuming from epoch %d", state.epoch)
+    time_first_step = cfg.compile or device.type == "cuda"
+    stop = state.patience_spent(cfg.patience)  # a resumed run may have stopped already
+    with backend_settings(device):
+        while stop is None and state.epoch < cfg.epochs:
+            stats = _train_epoch(step_model, state, train, batch_size, cfg, transform, time_first_step)
+            time_first_step = False
+            if not math.isfinite(stats.loss):
+                stop = StopReason(StopKind.NAN_LOSS, state.epoch, f"lr={lr:g}")
+                log.warning("stopping: %s", stop)
+                break
+            val_loss, val_acc = validate(model, val, transform, batch_size=batch_size, cfg=cfg)
+            metrics = EpochMetrics(
+                epoch=state.epoch,
+                train_loss=stats.loss,
+                train_acc=stats.acc,
+                val_loss=val_loss,
+                val_acc=val_acc,
+                seconds=stats.seconds,
+                images_per_s=stats.seen / stats.seconds if stats.seconds > 0 else 0.0,
+            )
+            state.record(metrics, cfg.min_delta)
+            log.debug("epoch %d: %s", state.epoch, metrics)
+            if on_checkpoint is not None:
+                on_checkpoint(state)
+            if on_epoch is not None and on_epoch(state.epoch, metrics):
+                stop = StopReason(StopKind.PRUNED, state.epoch)
+            else:
+                stop = state.patience_spent(cfg.patience)
+    return _result(state, stop or StopReason(StopKind.COMPLETED))

@@ -1,0 +1,1 @@
+"""What a finished study gives: the report, export, confirm over fresh seeds and fine-tuning."""

@@ -1,0 +1,1 @@
+"""Servers on loopback by default: optuna-dashboard, TensorBoard and the drawing-pad app."""

@@ -1,0 +1,470 @@
+"""The Optuna objective: suggest → build → budgets → fit → report/prune → save best weights → user_attrs.
+
+Data are loaded, checked and moved to the device once per process, when the objective is built
+(before any study is touched, so a bad dataset or an input too small for the net never leaves a
+study behind). No training loop lives here: that is ``train.fit``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from search.config import ConfigError, PrunerConfig, StudyConfig, space_corners, trial_config
+from search.engine.augment import BatchTransform, channel_stats
+from search.engine.data import Splits, folders_written, load_splits
+from search.engine.evaluate import forward_latency_ms
+from search.engine.model import ConvNet, build_convnet, check_input_size, count_parameters
+from search.engine.train import EpochMetrics, FitResult, FitState, StopKind, fit
+from search.store.artifacts import WEIGHTS_ATTR, CheckpointStore, StorageFault, WeightStore, check_writable
+from search.store.storage import CONSTRAINT_ATTR, LATENCY_ATTR, N_PARAMS_ATTR, budget_constraints, over_budget
+from search.study.failures import (
+    FAIL_REASON_ATTR,
+    DeviceFailure,
+    describe_failure,
+    free_memory,
+    is_device_fatal,
+)
+from search.study.space import params_of, suggest
+
+if TYPE_CHECKING:
+    from search.engine.tensorboard import RunLog
+
+log = logging.getLogger(__name__)
+
+
+class TrialInterrupted(Exception):
+    """A stop was requested (Ctrl-C, SIGTERM): the trial ended after its current epoch."""
+
+
+def retry_history(trial: optuna.Trial) -> list[int]:
+    """Numbers of the earlier attempts this trial repeats (oldest first; empty for a fresh trial)."""
+    # the trial is RUNNING while it asks: reading only RUNNING trials spares a whole-study scan
+    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number == trial.number:
+            return [int(n) for n in t.system_attrs.get("retry_history", [])]
+    return []
+
+
+def normalisation(cfg: StudyConfig, splits: Splits) -> tuple[list[float], list[float]]:
+    """The configured mean/std, or the training split's own per-channel statistics."""
+    channels = splits.in_shape[0]
+    if cfg.data.normalize is not None:
+        mean, std = list(cfg.data.normalize.mean), list(cfg.data.normalize.std)
+        if len(mean) != channels:
+            raise ConfigError(
+                "data.normalize",
+                {"mean": mean, "std": std},
+                f"{len(mean)} values given but the images have {channels} channel(s)",
+                f"give {channels} value(s) for mean and std",
+            )
+        return mean, std
+    return channel_stats(splits.train.images)
+
+
+def make_transform(cfg: StudyConfig, mean: list[float], std: list[float]) -> BatchTransform:
+    return BatchTransform(mean, std, cfg.data.augment, channels_last=cfg.train.channels_last)
+
+
+def trial_transform(
+    cfg: StudyConfig, base_cfg: StudyConfig, base: BatchTransform, mean: list[float], std: list[float]
+) -> BatchTransform:
+    """The transform of a trial's config ``cfg``: ``base`` (built for ``base_cfg``) unless the trial
+    searched the augmentation, then a new one."""
+    if cfg.data.augment == base_cfg.data.augment and cfg.train.channels_last == base_cfg.train.channels_last:
+        return base
+    return make_transform(cfg, mean, std)
+
+
+# the model options that decide the smallest input the net accepts
+_GEOMETRY = ("model.stages", "model.pool", "model.padding", "model.kernel_size")
+
+
+def check_space_fits(cfg: StudyConfig, in_shape: tuple[int, int, int]) -> None:
+    """ConfigError unless every net the space can sample accepts ``in_shape``.
+
+    Checks every mix of the searched model options that change the net's geometry (finite
+    choices; a ``model.stages`` range by its two ends: more stages never need smaller images), so
+    ``model.stages: {choices: [2, 3, 4]}`` too deep for 8x8 digits is refused before any study
+    exists instead of failing its trials one by one. With none of them searched, the study's own
+    model settings are checked.
+    """
+    searched = [k for k in _GEOMETRY if k in cfg.search.space]
+    if not searched:
+        check_input_size(cfg.model, in_shape)
+        return
+    for mix in space_corners(cfg, _GEOMETRY):
+        try:
+            check_input_size(trial_config(cfg, mix).model, in_shape)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"search.space.{searched[0]}",
+                ", ".join(f"{k}={mix[k]}" for k in searched),
+                f"a net this space can sample does not fit: {exc.problem}",
+                f"narrow {', '.join(searched)} in search.space to nets that fit, or use larger images",
+            ) from None
+
+
+def build_model(
+    cfg: StudyConfig, params: dict[str, Any], in_shape: tuple[int, int, int], n_classes: int
+) -> ConvNet:
+    """The trial's net (ConfigError when the input is too small for its model settings)."""
+    return build_convnet(cfg.model, params["c1"], params["c2"], params["l1"], in_shape, n_classes)
+
+
+def device_label(device: torch.device) -> str:
+    """``str(device)``; on CUDA under ``CUDA_VISIBLE_DEVICES`` also the GPU it is (``cuda:0 (GPU 2)``).
+
+    Local workers each see one GPU as ``cuda:0``; the label keeps ``search status`` telling them apart.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if device.type != "cuda" or visible is None:
+        return str(device)
+    gpus = [v.strip() for v in visible.split(",") if v.strip()]
+    index = device.index or 0
+    return f"{device} (GPU {gpus[index]})" if index < len(gpus) else str(device)
+
+
+def check_run_folders(cfg: StudyConfig) -> None:
+    """UnwritableFolder for any folder a run writes (weights, checkpoints, data cache) that cannot
+    be written; run before the first trial, it creates nothing."""
+    folders: dict[str, str] = {"checkpoints_dir": cfg.checkpoints_dir}
+    if cfg.search.keep_top_k > 0:
+        folders["artifacts_dir"] = cfg.artifacts_dir
+    check_writable({**folders, **folders_written(cfg.data)})
+
+
+class Objective:
+    """Callable for ``study.optimize``; holds the process's data on the training device."""
+
+    def __init__(
+        self,
+        cfg: StudyConfig,
+        device: torch.device,
+        weights: WeightStore | None,
+        should_stop: Callable[[], bool] | None = None,
+        *,
+        release_memory: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.device = device
+        # a GPU shared with other workers: return its cached memory after every trial, so a
+        # neighbour's next trial is not refused memory this process only holds in its cache
+        self.release_memory = release_memory
+        self.weights = weights
+        self.should_stop = should_stop or (lambda: False)
+        self.prune_gate = PruneGate(cfg.search.pruner)
+        if cfg.train.tensorboard:
+            from search.engine.tensorboard import require_tensorboard
+
+            require_tensorboard()  # a missing extra is bad input, found before any study exists
+        splits = load_splits(cfg.data, cfg.seed, with_test=False)
+        check_space_fits(cfg, splits.in_shape)
+        self.in_shape = splits.in_shape
+        self.n_classes = splits.n_classes
+        self.classes = splits.classes
+        self.mean, self.std = normalisation(cfg, splits)
+        self.transform = make_transform(cfg, self.mean, self.std)
+        self.train = splits.train.to(device)
+        self.val = splits.val.to(device)
+
+    def data_attrs(self) -> dict[str, Any]:
+        """What the study records about its data (to rebuild the model and its input later)."""
+        return {
+            "in_shape": list(self.in_shape),
+            "classes": list(self.classes),
+            "mean": self.mean,
+            "std": self.std,
+            "n_train": len(self.train),
+            "n_val": len(self.val),
+        }
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        """One trial; any exception but pruning becomes a FAIL with ``fail_reason``, never a crash.
+
+        Except a broken accelerator context (:func:`is_device_fatal`): then the trial's reason is
+        ``device error: ...`` and :class:`DeviceFailure` ends this process's trial loop.
+        """
+        self._release()  # what a pruned trial left (its traceback held it when it ended)
+        try:
+            value = self._run_trial(trial)
+        except (optuna.TrialPruned, TrialInterrupted):
+            raise
+        except StorageFault as exc:  # a full or unwritable folder: every next trial would fail too
+            trial.set_user_attr(FAIL_REASON_ATTR, f"storage: {exc}"[:300])
+            raise  # Optuna records the trial FAIL; the run ends with this error
+        except Exception as exc:  # a failing trial must not end the study: record it and go on
+            reason = describe_failure(exc, trial.params)
+            if is_device_fatal(exc):  # every later CUDA call of this process would fail too
+                log.error("trial %d: %s; this process cannot use %s again", trial.number, reason, self.device)
+                trial.set_user_attr(FAIL_REASON_ATTR, reason)
+                raise DeviceFailure(f"trial {trial.number}: {reason}") from exc
+            oom = isinstance(exc, torch.OutOfMemoryError)
+            log.warning("trial %d failed: %s", trial.number, reason, exc_info=not oom)
+        else:
+            self._release()
+            return value
+        free_memory()  # outside the except block, so the traceback's tensors are already gone
+        trial.set_user_attr(FAIL_REASON_ATTR, reason)
+        return float("nan")  # Optuna records a NaN objective as FAIL; the study goes on
+
+    def params_fit(self, params: dict[str, Any]) -> bool:
+        """Whether sampled ``params`` (the space's fixed values added; dotted ones such as
+        ``model.stages`` applied as the trial would) build a model within
+        ``search.constraints.max_params``; built on the meta device (no memory, no weights)."""
+        limit = self.cfg.search.constraints.max_params
+        if limit is None:
+            return True
+        try:
+            full = params_of(params, self.cfg.search.space)
+        except KeyError:  # a partial proposal: the trial itself is checked once it is complete
+            return True
+        try:
+            cfg = trial_config(self.cfg, full)
+            with torch.device("meta"):
+                model = build_model(cfg, full, self.in_shape, self.n_classes)
+        except ConfigError:  # e.g. an input too small for these params: the trial fails with it
+            return True
+        return count_parameters(model) <= limit
+
+    def _release(self) -> None:
+        if self.release_memory:
+            free_memory()
+
+    def _run_trial(self, trial: optuna.Trial) -> float:
+        params = suggest(trial, self.cfg.search.space)
+        cfg = trial_config(self.cfg, params)  # the study's config with the trial's dotted params
+        torch.manual_seed(cfg.seed + trial.number)
+        model = build_model(cfg, params, self.in_shape, self.n_classes)
+        n_params = self._record_start(trial, model)
+        self._check_budgets(trial, model, n_params)
+        checkpoints = CheckpointStore.for_study(cfg.checkpoints_dir, trial.study)
+        earlier = retry_history(trial)
+        resume = self._resume_state(trial, checkpoints, earlier, params)
+        board = self._trial_log(trial, params, resume)
+
+        def on_epoch(epoch: int, metrics: EpochMetrics) -> bool:
+            if board is not None:  # host floats only: no extra sync
+                board.epoch(metrics)
+            trial.report(metrics.val_acc, epoch)  # one storage write an epoch; epochs_run at the end
+            if self.prune_gate.worth_asking(trial.study, epoch) and trial.should_prune():
+                return True  # fit stops here and returns its figures; pruned below
+            if self.should_stop():
+                trial.set_user_attr("epochs_run", epoch)
+                trial.set_user_attr(FAIL_REASON_ATTR, "interrupted")
+                raise TrialInterrupted(f"trial {trial.number} interrupted after epoch {epoch}")
+            return False
+
+        last_checkpoint = time.monotonic()
+
+        def on_checkpoint(state: FitState) -> None:
+            # Throttled (train.checkpoint_every_s): a save costs tens of ms, so short epochs skip
+            # it; a stop request always saves, so an interrupted trial resumes where it stopped.
+            nonlocal last_checkpoint
+            now = time.monotonic()
+            if self.should_stop() or now - last_checkpoint >= cfg.train.checkpoint_every_s:
+                checkpoints.save(trial.number, {**state.state_dict(), "params": params})
+                last_checkpoint = now
+
+        keep_checkpoint = False
+        ended, value = "FAIL", None  # how the trial ended, for its TensorBoard hparams
+        try:
+            result = fit(
+                model,
+                self.train,
+                self.val,
+                lr=float(params["lr"]),
+                batch_size=int(params["batch_size"]),
+                cfg=cfg.train,
+                transform=trial_transform(cfg, self.cfg, self.transform, self.mean, self.std),
+                seed=cfg.seed + trial.number,
+                on_epoch=on_epoch,
+                on_checkpoint=on_checkpoint,
+                resume=resume,
+            )
+            if result.stop.kind is StopKind.PRUNED:
+                ended = "PRUNED"
+            elif not (result.failed or result.best_state is None):
+                ended, value = "COMPLETE", result.best_val_acc
+        except (TrialInterrupted, KeyboardInterrupt):
+            keep_checkpoint = True  # its retry continues from here
+            ended = "INTERRUPTED"
+            raise
+        except Exception as exc:
+            keep_checkpoint = is_device_fatal(exc)  # re-queued: its retry continues from here
+            raise
+        finally:
+            if not keep_checkpoint:
+                checkpoints.remove(trial.number, *earlier)
+            if board is not None:
+                board.finish(ended, value)
+        return self._finish(trial, result)
+
+    def _record_start(self, trial: optuna.Trial, model: ConvNet) -> int:
+        """Where and what the trial trains (``search status`` shows host, pid and device); returns
+        the model's parameter count."""
+        n_params = count_parameters(model)
+        trial.set_user_attr(N_PARAMS_ATTR, n_params)
+        trial.set_user_attr("device", device_label(self.device))
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        return n_params
+
+    def _check_budgets(self, trial: optuna.Trial, model: ConvNet, n_params: int) -> None:
+        """With ``search.constraints``: store the trial's constraint values; over budget: PRUNED now.
+
+        Over budget, the trial costs no training: it raises TrialPruned before any epoch, with
+        user attr ``constraint`` naming the budget and the figures. PRUNED, not FAIL or COMPLETE:
+        Optuna keeps constraint values of COMPLETE and PRUNED trials only and its samplers skip
+        FAIL ones, so TPE ranks the trial below every feasible one (its infeasibility score) and
+        learns to avoid the region; a COMPLETE over-budget trial would need a made-up value and
+        would show in every table of completed results. A PRUNED trial counts as finished
+        toward ``search.n_trials``, so a study whose every point is over budget still ends.
+        GP fits on COMPLETE trials only: it models the budget from the feasible trials' values
+        (how far under budget each was), and ``study.TrialSeeded`` replaces its proposals over
+        max_params (:meth:`params_fit`), which it would otherwise repeat. Random, QMC and grid
+        read no constraints: for them the budget means only that an over-budget trial trains
+        nothing and is never the best.
+        Values go through ``trial.set_constraint`` (Optuna 5's replacement for the deprecated
+        ``constraints_func``), which every sampler reads from the storage; the latency is
+        measured only when the parameter count fits (a model far over budget may not fit the
+        device at all).
+        """
+        budgets = self.cfg.search.constraints
+        if not budgets.enabled:
+            return
+        # a retry of an interrupted trial carries its attempt's constraint values and latency
+        # (Optuna's retry copies system and user attrs): same params, so they are kept
+        stored = trial.constraints
+        attrs: dict[str, Any] = {N_PARAMS_ATTR: n_params}
+        if budgets.max_latency_ms is not None and not over_budget(attrs, budgets):
+            if "max_latency_ms" in stored and LATENCY_ATTR in trial.user_attrs:
+                attrs[LATENCY_ATTR] = trial.user_attrs[LATENCY_ATTR]
+            else:
+                attrs[LATENCY_ATTR] = round(forward_latency_ms(model, self.in_shape, self.device), 4)
+                trial.set_user_attr(LATENCY_ATTR, attrs[LATENCY_ATTR])
+        for key, value in budget_constraints(attrs, budgets).items():
+            if key not in stored:
+                trial.set_constraint(key, value)
+        over = over_budget(attrs, budgets)
+        if over:
+            text = "; ".join(over)
+            trial.set_user_attr(CONSTRAINT_ATTR, text)
+            log.info("trial %d over budget (%s): pruned before training", trial.number, text)
+            raise optuna.TrialPruned(f"over budget: {text}")
+
+    def _finish(self, trial: optuna.Trial, result: FitResult) -> float:
+        """Record the fit, then prune, fail (NaN) or keep the weights and return the value."""
+        self._record_fit(trial, result)
+        if result.stop.kind is StopKind.PRUNED:
+            trial.set_user_attr("pruned_at_epoch", result.stop.epoch)
+            last = result.history[-1].val_acc
+            raise optuna.TrialPruned(f"pruned at epoch {result.stop.epoch} (val_acc {last:.4f})")
+        if result.failed or result.best_state is None:
+            trial.set_user_attr(FAIL_REASON_ATTR, result.stop_reason)
+            log.warning("trial %d failed: %s", trial.number, result.stop_reason)
+            return float("nan")  # Optuna records a NaN objective as FAIL; the study goes on
+        self._keep_weights(trial, result.best_val_acc, result.best_state)
+        return result.best_val_acc
+
+    def _record_fit(self, trial: optuna.Trial, result: FitResult) -> None:
+        """The run's figures, for every trial that trained (complete, pruned or diverged)."""
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("epochs_run", result.epochs_run)
+        trial.set_user_attr("stop_reason", result.stop_reason)
+        trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
+        trial.set_user_attr("images_per_s", round(result.images_per_s, 1))
+        if self.cfg.train.compile:
+            trial.set_user_attr("compile_seconds", round(result.compile_seconds, 3))
+
+    def _trial_log(
+        self, trial: optuna.Trial, params: dict[str, Any], resume: dict[str, Any] | None
+    ) -> RunLog | None:
+        """The trial's TensorBoard run when ``train.tensorboard`` is on (imported only then)."""
+        if not self.cfg.train.tensorboard:
+            return None
+        from search.engine.tensorboard import trial_log
+
+        return trial_log(self.cfg, trial.study.study_name, trial.number, params, resume)
+
+    def _resume_state(
+        self,
+        trial: optuna.Trial,
+        checkpoints: CheckpointStore,
+        earlier: list[int],
+        params: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        """The latest checkpoint among the attempts this trial repeats, if any matches its params."""
+        for number in reversed(earlier):
+            state = checkpoints.load(number)
+            if state is None:
+                continue
+            if state.get("params") != params:
+                log.warning("checkpoint of trial %d has other params; not resuming from it", number)
+                continue
+            trial.set_user_attr("resumed_from_trial", number)
+            trial.set_user_attr("resumed_from_epoch", int(state["epoch"]))
+            log.info("trial %d resumes trial %d after epoch %d", trial.number, number, state["epoch"])
+            return state
+        return None
+
+    def _keep_weights(self, trial: optuna.Trial, value: float, state: dict[str, torch.Tensor]) -> None:
+        """Save this trial's best weights if it ranks in the top-k, and drop the ones it beats."""
+        k = self.cfg.search.keep_top_k
+        if self.weights is None or k == 0:
+            return
+        kept = [
+            (t.value, t.user_attrs[WEIGHTS_ATTR])
+            for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if WEIGHTS_ATTR in t.user_attrs
+            and t.value is not None
+            and self.weights.exists(t.user_attrs[WEIGHTS_ATTR])
+        ]
+        kept.sort(key=lambda vk: vk[0], reverse=True)
+        if len(kept) >= k and value <= kept[k - 1][0]:
+            return
+        artifact_id = self.weights.save(trial, state, f"trial-{trial.number}-best.pt")
+        trial.set_user_attr(WEIGHTS_ATTR, artifact_id)
+        ranked = sorted([*kept, (value, artifact_id)], key=lambda vk: vk[0], reverse=True)
+        self.weights.keep_top([a for _, a in ranked], k)
+
+
+class PruneGate:
+    """Whether ``trial.should_prune()`` could say yes at an epoch: when not, it is not asked.
+
+    Asking reads the trial back and all of the study's COMPLETE trials (about 7 SQL statements and
+    a commit on SQLite). The median and percentile pruners never prune before step
+    ``n_warmup_steps`` nor while fewer than ``n_startup_trials`` (and at least one) trials are
+    COMPLETE, and no pruner never prunes, so those calls are skipped; the answer is the same. The
+    COMPLETE count is read (the pruner's own read, without the trial's) only until it is reached:
+    it never falls, so from then on every epoch past the warm-up asks the pruner directly.
+    Successive halving and hyperband are always asked (their rungs are kept in the storage).
+    """
+
+    def __init__(self, pruner: PrunerConfig) -> None:
+        self.name = pruner.name
+        self.startup = max(1, pruner.n_startup_trials)
+        self.warmup = pruner.n_warmup_steps
+        self._started: set[str] = set()  # studies known to hold `startup` COMPLETE trials
+
+    def worth_asking(self, study: optuna.Study, step: int) -> bool:
+        if self.name == "none":
+            return False
+        if self.name not in ("median", "percentile"):
+            return True
+        if step < self.warmup:
+            return False
+        if study.study_name not in self._started:
+            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if len(complete) < self.startup:
+                return False
+            self._started.add(study.study_name)
+        return True

@@ -1,0 +1,347 @@
+"""The one way a study runs: create or resume it, run trials to its exact total, report how it ended.
+
+:func:`run_study` is what ``search run`` (in-process or ``--workers N``), ``search worker``, the
+tests and the benchmarks call. Optuna's RDB storage is the scheduler: every process on a study
+runs the same loop:
+
+1. fail stale trials (:func:`search.study.fail_stale_trials`; a retry is re-queued as WAITING);
+2. stop when the study holds ``search.n_trials`` finished (COMPLETE + PRUNED) trials (a trial
+   over a ``search.constraints`` budget is PRUNED before training, so it counts);
+3. wait while finished + live RUNNING trials already make up the total (one of them may still
+   fail and need a replacement);
+4. otherwise run one trial (``study.optimize(n_trials=1)``; a WAITING retry is taken first).
+
+A trial that starts in the same instant as another and would push the total past ``n_trials``
+ends at once as FAIL with ``fail_reason`` "surplus", so the finished total is exact.
+
+Signals: the first SIGINT/SIGTERM lets the running trial finish its epoch; a second aborts it at
+once. Either way the trial is recorded FAIL (``fail_reason`` "interrupted") and re-queued, so the
+next run resumes it from its checkpoint. This module logs; it never prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import torch
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from search.config import StudyConfig
+from search.engine.threads import use_threads
+from search.store.artifacts import StorageFault, WeightStore
+from search.store.storage import is_feasible, retrying
+from search.study.failures import FAIL_REASON_ATTR, DeviceFailure, FailureBudget
+from search.study.objective import Objective, TrialInterrupted, check_run_folders
+from search.study.resume import prepare_resume
+from search.study.study import (
+    FINISHED_STATES,
+    RetryStale,
+    RunningTrial,
+    best_trial,
+    enqueue_default,
+    fail_stale_trials,
+    finished_count,
+    open_study,
+    running_trials,
+    storage_for,
+)
+from search.study.warmstart import WarmStartPlan, WarmStartResult, apply_warm_start
+from search.study.workers import POLL_S, StopRequest, run_parallel
+
+log = logging.getLogger(__name__)
+
+TrialCallback = Callable[[FrozenTrial], None]
+
+
+class Outcome(enum.Enum):
+    """How a run ended (the CLI maps these to exit codes 0, 130, 1, 1)."""
+
+    COMPLETED = "completed"
+    INTERRUPTED = "interrupted"
+    FAILURE_BUDGET = "failure_budget"
+    NO_TRIAL_COMPLETED = "no_trial_completed"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    outcome: Outcome
+    study_name: str
+    n_trials: int  # the study's total (search.n_trials)
+    finished: int  # finished trials in the study when the run ended
+    started: int  # trials this process (or its workers) ran
+    best: FrozenTrial | None
+    elapsed_s: float  # from the first trial's start
+    stop_message: str = ""  # with FAILURE_BUDGET: why the run stopped
+    over_budget: int = 0  # finished trials over a search.constraints budget (PRUNED, never trained)
+
+
+def _ignore(_trial: FrozenTrial) -> None:
+    return None
+
+
+def _device(device: torch.device | str) -> torch.device:
+    from search.engine.train import resolve_device
+
+    return device if isinstance(device, torch.device) else resolve_device(device)
+
+
+def run_study(
+    cfg: StudyConfig,
+    *,
+    device: torch.device | str = "cpu",
+    workers: Sequence[str] = (),
+    fresh: bool = False,
+    join: bool = False,
+    objective: Callable[[optuna.Trial], float] | None = None,
+    stop: StopRequest | None = None,
+    ignore_sigint: bool = False,
+    on_trial: TrialCallback = _ignore,
+    around: Callable[[optuna.Study], AbstractContextManager[Any]] | None = None,
+    release_memory: bool = False,
+    threads: int | None = None,
+    warm_start: WarmStartPlan | None = None,
+    on_warm_start: Callable[[str, WarmStartResult], None] | None = None,
+) -> RunResult:
+    """Create or resume study ``cfg.name`` and run its trials until it holds ``search.n_trials``
+    finished ones, the timeout, a stop (SIGINT/SIGTERM, handled here) or the failure budget.
+
+    - ``workers``: one ``search worker`` process per device trains; this process only checks the
+      data, creates the study and follows it. Empty: trials run here on ``device``.
+    - ``fresh``: archive an existing study of this name first (``--fresh``); otherwise an existing
+      one is resumed after checking its config and data match (ResumeConflict if not).
+    - ``join``: ``search worker``: the study must exist and is neither checked nor archived.
+    - ``objective``: instead of the model-training :class:`~search.objective.Objective` (tests).
+    - ``on_trial``: called with each finished trial; ``around(study)``: a context entered once the
+      study is open and left however the run ends (the CLI's dashboard and progress bar).
+    - ``warm_start``: enqueue another study's top param sets (``--warm-start``) once the study is
+      open, before any sampling; ``on_warm_start(source, result)`` hears what was enqueued.
+    - ``threads``: torch CPU threads per process (``--threads``; default ``train.threads``, else
+      free cores // local workers; see :mod:`search.threads`), applied here and to the workers.
+    - ``release_memory``: return cached GPU memory around every trial (a worker sharing its GPU).
+
+    Raises ConfigError, DataError, StorageError or ResumeConflict before anything is created.
+    """
+    stop = stop or StopRequest()
+    policy = use_threads(len(workers) or 1, flag=threads, configured=cfg.train.threads)
+    data_attrs: dict[str, Any] | None = None
+    fits: Callable[[dict[str, Any]], bool] | None = None
+    if objective is None:
+        check_run_folders(cfg)  # a trial trains for minutes before it saves: refuse a bad folder now
+        train_device = torch.device("cpu") if workers else _device(device)
+        built = Objective(
+            cfg, train_device, WeightStore(cfg.artifacts_dir), stop, release_memory=release_memory
+        )
+        objective, data_attrs = built, built.data_attrs()
+        if cfg.search.constraints.max_params is not None:
+            fits = built.params_fit
+    storage = storage_for(cfg, create=not join)
+    if not join:
+        prepare_resume(storage, cfg, data_attrs, fresh=fresh)
+    study = open_study(cfg, storage, None if join else data_attrs, fits=fits)
+    if warm_start is not None:
+        ws = apply_warm_start(study, warm_start)
+        if on_warm_start is not None:
+            on_warm_start(warm_start.source, ws)
+    elif not join:
+        enqueue_default(study, cfg)  # search.enqueue_default: a new study's trial 0 is the midpoint
+    budget = FailureBudget.for_run(cfg.search.max_failures, cfg.search.n_trials)
+    started = time.perf_counter()
+    with around(study) if around is not None else contextlib.nullcontext():
+        if workers:
+            del objective  # the workers hold the data; free this process's copy
+            n_started, interrupted = run_parallel(cfg, workers, on_trial=on_trial, threads=policy.threads)
+        else:
+            with stop.installed(ignore_sigint=ignore_sigint):
+                n_started, interrupted = _loop(study, objective, cfg, storage, stop, on_trial, budget)
+    best = best_trial(study)
+    outcome = (
+        Outcome.INTERRUPTED
+        if interrupted
+        else Outcome.FAILURE_BUDGET
+        if budget.tripped
+        else Outcome.NO_TRIAL_COMPLETED
+        if best is None
+        else Outcome.COMPLETED
+    )
+    return RunResult(
+        outcome=outcome,
+        study_name=cfg.name,
+        n_trials=cfg.search.n_trials,
+        finished=finished_count(study),
+        started=n_started,
+        best=best,
+        elapsed_s=time.perf_counter() - started,
+        stop_message=budget.stop_message() if budget.tripped else "",
+        over_budget=sum(not is_feasible(t) for t in study.get_trials(deepcopy=False, states=FINISHED_STATES)),
+    )
+
+
+# --------------------------------------------------------------------------- the trial loop
+
+
+class SurplusTrial(Exception):
+    """The trial started while the study's total was already taken by finished + running trials."""
+
+
+def _slots(study: optuna.Study, storage: RDBStorage, grace_s: float, retry: RetryStale) -> tuple[int, int]:
+    """Fail (and re-queue) stale RUNNING trials, then (finished trials, live RUNNING trials).
+
+    One snapshot of the study serves all three: failing a stale trial changes neither count
+    (stale trials hold no slot; its retry is WAITING).
+    """
+    trials = study.get_trials(deepcopy=False)
+    running = running_trials(study, storage, grace_s, trials)
+    fail_stale_trials(study, storage, grace_s, retry, running)
+    finished = sum(t.state in FINISHED_STATES for t in trials)
+    live = sum(not rt.stale for rt in running)
+    return finished, live
+
+
+def _started_before(a: RunningTrial, b: RunningTrial) -> bool:
+    """``a`` took its slot before ``b`` (start time, then trial number)."""
+    if a.number == b.number:
+        return False
+    if a.started is None or b.started is None or a.started == b.started:
+        return a.number < b.number
+    return a.started < b.started
+
+
+class _Guarded:
+    """The objective behind an exact-total check; remembers the trial it runs and records an
+    abort (second Ctrl-C) as ``fail_reason`` "interrupted" while the trial can still take it."""
+
+    def __init__(
+        self, objective: Callable[[optuna.Trial], float], n_trials: int, storage: RDBStorage, grace_s: float
+    ) -> None:
+        self.objective = objective
+        self.n_trials = n_trials
+        self.storage = storage
+        self.grace_s = grace_s
+        self.current: int | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.current = trial.number
+        study = trial.study
+        trials = study.get_trials(deepcopy=False)  # one snapshot
+        running = running_trials(study, self.storage, self.grace_s, trials)
+        me = next(rt for rt in running if rt.number == trial.number)
+        ahead = sum(t.state in FINISHED_STATES for t in trials)
+        ahead += sum(not rt.stale and _started_before(rt, me) for rt in running)
+        if ahead >= self.n_trials:
+            trial.set_user_attr(FAIL_REASON_ATTR, "surplus")
+            raise SurplusTrial(f"trial {trial.number}: the study's {self.n_trials} trials are taken")
+        try:
+            return self.objective(trial)
+        except KeyboardInterrupt:
+            trial.set_user_attr(FAIL_REASON_ATTR, "interrupted")  # before Optuna records the FAIL
+            raise
+
+
+class _QuietEndings(logging.Filter):
+    """Drops Optuna's traceback warnings for surplus and interrupted trials (logged here instead)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quiet: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, SurplusTrial | TrialInterrupted | KeyboardInterrupt | StorageFault):
+            self.quiet.add(message.split(" failed", 1)[0])  # "Trial 12"
+            return False
+        return not (
+            message.endswith("failed with value None.") and message.split(" failed", 1)[0] in self.quiet
+        )
+
+
+_QUIET = _QuietEndings()
+
+
+def _loop(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    cfg: StudyConfig,
+    storage: RDBStorage,
+    stop: Callable[[], bool],
+    on_trial: TrialCallback,
+    budget: FailureBudget,
+) -> tuple[int, bool]:
+    """Run trials until the study's total, the timeout, a stop or the budget; (started, interrupted)."""
+    n = cfg.search.n_trials
+    grace = float(cfg.search.grace_period_s)
+    retry = RetryStale(cfg.search.max_retry, cfg.checkpoints_dir)
+    deadline = None if cfg.search.timeout_s is None else time.monotonic() + cfg.search.timeout_s
+    guarded = _Guarded(objective, n, storage, grace)
+    optimize_logger = logging.getLogger("optuna.study._optimize")
+    if _QUIET not in optimize_logger.filters:
+        optimize_logger.addFilter(_QUIET)
+    started = 0
+    waiting_logged = False
+    while True:
+        if stop():
+            return started, True
+        if budget.tripped:
+            return started, False
+        if deadline is not None and time.monotonic() >= deadline:
+            log.info("timeout: not starting more trials")
+            return started, False
+        finished, live = retrying("counting trials", lambda: _slots(study, storage, grace, retry))
+        if finished >= n:
+            return started, False
+        if finished + live >= n:
+            if not waiting_logged:
+                log.info("the last %d trial(s) run in other workers; waiting in case one fails", live)
+                waiting_logged = True
+            _sleep(POLL_S, stop)
+            continue
+        waiting_logged = False
+        guarded.current = None
+        try:
+            study.optimize(
+                guarded, n_trials=1, callbacks=[lambda _s, t: on_trial(t), budget], gc_after_trial=False
+            )
+            started += 1
+        except SurplusTrial:
+            started += 1
+            log.info("trial %s: the study's %d trials were already taken; ended as FAIL", guarded.current, n)
+        except (TrialInterrupted, KeyboardInterrupt):
+            log.warning("trial %s interrupted; recorded as FAIL (reason 'interrupted')", guarded.current)
+            _requeue(study, storage, guarded.current, retry)
+            return started, True
+        except DeviceFailure:  # this process's GPU context is broken: retry the trial in a fresh one
+            _requeue(study, storage, guarded.current, retry)
+            raise
+
+
+def _sleep(seconds: float, stop: Callable[[], bool]) -> None:
+    end = time.monotonic() + seconds
+    while not stop() and time.monotonic() < end:
+        time.sleep(min(0.1, max(0.0, end - time.monotonic())))
+
+
+def _requeue(study: optuna.Study, storage: RDBStorage, number: int | None, retry: RetryStale) -> None:
+    """Re-queue the interrupted trial so the next run resumes it from its checkpoint."""
+    if number is None:
+        return
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is None:
+        return
+    if trial.state == TrialState.RUNNING:  # the abort landed outside the objective
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(study.study_name), number
+        )
+        storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, "interrupted")
+        study.tell(number, state=TrialState.FAIL)
+        trial = storage.get_trial(trial_id)
+    if trial.state == TrialState.FAIL and retry.retry(study, trial):
+        log.info("trial %d re-queued; the next run resumes it from its last epoch", number)
