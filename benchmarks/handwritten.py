@@ -1,8 +1,8 @@
 """The baseline: a careful hand-written Optuna + torch loop, what a user would write without us.
 
 Same space, TPE sampler, median pruner (``n_startup_trials`` / ``n_warmup_steps`` from the config),
-SQLite in WAL mode with ``synchronous=NORMAL``, the same net (``search.model.build_convnet``) and data
-(``search.data.load_splits``, normalised once as float tensors), Adam, cross-entropy, full batches
+SQLite in WAL mode with ``synchronous=NORMAL``, the same net (``search.engine.model.build_convnet``) and data
+(``search.engine.data.load_splits``, normalised once as float tensors), Adam, cross-entropy, full batches
 in a fresh permutation each epoch (the last partial one dropped, as ours), one evaluation of the
 whole validation split per epoch, ``trial.report`` + ``trial.should_prune`` each epoch, early
 stopping on validation accuracy with the config's patience, the best epoch's value returned.

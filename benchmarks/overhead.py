@@ -1,7 +1,7 @@
 """Per-trial time spent outside training: sampler, storage, report/prune, artifact save.
 
 Runs the real per-trial machinery (``search.run.run_study``, the real
-``search.objective.Objective`` with its sampler, pruner, ``trial.report``/``should_prune`` each
+``search.study.objective.Objective`` with its sampler, pruner, ``trial.report``/``should_prune`` each
 epoch, user attrs and the top-k weights save) with the training loop replaced by a stand-in that
 takes no time: it reports ``train.epochs`` made-up validation accuracies through the same
 ``on_epoch`` callback and returns the built model's real weights. Everything a trial then costs is

@@ -6,7 +6,7 @@ defaults except what the variant names, and may train twice the grid's epochs (t
 after the trial that passes that budget). Every run goes through ``search.run.run_study`` with
 its own SQLite file in a temporary folder, on the CPU, with the same epochs and patience a trial
 as the grid. Per dataset, seed and variant the script records the best-so-far validation
-accuracy against cumulative epochs (``search.report.best_so_far``: trials in order of
+accuracy against cumulative epochs (``search.results.report.best_so_far``: trials in order of
 completion, pruned ones counting the epochs they ran) and reports, as mean and spread over seeds:
 
 - epochs until the best-so-far first reaches the grid's best (same seed), and that / the grid's epochs;

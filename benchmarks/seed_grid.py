@@ -4,7 +4,7 @@ Part 1 runs ``study_configs/cifar10_grid.yaml`` (8 grid points, 10 epochs a tria
 batch 512, the seed's augmentation) through the real objective and study code on CIFAR-shaped
 synthetic data with 50,000 training images, and reports its wall time (data synthesis and the
 move to the device included) against the seed's 49 min 44 s on an RTX 3070. Part 2 times one
-training epoch (``search.train.fit``) of the 48/96/256 net at batch 256, 512 and 1024 and reports
+training epoch (``search.engine.train.fit``) of the 48/96/256 net at batch 256, 512 and 1024 and reports
 training images/s (median of ``--repeats``). The last line is ``grid: X.X s, Y.Yx the seed's time``.
 
     python benchmarks/seed_grid.py --device cuda                # the GPU measurement

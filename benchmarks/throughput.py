@@ -3,7 +3,7 @@
 Seed-style: CIFAR-shaped uint8 images held on the host as HWC arrays (as torchvision's CIFAR10
 holds them), turned into a PIL image per sample and put through torchvision's per-sample
 transforms inside a ``DataLoader``; fp32, NCHW; ``loss.item()`` every step (the seed's running
-loss). Ours: ``search.train.fit`` on the same images as one uint8 tensor on the device, index-slice
+loss). Ours: ``search.engine.train.fit`` on the same images as one uint8 tensor on the device, index-slice
 batches, ``BatchTransform`` (batched per-sample augmentation on the device), channels_last, bf16
 autocast on CUDA, optionally ``torch.compile``.
 
@@ -55,7 +55,7 @@ SHAPE = (3, 32, 32)
 N_CLASSES = 10
 MEAN = STD = (0.5, 0.5, 0.5)
 LR = 1e-3
-CUDNN_BENCHMARK = True  # what search.train.fit trains with on CUDA
+CUDNN_BENCHMARK = True  # what search.engine.train.fit trains with on CUDA
 
 log = logging.getLogger("throughput")
 
@@ -180,7 +180,7 @@ def ours_epoch(
     args: argparse.Namespace,
     seed: int,
 ) -> tuple[float, float]:
-    """One epoch through ``search.train.fit``; returns (training images/s, compile seconds)."""
+    """One epoch through ``search.engine.train.fit``; returns (training images/s, compile seconds)."""
     result = fit(
         model,
         train,

@@ -1,7 +1,7 @@
 """Benchmarks keep working: each one's ``--quick`` mode runs as a subprocess and prints its format.
 
 No timing assertions: the figures themselves live in docs/BENCHMARKS.md. Also the fast-path
-contract of ``search.train.fit`` that the throughput benchmark relies on.
+contract of ``search.engine.train.fit`` that the throughput benchmark relies on.
 """
 
 from __future__ import annotations

@@ -831,7 +831,7 @@ INPUT_ERRORS = {
 
 def _input_errors() -> tuple[type[Exception], ...]:
     """The library's bad-input errors, from the modules this command imported: an error cannot
-    come from a module never imported, and importing search.data for its class would load torch."""
+    come from a module never imported, and importing search.engine.data for its class would load torch."""
     return tuple(getattr(sys.modules[m], name) for m, name in INPUT_ERRORS.items() if m in sys.modules)
 
 

@@ -246,7 +246,7 @@ def summarize(study: optuna.Study, df: pd.DataFrame, epochs: int) -> Summary:
 
 
 def _confirm_attr(study: optuna.Study) -> dict[str, Any] | None:
-    raw = study.user_attrs.get("confirm")  # written by search.confirm (a layer above this one)
+    raw = study.user_attrs.get("confirm")  # written by search.results.confirm (a layer above this one)
     return dict(raw) if isinstance(raw, dict) and isinstance(raw.get("verdict"), str) else None
 
 

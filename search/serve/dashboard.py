@@ -1,6 +1,6 @@
 """optuna-dashboard on the study storage and the weights' artifact directory, loopback by default.
 
-:func:`open_dashboard` opens the storage (SQLite through :func:`search.storage.make_storage`: WAL and
+:func:`open_dashboard` opens the storage (SQLite through :func:`search.store.storage.make_storage`: WAL and
 a busy timeout, so the dashboard reads while trials write), binds the port (a port in use is a
 :class:`DashboardError`, raised before anything is served) and returns a :class:`Dashboard`;
 :meth:`Dashboard.serve` blocks until SIGINT (Ctrl-C) or SIGTERM and then closes the socket.
@@ -320,7 +320,7 @@ def open_dashboard(
 ) -> Dashboard:
     """Open the storage (it must exist), build optuna-dashboard's app and bind ``host:port``.
 
-    Raises :class:`DashboardError` for a bad port or host and :class:`search.storage.StorageError`
+    Raises :class:`DashboardError` for a bad port or host and :class:`search.store.storage.StorageError`
     for a storage that cannot be opened; nothing is served or created before this returns.
     """
     import optuna_dashboard

@@ -39,7 +39,7 @@ from search.store.files import (
     write_atomic,
 )
 
-__all__ = [  # the file helpers live in search.files (no optuna there); re-exported for callers
+__all__ = [  # the file helpers live in search.store.files (no optuna there); re-exported for callers
     "STORAGE_ERRNOS",
     "UNREADABLE_ERRORS",
     "CheckpointStore",

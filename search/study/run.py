@@ -119,13 +119,13 @@ def run_study(
     - ``fresh``: archive an existing study of this name first (``--fresh``); otherwise an existing
       one is resumed after checking its config and data match (ResumeConflict if not).
     - ``join``: ``search worker``: the study must exist and is neither checked nor archived.
-    - ``objective``: instead of the model-training :class:`~search.objective.Objective` (tests).
+    - ``objective``: instead of the model-training :class:`~search.study.objective.Objective` (tests).
     - ``on_trial``: called with each finished trial; ``around(study)``: a context entered once the
       study is open and left however the run ends (the CLI's dashboard and progress bar).
     - ``warm_start``: enqueue another study's top param sets (``--warm-start``) once the study is
       open, before any sampling; ``on_warm_start(source, result)`` hears what was enqueued.
     - ``threads``: torch CPU threads per process (``--threads``; default ``train.threads``, else
-      free cores // local workers; see :mod:`search.threads`), applied here and to the workers.
+      free cores // local workers; see :mod:`search.engine.threads`), applied here and to the workers.
     - ``release_memory``: return cached GPU memory around every trial (a worker sharing its GPU).
 
     Raises ConfigError, DataError, StorageError or ResumeConflict before anything is created.

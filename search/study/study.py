@@ -3,7 +3,7 @@
 ``search.n_trials`` counts the study's total over all runs and workers (the loop that keeps it is
 ``search.run``). Heartbeats are on, so a killed worker's trial is marked FAIL and re-queued by
 Optuna's ``RetryHeartbeatStaleTrialCallback`` (:class:`RetryStale` adds what we need). Opening
-the storage itself is ``search.storage``. This module logs; it never prints.
+the storage itself is ``search.store.storage``. This module logs; it never prints.
 """
 
 from __future__ import annotations
@@ -340,7 +340,7 @@ def open_study(
     ensure_checkpoint_key(study)  # before any trial: checkpoints are keyed by it, not by the name
     if CONFIG_ATTR not in study.user_attrs:
         # The dashboard shows attrs cut at 1024 chars; it writes the whole config as the study's
-        # note when it opens (search.dashboard), so a run without --dashboard never imports it.
+        # note when it opens (search.serve.dashboard), so a run without --dashboard never imports it.
         study.set_user_attr(CONFIG_ATTR, {**to_dict(cfg), "storage": mask_url(cfg.storage)})
     if data_attrs is not None and DATA_ATTR not in study.user_attrs:
         study.set_user_attr(DATA_ATTR, data_attrs)

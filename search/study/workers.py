@@ -170,7 +170,7 @@ def run_parallel(
 ) -> tuple[int, bool]:
     """Start one ``search worker`` process per device on the (existing) study and follow it.
 
-    Each worker gets ``threads`` torch threads (default: :func:`search.threads.thread_policy` for
+    Each worker gets ``threads`` torch threads (default: :func:`search.engine.threads.thread_policy` for
     this many workers and ``train.threads``) through ``OMP_NUM_THREADS``.
 
     Returns when every worker has exited; finished trials are passed to ``on_trial`` as they

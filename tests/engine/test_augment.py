@@ -1,4 +1,4 @@
-"""Tests for search.augment: batched per-sample augmentation and normalisation."""
+"""Tests for search.engine.augment: batched per-sample augmentation and normalisation."""
 
 from __future__ import annotations
 
