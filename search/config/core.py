@@ -18,7 +18,7 @@ import re
 import reprlib
 import types
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -84,24 +84,44 @@ def _short_repr(value: Any, limit: int = 200) -> str:
 # --------------------------------------------------------------------------- field types
 
 
-def _field(default: Any = dataclasses.MISSING, fix: str = "", description: str = "", **kw: Any) -> Any:
-    """A config field: its default, bounds, description, the fix hint and, with ``resumable=True``,
-    whether it may change between runs of one study. ``problem=`` overrides the bound message.
-    ``searchable="reason"`` keeps a field (or a whole section) out of ``search.space``; resumable
-    fields are never searchable either."""
+def field(
+    *,
+    default: Any = dataclasses.MISSING,
+    default_factory: Callable[[], Any] | None = None,
+    doc: str = "",
+    fix: str = "",
+    problem: str | None = None,
+    searchable: bool | str = True,
+    resumable: bool = False,
+    **bounds: Any,
+) -> Any:
+    """A config field, every part named.
+
+    Args:
+        default: its value when the config leaves it out (or ``default_factory`` for a section).
+        doc: what it is, one line (the JSON Schema's and docs/config.md's description).
+        fix: the hint a ConfigError about it ends with (``Fix: ...``).
+        problem: the problem a bound or choice error states, instead of the bounds themselves.
+        searchable: ``True``, or why ``search.space`` may not name this field (or section).
+        resumable: it may change between runs of one study (then it is never searchable either).
+        bounds: pydantic's ``ge``/``gt``/``le``/``lt``.
+
+    Returns:
+        The pydantic ``Field`` carrying the metadata (``x-fix``, ``x-resumable``, ``x-searchable``,
+        ``x-problem`` in its JSON Schema).
+    """
     extra: dict[str, Any] = {"x-fix": fix}
-    if kw.pop("resumable", False):
+    if resumable:
         extra["x-resumable"] = True
-    searchable = kw.pop("searchable", True)
-    if searchable is not True:  # why ``search.space`` may not name this field (or section)
+    if searchable is not True:
         extra["x-searchable"] = searchable or "it is not a hyperparameter"
-    if "problem" in kw:
-        extra["x-problem"] = kw.pop("problem")
-    if "default_factory" in kw:
-        return Field(description=description, json_schema_extra=extra, **kw)
+    if problem is not None:
+        extra["x-problem"] = problem
+    if default_factory is not None:
+        return Field(default_factory=default_factory, description=doc, json_schema_extra=extra, **bounds)
     if default is dataclasses.MISSING:
-        return Field(description=description, json_schema_extra=extra, **kw)
-    return Field(default, description=description, json_schema_extra=extra, **kw)
+        return Field(description=doc, json_schema_extra=extra, **bounds)
+    return Field(default, description=doc, json_schema_extra=extra, **bounds)
 
 
 def _int_in(value: Any) -> Any:
@@ -155,7 +175,7 @@ def _list_of(n: int) -> Any:
 
 
 SECTION = ConfigDict(extra="forbid")
-# Why some fields cannot be in search.space (``_field(..., searchable=REASON)``).
+# Why some fields cannot be in search.space (``field(..., searchable=REASON)``).
 _DATA_FIXED = "it changes which images are loaded or how they are split, which all trials share"
 _BOOKKEEPING = "it is run bookkeeping, not a hyperparameter"
 _SPEED = "it is a speed setting, not a hyperparameter"
@@ -168,15 +188,25 @@ _SPEED = "it is a speed setting, not a hyperparameter"
 class AugmentConfig:
     """Training-time augmentation, applied batched and per sample on the device."""
 
-    hflip: Bool = _field(False, "write true or false", "random horizontal flip, p=0.5 per sample")
-    crop_pad: Int = _field(0, "use 0 to disable", "reflect-pad by this many px, then crop back", ge=0)
-    rotate_deg: Float = _field(
-        0.0, "use e.g. 20", "rotation uniform in [-rotate_deg, rotate_deg]", ge=0, le=180
+    hflip: Bool = field(
+        default=False, doc="random horizontal flip, p=0.5 per sample", fix="write true or false"
     )
-    color_jitter: Float = _field(
-        0.0, "use e.g. 0.2", "brightness/contrast/saturation factors in [1-j, 1+j]", ge=0, lt=1
+    crop_pad: Int = field(
+        default=0, doc="reflect-pad by this many px, then crop back", fix="use 0 to disable", ge=0
     )
-    hue: Float = _field(0.0, "use e.g. 0.1", "hue shift in [-hue, hue] turns (3-channel only)", ge=0, le=0.5)
+    rotate_deg: Float = field(
+        default=0.0, doc="rotation uniform in [-rotate_deg, rotate_deg]", fix="use e.g. 20", ge=0, le=180
+    )
+    color_jitter: Float = field(
+        default=0.0,
+        doc="brightness/contrast/saturation factors in [1-j, 1+j]",
+        fix="use e.g. 0.2",
+        ge=0,
+        lt=1,
+    )
+    hue: Float = field(
+        default=0.0, doc="hue shift in [-hue, hue] turns (3-channel only)", fix="use e.g. 0.1", ge=0, le=0.5
+    )
 
     @property
     def enabled(self) -> bool:
@@ -188,8 +218,8 @@ class AugmentConfig:
 class NormalizeConfig:
     """Per-channel normalisation; when absent, mean/std are computed from the training split."""
 
-    mean: tuple[Float, ...] = _field(fix="give one value per channel, e.g. [0.5, 0.5, 0.5]")
-    std: tuple[Annotated[float, annotated_types.Gt(0)], ...] = _field(
+    mean: tuple[Float, ...] = field(fix="give one value per channel, e.g. [0.5, 0.5, 0.5]")
+    std: tuple[Annotated[float, annotated_types.Gt(0)], ...] = field(
         fix="use e.g. [0.5, 0.5, 0.5]", problem="must be positive"
     )
 
@@ -209,11 +239,15 @@ class NormalizeConfig:
 class SyntheticConfig:
     """Random, learnable images for tests: class-dependent patterns plus noise."""
 
-    shape: Annotated[tuple[Int, Int, Int], _list_of(3)] = _field(
-        (3, 32, 32), "use e.g. [3, 32, 32]", "[channels (1 or 3), height, width]"
+    shape: Annotated[tuple[Int, Int, Int], _list_of(3)] = field(
+        default=(3, 32, 32), doc="[channels (1 or 3), height, width]", fix="use e.g. [3, 32, 32]"
     )
-    n_classes: Int = _field(10, "use e.g. 10", "number of classes", ge=2, problem="need at least 2 classes")
-    n_samples: Int = _field(512, "use at least 10 per class", "images in all splits together", ge=1)
+    n_classes: Int = field(
+        default=10, doc="number of classes", fix="use e.g. 10", ge=2, problem="need at least 2 classes"
+    )
+    n_samples: Int = field(
+        default=512, doc="images in all splits together", fix="use at least 10 per class", ge=1
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> SyntheticConfig:
@@ -235,47 +269,49 @@ class SyntheticConfig:
 class DataConfig:
     """Which images, where they live, and how they are split and augmented."""
 
-    dataset: Dataset = _field(
-        "digits", description="the dataset", problem="unknown dataset", searchable=_DATA_FIXED
+    dataset: Dataset = field(
+        default="digits", doc="the dataset", problem="unknown dataset", searchable=_DATA_FIXED
     )
-    root: Str = _field(
-        "storage/data",
-        "give a folder",
-        "dataset folder (an imagefolder: one folder per class)",
+    root: Str = field(
+        default="storage/data",
+        doc="dataset folder (an imagefolder: one folder per class)",
+        fix="give a folder",
         searchable=_DATA_FIXED,
     )
-    cache_dir: Str = _field("storage/data/cache", "give a folder", "decoded-tensor cache", resumable=True)
-    val_fraction: Float = _field(
-        0.1,
-        "use e.g. 0.1",
-        "validation share",
+    cache_dir: Str = field(
+        default="storage/data/cache", doc="decoded-tensor cache", fix="give a folder", resumable=True
+    )
+    val_fraction: Float = field(
+        default=0.1,
+        doc="validation share",
+        fix="use e.g. 0.1",
         gt=0,
         lt=1,
         problem="must be between 0 and 1",
         searchable=_DATA_FIXED,
     )
-    test_fraction: Float = _field(
-        0.2,
-        "use e.g. 0.2",
-        "test share (held out until finetune)",
+    test_fraction: Float = field(
+        default=0.2,
+        doc="test share (held out until finetune)",
+        fix="use e.g. 0.2",
         gt=0,
         lt=1,
         problem="must be between 0 and 1 and leave room for training",
         searchable=_DATA_FIXED,
     )
-    image_size: Int | None = _field(
-        None,
-        "use e.g. 32, or null to keep the images' own size",
-        "resize images to this square size",
+    image_size: Int | None = field(
+        default=None,
+        doc="resize images to this square size",
+        fix="use e.g. 32, or null to keep the images' own size",
         ge=1,
         searchable=_DATA_FIXED,
     )
-    augment: AugmentConfig = _field(default_factory=AugmentConfig, description="training augmentation")
-    normalize: NormalizeConfig | None = _field(
-        None, description="fixed mean/std (default: measured)", searchable=_DATA_FIXED
+    augment: AugmentConfig = field(default_factory=AugmentConfig, doc="training augmentation")
+    normalize: NormalizeConfig | None = field(
+        default=None, doc="fixed mean/std (default: measured)", searchable=_DATA_FIXED
     )
-    synthetic: SyntheticConfig = _field(
-        default_factory=SyntheticConfig, description="dataset: synthetic", searchable=_DATA_FIXED
+    synthetic: SyntheticConfig = field(
+        default_factory=SyntheticConfig, doc="dataset: synthetic", searchable=_DATA_FIXED
     )
 
     @model_validator(mode="after")
@@ -294,40 +330,46 @@ class DataConfig:
 class ModelConfig:
     """The ConvNet's fixed settings (the searched widths are in search.space)."""
 
-    padding: Literal[0, 1, 2] = _field(1, "use 0 for the seed's net, 1 to keep sizes", "conv padding")
+    padding: Literal[0, 1, 2] = field(
+        default=1, doc="conv padding", fix="use 0 for the seed's net, 1 to keep sizes"
+    )
     dropout: Annotated[
         tuple[
             Annotated[float, annotated_types.Ge(0), annotated_types.Lt(1)],
             Annotated[float, annotated_types.Ge(0), annotated_types.Lt(1)],
         ],
         _list_of(2),
-    ] = _field(
-        (0.1, 0.5),
-        "use e.g. [0.1, 0.5]",
-        "dropout probabilities [p0, p1]: p0 after every stage but the last, p1 after the last",
+    ] = field(
+        default=(0.1, 0.5),
+        doc="dropout probabilities [p0, p1]: p0 after every stage but the last, p1 after the last",
+        fix="use e.g. [0.1, 0.5]",
         problem="must be within [0, 1)",
     )
-    stages: Int = _field(
-        2,
-        "use e.g. 2 (the seed's net) to 4 for 64-224 px images",
-        "conv stages, each two convs then pooling and dropout (widths c1, c2, then doubling)",
+    stages: Int = field(
+        default=2,
+        doc="conv stages, each two convs then pooling and dropout (widths c1, c2, then doubling)",
+        fix="use e.g. 2 (the seed's net) to 4 for 64-224 px images",
         ge=2,
         le=6,
     )
-    kernel_size: Literal[1, 3, 5, 7] = _field(3, "use 3 (or 1, 5, 7)", "conv kernel size (odd)")
-    pool: Literal["none", "max", "avg"] = _field(
-        "none", "use none, max or avg", "2x2 pooling at the end of each stage (halves the size)"
+    kernel_size: Literal[1, 3, 5, 7] = field(
+        default=3, doc="conv kernel size (odd)", fix="use 3 (or 1, 5, 7)"
     )
-    head: Literal["flatten", "global_avg"] = _field(
-        "flatten",
-        "use flatten (the seed's net) or global_avg (size-independent head)",
-        "classifier input: all features flattened, or global average pooling to one value per channel",
+    pool: Literal["none", "max", "avg"] = field(
+        default="none",
+        doc="2x2 pooling at the end of each stage (halves the size)",
+        fix="use none, max or avg",
     )
-    batchnorm: Bool = _field(False, "write true or false", "BatchNorm2d after each conv")
-    residual: Bool = _field(
-        False,
-        "write true or false",
-        "each stage a residual block: its two convs plus a 1x1 projection shortcut",
+    head: Literal["flatten", "global_avg"] = field(
+        default="flatten",
+        doc="classifier input: all features flattened, or global average pooling to one value per channel",
+        fix="use flatten (the seed's net) or global_avg (size-independent head)",
+    )
+    batchnorm: Bool = field(default=False, doc="BatchNorm2d after each conv", fix="write true or false")
+    residual: Bool = field(
+        default=False,
+        doc="each stage a residual block: its two convs plus a 1x1 projection shortcut",
+        fix="write true or false",
     )
 
 
@@ -335,58 +377,72 @@ class ModelConfig:
 class TrainConfig:
     """One trial's training loop."""
 
-    epochs: Int = _field(
-        10,
-        "use e.g. 10",
-        "maximum epochs per trial",
+    epochs: Int = field(
+        default=10,
+        doc="maximum epochs per trial",
+        fix="use e.g. 10",
         ge=1,
         searchable="it is the pruners' and the report's epoch budget; search train.patience instead",
     )
-    patience: Int = _field(3, "use e.g. 3", "early-stopping patience (epochs)", ge=1)
-    min_delta: Float = _field(0.0, "use 0.0", "smallest improvement that resets patience", ge=0)
-    weight_decay: Float = _field(
-        0.0, "use 0.0", "weight decay (adam, sgd: L2 in the gradient; adamw: decoupled)", ge=0
+    patience: Int = field(default=3, doc="early-stopping patience (epochs)", fix="use e.g. 3", ge=1)
+    min_delta: Float = field(
+        default=0.0, doc="smallest improvement that resets patience", fix="use 0.0", ge=0
     )
-    optimizer: OptimizerName = _field("adam", description="the optimizer", problem="unknown optimizer")
-    momentum: Float = _field(0.9, "use e.g. 0.9", "SGD momentum (sgd only)", ge=0, lt=1)
-    nesterov: Bool = _field(False, "write true or false", "Nesterov momentum (sgd only; needs momentum > 0)")
-    label_smoothing: Float = _field(
-        0.0, "use e.g. 0.1", "label smoothing of the training loss (validation loss: plain)", ge=0, lt=1
+    weight_decay: Float = field(
+        default=0.0, doc="weight decay (adam, sgd: L2 in the gradient; adamw: decoupled)", fix="use 0.0", ge=0
     )
-    lr_schedule: LrScheduleName = _field(
-        "constant",
-        description="lr over the epochs, per step: constant, cosine (to 0 at train.epochs), onecycle",
+    optimizer: OptimizerName = field(default="adam", doc="the optimizer", problem="unknown optimizer")
+    momentum: Float = field(default=0.9, doc="SGD momentum (sgd only)", fix="use e.g. 0.9", ge=0, lt=1)
+    nesterov: Bool = field(
+        default=False, doc="Nesterov momentum (sgd only; needs momentum > 0)", fix="write true or false"
+    )
+    label_smoothing: Float = field(
+        default=0.0,
+        doc="label smoothing of the training loss (validation loss: plain)",
+        fix="use e.g. 0.1",
+        ge=0,
+        lt=1,
+    )
+    lr_schedule: LrScheduleName = field(
+        default="constant",
+        doc="lr over the epochs, per step: constant, cosine (to 0 at train.epochs), onecycle",
         problem="unknown lr schedule",
     )
-    warmup_epochs: Int = _field(
-        0,
-        "use e.g. 1, or 0 for no warm-up",
-        "linear lr warm-up from 0 (constant, cosine); onecycle: its rising phase (0: 30% of epochs)",
+    warmup_epochs: Int = field(
+        default=0,
+        doc="linear lr warm-up from 0 (constant, cosine); onecycle: its rising phase (0: 30% of epochs)",
+        fix="use e.g. 1, or 0 for no warm-up",
         ge=0,
     )
-    amp: Bool = _field(True, "write true or false", "mixed precision on CUDA", searchable=_SPEED)
-    channels_last: Bool = _field(
-        True, "write true or false", "channels-last memory format on CUDA", searchable=_SPEED
+    amp: Bool = field(
+        default=True, doc="mixed precision on CUDA", fix="write true or false", searchable=_SPEED
     )
-    compile: Bool = _field(False, "write true or false", "torch.compile the model", resumable=True)
-    eval_batch_size: Int = _field(1024, "use e.g. 1024", "batch size for evaluation", ge=1, resumable=True)
-    checkpoint_every_s: Float = _field(
-        10.0,
-        "use e.g. 10 (seconds), or 0 to checkpoint after every epoch",
-        "a running trial's resume checkpoint at most this often; 0: every epoch",
+    channels_last: Bool = field(
+        default=True, doc="channels-last memory format on CUDA", fix="write true or false", searchable=_SPEED
+    )
+    compile: Bool = field(
+        default=False, doc="torch.compile the model", fix="write true or false", resumable=True
+    )
+    eval_batch_size: Int = field(
+        default=1024, doc="batch size for evaluation", fix="use e.g. 1024", ge=1, resumable=True
+    )
+    checkpoint_every_s: Float = field(
+        default=10.0,
+        doc="a running trial's resume checkpoint at most this often; 0: every epoch",
+        fix="use e.g. 10 (seconds), or 0 to checkpoint after every epoch",
         ge=0,
         resumable=True,
     )
-    tensorboard: Bool = _field(
-        False,
-        "write true or false",
-        "TensorBoard scalars per epoch and hparams per trial (extra [tensorboard])",
+    tensorboard: Bool = field(
+        default=False,
+        doc="TensorBoard scalars per epoch and hparams per trial (extra [tensorboard])",
+        fix="write true or false",
         resumable=True,
     )
-    threads: Int | None = _field(
-        None,
-        "use e.g. 2, or null for free cores // local workers",
-        "torch CPU threads per process (null: free cores (usable less busy) // local workers)",
+    threads: Int | None = field(
+        default=None,
+        doc="torch CPU threads per process (null: free cores (usable less busy) // local workers)",
+        fix="use e.g. 2, or null for free cores // local workers",
         ge=1,
         resumable=True,
     )
@@ -411,12 +467,14 @@ class ParamSpec:
     A bare number is a fixed value: ``lr: 0.001`` is ``lr: {value: 0.001}``.
     """
 
-    choices: tuple[Value, ...] | None = _field(None, "list at least one value", "values to choose from")
-    low: Num | None = _field(None, "give both low and high, or choices", "lowest value")
-    high: Num | None = _field(None, "give both low and high, or choices", "highest value")
-    log: Bool = _field(False, "write true or false", "sample on a log scale")
-    step: Num | None = _field(None, "use step > 0", "grid step between low and high")
-    value: Value | None = _field(None, "give a value", "a fixed value (not searched)")
+    choices: tuple[Value, ...] | None = field(
+        default=None, doc="values to choose from", fix="list at least one value"
+    )
+    low: Num | None = field(default=None, doc="lowest value", fix="give both low and high, or choices")
+    high: Num | None = field(default=None, doc="highest value", fix="give both low and high, or choices")
+    log: Bool = field(default=False, doc="sample on a log scale", fix="write true or false")
+    step: Num | None = field(default=None, doc="grid step between low and high", fix="use step > 0")
+    value: Value | None = field(default=None, doc="a fixed value (not searched)", fix="give a value")
 
     @property
     def fixed(self) -> bool:
@@ -737,15 +795,15 @@ Space = Annotated[
 class SamplerConfig:
     """Optuna's sampler."""
 
-    name: SamplerName = _field("tpe", description="the sampler", problem="unknown sampler")
-    n_startup_trials: Int | None = _field(
-        None, "use e.g. 10, or null for the sampler's default", "random trials first", ge=0
+    name: SamplerName = field(default="tpe", doc="the sampler", problem="unknown sampler")
+    n_startup_trials: Int | None = field(
+        default=None, doc="random trials first", fix="use e.g. 10, or null for the sampler's default", ge=0
     )
-    startup: Literal["random", "sobol"] = _field(
-        "random",
-        "use random or sobol",
-        "how TPE / CMA-ES / GP draw their start-up trials: at random, or as scrambled Sobol points "
+    startup: Literal["random", "sobol"] = field(
+        default="random",
+        doc="how TPE / CMA-ES / GP draw their start-up trials: at random, or as scrambled Sobol points "
         "(QMC, spread evenly over the space)",
+        fix="use random or sobol",
         problem="must be random or sobol",
     )
 
@@ -754,12 +812,16 @@ class SamplerConfig:
 class PrunerConfig:
     """Optuna's pruner (stops unpromising trials early)."""
 
-    name: PrunerName = _field("median", description="the pruner", problem="unknown pruner")
-    n_startup_trials: Int = _field(5, "use e.g. 5", "trials before pruning starts", ge=0)
-    n_warmup_steps: Int = _field(2, "use e.g. 2", "epochs before a trial can be pruned", ge=0)
-    percentile: Float = _field(25.0, "use e.g. 25", "percentile pruner's cut", gt=0, lt=100)
-    min_resource: Int = _field(1, "use 1", "successive halving / hyperband minimum epochs", ge=1)
-    reduction_factor: Int = _field(3, "use 3", "successive halving / hyperband reduction factor", ge=2)
+    name: PrunerName = field(default="median", doc="the pruner", problem="unknown pruner")
+    n_startup_trials: Int = field(default=5, doc="trials before pruning starts", fix="use e.g. 5", ge=0)
+    n_warmup_steps: Int = field(default=2, doc="epochs before a trial can be pruned", fix="use e.g. 2", ge=0)
+    percentile: Float = field(default=25.0, doc="percentile pruner's cut", fix="use e.g. 25", gt=0, lt=100)
+    min_resource: Int = field(
+        default=1, doc="successive halving / hyperband minimum epochs", fix="use 1", ge=1
+    )
+    reduction_factor: Int = field(
+        default=3, doc="successive halving / hyperband reduction factor", fix="use 3", ge=2
+    )
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -770,17 +832,17 @@ class ConstraintsConfig:
     the budgets it started with; a study under other budgets is another experiment.
     """
 
-    max_params: Int | None = _field(
-        None,
-        "use e.g. 1000000, or null for no limit",
-        "most trainable parameters a trial's model may have (null: no limit)",
+    max_params: Int | None = field(
+        default=None,
+        doc="most trainable parameters a trial's model may have (null: no limit)",
+        fix="use e.g. 1000000, or null for no limit",
         ge=1,
     )
-    max_latency_ms: Float | None = _field(
-        None,
-        "use e.g. 5.0 (milliseconds), or null for no limit",
-        "most milliseconds of a batch-1 forward pass on the trial's device, median after warm-up "
+    max_latency_ms: Float | None = field(
+        default=None,
+        doc="most milliseconds of a batch-1 forward pass on the trial's device, median after warm-up "
         "(null: no limit, not measured)",
+        fix="use e.g. 5.0 (milliseconds), or null for no limit",
         gt=0,
         problem="must be positive",
     )
@@ -795,50 +857,58 @@ class ConstraintsConfig:
 class SearchConfig:
     """The search: how many trials, the sampler, the pruner, the space and the budgets."""
 
-    n_trials: Int = _field(
-        20, "use e.g. 20", "total finished trials over all runs and workers", ge=1, resumable=True
-    )
-    timeout_s: Float | None = _field(
-        None,
-        "use null for no limit",
-        "stop starting trials after this many seconds",
-        gt=0,
-        resumable=True,
-        problem="must be positive",
-    )
-    sampler: SamplerConfig = _field(default_factory=SamplerConfig, description="the sampler", resumable=True)
-    pruner: PrunerConfig = _field(default_factory=PrunerConfig, description="the pruner", resumable=True)
-    space: Space = _field(
-        default_factory=lambda: DEFAULT_SPACE,
-        description="searched parameters: a number (fixed), {choices: [...]}, or {low, high, log, step}",
-    )
-    enqueue_default: Bool = _field(
-        True,
-        "write true or false",
-        "a new study's trial 0 is the space's log-midpoint (each of c1/c2/l1/lr/batch_size at its geometric "
-        "middle, snapped to its choices or step; lr 1e-4..1e-2 gives 1e-3); not with the grid sampler "
-        "or a --warm-start. On by default: it reached the hand grid's best in 0.12-0.13x the grid's "
-        "epochs on every benchmark dataset and seed (docs/BENCHMARKS.md)",
-        resumable=True,
-    )
-    keep_top_k: Int = _field(3, "use e.g. 3", "weights kept for the best k trials", ge=0, resumable=True)
-    max_failures: Int | None = _field(
-        None,
-        "use e.g. 5, or null (a run stops only after as many failures as search.n_trials)",
-        "failed trials after which a run stops",
+    n_trials: Int = field(
+        default=20,
+        doc="total finished trials over all runs and workers",
+        fix="use e.g. 20",
         ge=1,
         resumable=True,
     )
-    heartbeat_interval_s: Int = _field(
-        20, "use e.g. 20", "a running trial's worker writes a heartbeat this often", ge=1
+    timeout_s: Float | None = field(
+        default=None,
+        doc="stop starting trials after this many seconds",
+        fix="use null for no limit",
+        gt=0,
+        problem="must be positive",
+        resumable=True,
     )
-    grace_period_s: Int = _field(
-        60, "use e.g. 60", "no heartbeat for this long: the trial is stale and retried", ge=1
+    sampler: SamplerConfig = field(default_factory=SamplerConfig, doc="the sampler", resumable=True)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig, doc="the pruner", resumable=True)
+    space: Space = field(
+        default_factory=lambda: DEFAULT_SPACE,
+        doc="searched parameters: a number (fixed), {choices: [...]}, or {low, high, log, step}",
     )
-    max_retry: Int = _field(3, "use e.g. 3", "how often one trial is re-queued after a killed worker", ge=0)
-    constraints: ConstraintsConfig = _field(
+    enqueue_default: Bool = field(
+        default=True,
+        doc="a new study's trial 0 is the space's log-midpoint (each of c1/c2/l1/lr/batch_size at its "
+        "geometric middle, snapped to its choices or step; lr 1e-4..1e-2 gives 1e-3); not with the grid "
+        "sampler or a --warm-start. On by default: it reached the hand grid's best in 0.12-0.13x the grid's "
+        "epochs on every benchmark dataset and seed (docs/BENCHMARKS.md)",
+        fix="write true or false",
+        resumable=True,
+    )
+    keep_top_k: Int = field(
+        default=3, doc="weights kept for the best k trials", fix="use e.g. 3", ge=0, resumable=True
+    )
+    max_failures: Int | None = field(
+        default=None,
+        doc="failed trials after which a run stops",
+        fix="use e.g. 5, or null (a run stops only after as many failures as search.n_trials)",
+        ge=1,
+        resumable=True,
+    )
+    heartbeat_interval_s: Int = field(
+        default=20, doc="a running trial's worker writes a heartbeat this often", fix="use e.g. 20", ge=1
+    )
+    grace_period_s: Int = field(
+        default=60, doc="no heartbeat for this long: the trial is stale and retried", fix="use e.g. 60", ge=1
+    )
+    max_retry: Int = field(
+        default=3, doc="how often one trial is re-queued after a killed worker", fix="use e.g. 3", ge=0
+    )
+    constraints: ConstraintsConfig = field(
         default_factory=ConstraintsConfig,
-        description="budgets (max_params, max_latency_ms): the best model that fits",
+        doc="budgets (max_params, max_latency_ms): the best model that fits",
     )
 
     @model_validator(mode="after")
@@ -868,9 +938,11 @@ class SearchConfig:
 class FinetuneConfig:
     """``search finetune``: continue the best trial from its weights, then test once."""
 
-    epochs: Int = _field(40, "use e.g. 40", "maximum fine-tuning epochs", ge=1)
-    lr_scale: Float = _field(0.8, "use e.g. 0.8", "lr = the best trial's lr x this", gt=0, le=10)
-    patience: Int = _field(6, "use e.g. 6", "early-stopping patience (epochs)", ge=1)
+    epochs: Int = field(default=40, doc="maximum fine-tuning epochs", fix="use e.g. 40", ge=1)
+    lr_scale: Float = field(
+        default=0.8, doc="lr = the best trial's lr x this", fix="use e.g. 0.8", gt=0, le=10
+    )
+    patience: Int = field(default=6, doc="early-stopping patience (epochs)", fix="use e.g. 6", ge=1)
 
 
 def _name_in(value: Any) -> Any:
@@ -894,12 +966,14 @@ def _storage_in(value: Any) -> Any:
 class ConfirmConfig:
     """``search confirm``: re-train the top trials with new seeds (or on folds of train+val)."""
 
-    top: Int = _field(3, "use e.g. 3", "how many of the best COMPLETE trials to re-train", ge=1)
-    seeds: Int = _field(3, "use e.g. 3", "new seeds per trial (ignored with folds)", ge=1)
-    folds: Int = _field(
-        0,
-        "use 0, or e.g. 5 for 5-fold cross-validation",
-        "0: new seeds on the study's own split; F >= 2: F-fold cross-validation of train+val",
+    top: Int = field(
+        default=3, doc="how many of the best COMPLETE trials to re-train", fix="use e.g. 3", ge=1
+    )
+    seeds: Int = field(default=3, doc="new seeds per trial (ignored with folds)", fix="use e.g. 3", ge=1)
+    folds: Int = field(
+        default=0,
+        doc="0: new seeds on the study's own split; F >= 2: F-fold cross-validation of train+val",
+        fix="use 0, or e.g. 5 for 5-fold cross-validation",
         ge=0,
     )
 
@@ -919,49 +993,47 @@ class ConfirmConfig:
 class StudyConfig:
     """A study: its name, seed, storage, data, model, training, search and fine-tuning."""
 
-    name: Annotated[Str, BeforeValidator(_name_in)] = _field(
-        "study", description="study name (default: the config file's name); names folders", resumable=True
+    name: Annotated[Str, BeforeValidator(_name_in)] = field(
+        default="study", doc="study name (default: the config file's name); names folders", resumable=True
     )
-    seed: Int = _field(
-        0,
-        f"use an integer in [0, {MAX_SEED}]",
-        "seed of splits, sampler and training",
+    seed: Int = field(
+        default=0,
+        doc="seed of splits, sampler and training",
+        fix=f"use an integer in [0, {MAX_SEED}]",
         ge=0,
         le=MAX_SEED,
         searchable="it fixes the splits and the sampler (each trial trains with seed + its number)",
     )
-    storage: Annotated[Str, BeforeValidator(_storage_in)] = _field(
-        "sqlite:///storage/studies.db",
-        "use sqlite:///storage/studies.db",
-        "Optuna storage URL",
+    storage: Annotated[Str, BeforeValidator(_storage_in)] = field(
+        default="sqlite:///storage/studies.db",
+        doc="Optuna storage URL",
+        fix="use sqlite:///storage/studies.db",
         resumable=True,
     )
-    artifacts_dir: Str = _field(
-        "storage/artifacts", "give a folder", "the best trials' weights", resumable=True
+    artifacts_dir: Str = field(
+        default="storage/artifacts", doc="the best trials' weights", fix="give a folder", resumable=True
     )
-    checkpoints_dir: Str = _field(
-        "storage/checkpoints",
-        "give a folder",
-        "per-epoch checkpoints of running trials (resume)",
+    checkpoints_dir: Str = field(
+        default="storage/checkpoints",
+        doc="per-epoch checkpoints of running trials (resume)",
+        fix="give a folder",
         searchable=_BOOKKEEPING,
     )
-    tensorboard_dir: Str = _field(
-        "storage/tensorboard",
-        "give a folder",
-        "TensorBoard runs, <study>/trial-<n>/, when train.tensorboard is on",
+    tensorboard_dir: Str = field(
+        default="storage/tensorboard",
+        doc="TensorBoard runs, <study>/trial-<n>/, when train.tensorboard is on",
+        fix="give a folder",
         resumable=True,
     )
-    data: DataConfig = _field(default_factory=DataConfig, description="the data")
-    model: ModelConfig = _field(default_factory=ModelConfig, description="the model")
-    train: TrainConfig = _field(default_factory=TrainConfig, description="training")
-    search: SearchConfig = _field(
-        default_factory=SearchConfig, description="the search", searchable="it configures the search itself"
+    data: DataConfig = field(default_factory=DataConfig, doc="the data")
+    model: ModelConfig = field(default_factory=ModelConfig, doc="the model")
+    train: TrainConfig = field(default_factory=TrainConfig, doc="training")
+    search: SearchConfig = field(
+        default_factory=SearchConfig, doc="the search", searchable="it configures the search itself"
     )
-    finetune: FinetuneConfig = _field(
-        default_factory=FinetuneConfig, description="fine-tuning", resumable=True
-    )
-    confirm: ConfirmConfig = _field(
-        default_factory=ConfirmConfig, description="`search confirm` defaults", resumable=True
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig, doc="fine-tuning", resumable=True)
+    confirm: ConfirmConfig = field(
+        default_factory=ConfirmConfig, doc="`search confirm` defaults", resumable=True
     )
 
     @model_validator(mode="after")
