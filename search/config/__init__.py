@@ -1,42 +1,46 @@
 """The study config: declared once (pydantic, frozen, unknown keys refused), loaded from YAML with
 ``--set`` overrides, validated at the edge, and the search space's specs. Imports neither torch nor
-optuna."""
+optuna.
 
-from search.config.core import (
-    DEFAULT_SPACE,
-    INT_PARAMS,
-    PARAM_NAMES,
-    SAMPLERS,
-    AugmentConfig,
-    ConfigError,
-    ConstraintsConfig,
-    DataConfig,
-    FinetuneConfig,
-    ModelConfig,
-    ParamSpec,
-    PrunerConfig,
-    SearchConfig,
-    StudyConfig,
-    SyntheticConfig,
-    TrainConfig,
+Modules, bottom up: ``_fields`` (how a field is declared and its metadata read), ``_errors``
+(ConfigError; pydantic errors as one line), ``_types`` (field value types), ``_space`` (search-space
+specs, dotted paths), ``_checks`` (checks across fields, names), ``_sections`` (data, model, train),
+``_study`` (search, finetune, confirm, StudyConfig), ``_inputs`` (data.root lookup, input checks),
+``_load`` (YAML, overrides, copies), ``_reference`` (JSON Schema, docs/config.md).
+"""
+
+from search.config._checks import check_study_name, mask_url
+from search.config._errors import ConfigError, build
+from search.config._fields import default_of, resumable_fields
+from search.config._inputs import check_inputs
+from search.config._load import (
     apply_overrides,
-    build,
-    check_inputs,
-    check_study_name,
     config_from_dict,
-    default_of,
-    is_int_range,
-    json_schema,
     load_config,
-    mask_url,
     replace,
-    resumable_fields,
-    searchable_fields,
-    space_corners,
     to_dict,
     trial_config,
     with_overrides,
 )
+from search.config._reference import json_schema
+from search.config._sections import AugmentConfig, DataConfig, ModelConfig, SyntheticConfig, TrainConfig
+from search.config._space import (
+    DEFAULT_SPACE,
+    INT_PARAMS,
+    PARAM_NAMES,
+    ParamSpec,
+    is_int_range,
+    searchable_fields,
+    space_corners,
+)
+from search.config._study import (
+    ConstraintsConfig,
+    FinetuneConfig,
+    PrunerConfig,
+    SearchConfig,
+    StudyConfig,
+)
+from search.config._types import SAMPLERS
 
 __all__ = [
     "DEFAULT_SPACE",
