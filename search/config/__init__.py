@@ -12,7 +12,7 @@ specs, dotted paths), ``_checks`` (checks across fields, names), ``_sections`` (
 from search.config._checks import check_study_name, mask_url
 from search.config._errors import ConfigError, build
 from search.config._fields import default_of, resumable_fields
-from search.config._inputs import check_inputs
+from search.config._inputs import check_inputs, locate_data_root
 from search.config._load import (
     apply_overrides,
     config_from_dict,
@@ -22,7 +22,7 @@ from search.config._load import (
     trial_config,
     with_overrides,
 )
-from search.config._reference import json_schema
+from search.config._reference import config_markdown, json_schema
 from search.config._sections import AugmentConfig, DataConfig, ModelConfig, SyntheticConfig, TrainConfig
 from search.config._space import (
     DEFAULT_SPACE,
@@ -64,10 +64,12 @@ __all__ = [
     "check_inputs",
     "check_study_name",
     "config_from_dict",
+    "config_markdown",
     "default_of",
     "is_int_range",
     "json_schema",
     "load_config",
+    "locate_data_root",
     "mask_url",
     "replace",
     "resumable_fields",

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from search.config._errors import ConfigError, build
+from search.config._inputs import locate_data_root
 from search.config._space import ParamSpec, read_dotted, set_dotted
 from search.config._study import StudyConfig
 
@@ -120,9 +121,8 @@ def _read_text(p: Path) -> str:
         raise ConfigError("config", str(p), f"unreadable ({exc})", "give a UTF-8 YAML file") from exc
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
-    """Read a YAML study config, apply ``--set`` overrides, validate. Raises ConfigError."""
-    p = Path(path)
+def _read_yaml(p: Path) -> dict[str, Any]:
+    """The config file's top-level mapping (empty for an empty file); ConfigError otherwise."""
     text = _read_text(p)
     try:
         raw = _parse_yaml(text, "config", str(p))
@@ -137,8 +137,39 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("config", raw, "the top level must be a mapping", "write key: value lines")
+    return raw
+
+
+def _sets_data_root(raw: Mapping[str, Any], overrides: Sequence[str]) -> bool:
+    """Whether data.root comes from the file: the file sets it and no ``--set`` replaces it."""
+    data = raw.get("data")
+    in_file = isinstance(data, Mapping) and "root" in data
+    keys = {item.partition("=")[0].strip() for item in overrides}
+    return in_file and not keys & {"data", "data.root"}
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
+    """Read a YAML study config, apply ``--set`` overrides, validate.
+
+    A relative ``data.root`` becomes the absolute folder found first in the working directory,
+    then (when the file set it) in the file's folder (:func:`locate_data_root`).
+
+    Args:
+        path: the YAML file; its name (without suffix) is the study's default name.
+        overrides: ``KEY=VALUE`` strings, values parsed as YAML (``--set``).
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: the file, a value or an override is bad (naming the field and the fix).
+    """
+    p = Path(path)
+    raw = _read_yaml(p)
+    from_file = _sets_data_root(raw, overrides)
     raw = apply_overrides(raw, overrides)
-    return config_from_dict(raw, default_name=p.stem)
+    cfg = config_from_dict(raw, default_name=p.stem)
+    return locate_data_root(cfg, p.absolute().parent if from_file else None)
 
 
 def _plain(obj: Any) -> Any:

@@ -49,9 +49,14 @@ class AugmentConfig:
 class NormalizeConfig:
     """Per-channel normalisation; when absent, mean/std are computed from the training split."""
 
-    mean: tuple[Float, ...] = field(fix="give one value per channel, e.g. [0.5, 0.5, 0.5]")
+    mean: tuple[Float, ...] = field(
+        doc="per-channel mean subtracted from the pixels (0..1 scale), one value per channel",
+        fix="give one value per channel, e.g. [0.5, 0.5, 0.5]",
+    )
     std: tuple[Annotated[float, annotated_types.Gt(0)], ...] = field(
-        fix="use e.g. [0.5, 0.5, 0.5]", problem="must be positive"
+        doc="per-channel standard deviation the pixels are divided by, one value per channel",
+        fix="use e.g. [0.5, 0.5, 0.5]",
+        problem="must be positive",
     )
 
     @model_validator(mode="after")
@@ -105,7 +110,12 @@ class DataConfig:
     )
     root: Str = field(
         default="storage/data",
-        doc="dataset folder (an imagefolder: one folder per class)",
+        doc="dataset folder: an imagefolder's class folders (one sub-folder of images per class), or "
+        "where mnist / fashion_mnist / cifar10 are downloaded (digits and synthetic do not read it). "
+        "A relative path is looked up in the working directory first, then in the folder of the "
+        "config file that sets it; the first that exists is used, as an absolute path (so a bundled "
+        "config runs from any directory). Found nowhere, it stays relative to the working directory "
+        "(a download lands there); for an imagefolder the run stops, naming every place looked",
         fix="give a folder",
         searchable=DATA_FIXED,
     )
