@@ -1,12 +1,18 @@
-"""The study config: declared once (pydantic, frozen, unknown keys refused), loaded from YAML with
-``--set`` overrides, validated at the edge, and the search space's specs. Imports neither torch nor
-optuna.
+"""The study config: everything a study needs is one frozen :class:`StudyConfig`, declared once
+with pydantic (unknown keys refused), built and validated once at the edge (:func:`load_config`
+from YAML with ``--set`` overrides, :func:`config_from_dict` from a mapping), never mutated:
+changed copies come from :func:`with_overrides` / :func:`replace` / :func:`trial_config`, which
+validate again. Each field declares its type, bounds, description, the fix shown when it is wrong,
+whether it may change when a study resumes and whether ``search.space`` may search it; every
+problem raises :class:`ConfigError` (one line: the field, the value, the fix). Defaults live here
+and nowhere else. Imports neither torch nor optuna.
 
-Modules, bottom up: ``_fields`` (how a field is declared and its metadata read), ``_errors``
-(ConfigError; pydantic errors as one line), ``_types`` (field value types), ``_space`` (search-space
-specs, dotted paths), ``_checks`` (checks across fields, names), ``_sections`` (data, model, train),
-``_study`` (search, finetune, confirm, StudyConfig), ``_inputs`` (data.root lookup, input checks),
-``_load`` (YAML, overrides, copies), ``_reference`` (JSON Schema, docs/config.md).
+Modules, bottom up: ``_fields`` (how a field is declared, its metadata read back), ``_errors``
+(ConfigError; pydantic's errors as one line), ``_types`` (value types), ``_space`` (search-space
+specs, dotted paths), ``_checks`` (checks across fields, names), ``_sections`` (data, model,
+train), ``_study`` (search, finetune, confirm, StudyConfig), ``_inputs`` (where data.root is,
+input checks), ``_load`` (YAML, overrides, copies), ``_reference`` (JSON Schema, docs/config.md).
+Other code imports only from ``search.config``.
 """
 
 from search.config._checks import check_study_name, mask_url

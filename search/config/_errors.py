@@ -124,7 +124,19 @@ def _from_pydantic(exc: ValidationError, root: str = "") -> ConfigError:
 
 
 def build(cls: type[Any], raw: Any, root: str = "") -> Any:
-    """Validate ``raw`` as config section ``cls``; ConfigError names ``root``.field on failure."""
+    """Validate ``raw`` as config section ``cls``.
+
+    Args:
+        cls: a config class (:class:`StudyConfig` or one of its sections).
+        raw: its plain mapping (None: all defaults).
+        root: the section's dotted path, prefixed to the field a ConfigError names.
+
+    Returns:
+        The validated, frozen ``cls`` instance.
+
+    Raises:
+        ConfigError: the first problem, as one line naming ``root``.field, the value and the fix.
+    """
     try:
         return adapter(cls).validate_python({} if raw is None else raw)
     except ValidationError as exc:

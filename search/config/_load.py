@@ -70,7 +70,15 @@ def _parse_yaml(text: str, path: str, shown: Any) -> Any:
 
 
 def apply_overrides(raw: dict[str, Any], sets: Sequence[str]) -> dict[str, Any]:
-    """Apply ``a.b=v`` overrides (values parsed as YAML) to a raw config mapping, in place."""
+    """Apply ``a.b=v`` overrides (values parsed as YAML) to a raw config mapping, in place.
+
+    Returns:
+        ``raw`` itself, changed.
+
+    Raises:
+        ConfigError: an item is not ``KEY=VALUE``, its value is not YAML, or a part of its key
+            is a value, not a section.
+    """
     for item in sets:
         key, sep, text = item.partition("=")
         key = key.strip()
@@ -92,7 +100,13 @@ def apply_overrides(raw: dict[str, Any], sets: Sequence[str]) -> dict[str, Any]:
 
 
 def config_from_dict(raw: Mapping[str, Any], *, default_name: str = "study") -> StudyConfig:
-    """Build and validate a config from a plain mapping (a parsed YAML file or a study's stored config)."""
+    """Build and validate a config from a plain mapping (a parsed YAML file or a study's stored config).
+
+    Paths are taken as written (no data.root lookup: that is :func:`load_config`'s, for a file).
+
+    Raises:
+        ConfigError: the mapping is not one, too large, or a value is bad.
+    """
     if not isinstance(raw, Mapping):
         raise ConfigError("config", raw, "the top level must be a mapping", "write key: value lines")
     _check_size(raw, "config")
@@ -192,7 +206,11 @@ def to_dict(cfg: StudyConfig) -> dict[str, Any]:
 
 
 def with_overrides(cfg: StudyConfig, changes: Mapping[str, Any]) -> StudyConfig:
-    """A validated copy of ``cfg`` with dotted fields changed, e.g. ``{"search.n_trials": 5}``."""
+    """A validated copy of ``cfg`` with dotted fields changed, e.g. ``{"search.n_trials": 5}``.
+
+    Raises:
+        ConfigError: a changed value is bad (named by its dotted field).
+    """
     raw = to_dict(cfg)
     for key, value in changes.items():
         set_dotted(raw, key, _plain(value))
