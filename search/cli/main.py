@@ -479,8 +479,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from search.config import json_schema
+    from search.config import config_markdown, json_schema
 
+    if args.markdown:
+        print(config_markdown(), end="")  # docs/config.md, byte for byte
+        return EXIT_OK
     print(json.dumps(json_schema(), indent=2))
     return EXIT_OK
 
@@ -730,6 +733,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("schema", help="print the config's JSON Schema (study_configs/schema.json)")
+    p.add_argument(
+        "--markdown", action="store_true", help="print the config reference instead (docs/config.md)"
+    )
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("status", help="list studies: trials per state and the best trial")

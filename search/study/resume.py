@@ -18,7 +18,15 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage
 
-from search.config import ConfigError, StudyConfig, config_from_dict, mask_url, resumable_fields, to_dict
+from search.config import (
+    ConfigError,
+    StudyConfig,
+    config_from_dict,
+    locate_data_root,
+    mask_url,
+    resumable_fields,
+    to_dict,
+)
 from search.store.artifacts import ensure_checkpoint_key
 from search.store.storage import CONFIG_ATTR, DATA_ATTR
 
@@ -49,9 +57,12 @@ def _resumable(key: str) -> bool:
 
 
 def _normalised(stored: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A stored config with today's defaults filled in (as-is when it no longer parses)."""
+    """A stored config with today's defaults filled in and a relative data.root made absolute as
+    the run that stored it read it (from the working directory), so a study stored with
+    ``root: tests/x`` resumes with a config whose root is now found as ``/abs/tests/x`` (as-is
+    when it no longer parses)."""
     try:
-        return to_dict(config_from_dict(stored))
+        return to_dict(locate_data_root(config_from_dict(stored)))
     except ConfigError:
         return stored
 
