@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-CIFAR_SAMPLE = REPO / "tests" / "data" / "cifar10-sample"  # 200 real CIFAR-10 PNGs, 20 per class
+CIFAR_SAMPLE = REPO / "tests" / "data" / "cifar10-sample"  # 200 real CIFAR-10 PNGs, 14-28 per class
 
 REPO_STORAGE = REPO / "storage"  # what `search run` from the project root writes; tests must not
 

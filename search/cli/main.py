@@ -108,13 +108,17 @@ def _trial_line(trial: Any) -> str:
 def cmd_validate(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     check_inputs(cfg)  # what can be checked without reading data (the same check `run` makes)
+    from search.study.preflight import preflight
     from search.study.space import grid_size
 
+    data = preflight(cfg)  # counts (nothing decoded); DataError for what `run` would refuse
     size = f", grid of {grid_size(cfg.search.space)}" if cfg.search.sampler.name == "grid" else ""
     print(
         f"ok: study {cfg.name!r} on {cfg.data.dataset}, {cfg.search.n_trials} trials, "
         f"sampler {cfg.search.sampler.name}{size}, pruner {cfg.search.pruner.name}"
     )
+    print("\n".join(data.listing()), flush=True)
+    data.log_warnings()
     return EXIT_OK
 
 
@@ -223,9 +227,11 @@ class _Progress:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     check_inputs(cfg)
+    from search.study.preflight import preflight
     from search.study.run import run_study
     from search.study.study import mask_url
 
+    preflight(cfg).log_warnings()  # once, here: `search worker` processes do not repeat them
     device = _device(args.device)
     devices = _worker_devices(args)
     threads = _threads_flag(args)
@@ -829,6 +835,7 @@ def _add_results_parsers(sub: Any) -> None:
 
 INPUT_ERRORS = {
     "search.engine.data": "DataError",
+    "search.engine.counts": "DataError",
     "search.store.storage": "StorageError",
     "search.study.resume": "ResumeConflict",
     "search.store.files": "UnwritableFolder",

@@ -22,16 +22,17 @@ from typing import Any
 import torch
 
 from search.config import DataConfig
+from search.engine.counts import DataError, printable_name, take_count
+from search.engine.counts import check_folder as _check_folder
+from search.engine.counts import class_dirs as _class_dirs
+from search.engine.counts import image_files as _image_files
 from search.store.files import UnreadableFile, load_tensors, save_atomic
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+__all__ = ["DataError", "printable_name"]  # they live in search.engine.counts (no torch there); re-exported
+
 CACHE_VERSION = 2  # 2: non-UTF-8 class folder names are stored escaped
-
-
-class DataError(ValueError):
-    """A dataset that cannot be used: names the file or folder and what to do."""
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,7 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     for cls in torch.unique(labels).tolist():
         idx = torch.nonzero(labels == cls).flatten()
         idx = idx[torch.randperm(len(idx), generator=gen)]
-        n_take = round(fraction * len(idx))
-        if len(idx) >= 2:
-            n_take = min(max(n_take, 1), len(idx) - 1)
+        n_take = take_count(len(idx), fraction)
         take.append(idx[:n_take])
         keep.append(idx[n_take:])
     return torch.sort(torch.cat(keep)).values, torch.sort(torch.cat(take)).values
@@ -297,43 +296,6 @@ def _decode_torchvision(name: str, root: Path) -> _Decoded:
     images, labels = tensors(train)
     test_images, test_labels = tensors(test)
     return _Decoded(images, labels, tuple(train.classes), test_images, test_labels)
-
-
-def _class_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _check_folder(root: Path) -> None:
-    if not root.is_dir():
-        raise DataError(
-            f"data.root {root} is not a folder. Fix: point data.root at a folder with one "
-            "sub-folder of images per class"
-        )
-    classes = _class_dirs(root)
-    if len(classes) < 2:
-        raise DataError(
-            f"data.root {root} has {len(classes)} class folder(s); a classifier needs at least 2. "
-            "Fix: put each class's images in its own sub-folder"
-        )
-    for folder in classes:
-        if not _image_files(folder):
-            raise DataError(
-                f"class folder {folder} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}). "
-                "Fix: add images or remove the folder"
-            )
-
-
-def printable_name(name: str) -> str:
-    """A folder name as text that can be printed and written as UTF-8 anywhere: bytes that are not
-    UTF-8 (which Python keeps as lone surrogates) become ``\\xNN`` escapes, so names stay distinct."""
-    try:
-        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a surrogate no file system makes: escape it as it is
-        return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def read_image(path: Path) -> Any:

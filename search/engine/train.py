@@ -42,6 +42,7 @@ from torch import nn
 
 from search.config import TrainConfig
 from search.engine.augment import BatchTransform
+from search.engine.counts import steps_per_epoch
 from search.engine.data import ImageSet
 
 log = logging.getLogger(__name__)
@@ -75,12 +76,6 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
         t = min((step - warmup) / max(total - warmup, 1), 1.0)
         return (1 + math.cos(math.pi * t)) / 2
     return 1.0
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Optimizer steps in one epoch over ``n`` images (full batches only)."""
-    batch = min(batch_size, n)
-    return n // batch if batch >= 2 else 0  # BatchNorm needs two samples in training mode
 
 
 def make_optimizer(model: nn.Module, lr: float, cfg: TrainConfig, *, fused: bool) -> torch.optim.Optimizer:
