@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DataError", "printable_name"]  # they live in search.engine.counts (no torch there); re-exported
 
-CACHE_VERSION = 2  # 2: non-UTF-8 class folder names are stored escaped
+CACHE_VERSION = 3  # 2: non-UTF-8 class folder names are stored escaped; 3: EXIF orientation applied
 
 
 @dataclass(frozen=True)
@@ -299,19 +299,25 @@ def _decode_torchvision(name: str, root: Path) -> _Decoded:
 
 
 def read_image(path: Path) -> Any:
-    """The fully decoded PIL image at ``path`` (file closed); DataError naming the file if it is
-    not a readable image or is too large to decode (a decompression bomb: more pixels than PIL's
-    ``Image.MAX_IMAGE_PIXELS``, found from the header before anything is decoded)."""
+    """The fully decoded PIL image at ``path``, upright (its EXIF orientation applied; file closed).
+
+    Raises:
+        DataError: naming the file, if it is not a readable image or is too large to decode (a
+            decompression bomb: more pixels than PIL's ``Image.MAX_IMAGE_PIXELS``, found from the
+            header before anything is decoded).
+    """
     import warnings
 
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()
-                return img.copy()
+                # Phone cameras store pixels as the sensor saw them and an EXIF Orientation tag that
+                # says how to turn them; PIL ignores the tag, so apply it (a copy either way).
+                return ImageOps.exif_transpose(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(
             f"image {path} is too large to decode safely ({exc}). Fix: resize it to a sensible size "

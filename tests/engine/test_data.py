@@ -4,6 +4,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -184,3 +185,25 @@ def test_non_utf8_class_folder_names_become_printable(tmp_path: Path) -> None:
     classes = load_splits(cfg, seed=0).classes
     assert classes == ("b", "caf\\xe8", "caf\\xe9")  # distinct, and UTF-8 encodable
     assert all(c.encode("utf-8") for c in classes)
+
+
+def test_a_photo_stored_rotated_with_an_exif_tag_is_read_upright(tmp_path: Path) -> None:
+    """Phone cameras store sideways pixels plus an Orientation tag; the decoder applies the tag, so
+    training, validate and predict see the photo as people do."""
+    import random
+
+    from PIL import Image
+
+    from search.engine.data import read_image
+    from tests.photos import draw_photo, save_photo
+
+    picture = draw_photo("triangle", (320, 240), random.Random(0))
+    save_photo(picture, tmp_path / "upright.jpg", exif_rotated=False)
+    save_photo(picture, tmp_path / "tagged.jpg", exif_rotated=True)
+    assert Image.open(tmp_path / "tagged.jpg").size == (240, 320)  # as stored: sideways
+    upright = np.asarray(read_image(tmp_path / "upright.jpg"), dtype=np.float32)
+    tagged = np.asarray(read_image(tmp_path / "tagged.jpg"), dtype=np.float32)
+    assert tagged.shape == upright.shape == (240, 320, 3)
+    assert np.abs(tagged - upright).mean() < 3.0  # the same picture, up to JPEG noise
+    sideways = np.asarray(Image.open(tmp_path / "tagged.jpg").convert("RGB").resize((320, 240)), np.float32)
+    assert np.abs(sideways - upright).mean() > 3 * np.abs(tagged - upright).mean()
