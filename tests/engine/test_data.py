@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from search.config import DataConfig, SyntheticConfig
-from search.engine.data import DataError, cache_path, load_splits, stratified_split
+from search.engine.data import DataError, cache_path, load_splits, stratified_folds, stratified_split
 from tests.conftest import CIFAR_SAMPLE, run_cli, tiny_config, write_config
 
 
@@ -184,3 +184,17 @@ def test_non_utf8_class_folder_names_become_printable(tmp_path: Path) -> None:
     classes = load_splits(cfg, seed=0).classes
     assert classes == ("b", "caf\\xe8", "caf\\xe9")  # distinct, and UTF-8 encodable
     assert all(c.encode("utf-8") for c in classes)
+
+
+def test_stratified_folds_partition_each_class_evenly() -> None:
+    labels = torch.tensor([0] * 10 + [1] * 7 + [2] * 5)
+    folds = stratified_folds(labels, 3, seed=5)
+    joined = torch.cat(folds)
+    assert sorted(joined.tolist()) == list(range(len(labels)))  # disjoint and complete
+    for cls in range(3):
+        counts = [int((labels[f] == cls).sum()) for f in folds]
+        assert max(counts) - min(counts) <= 1
+    sizes = [len(f) for f in folds]
+    assert max(sizes) - min(sizes) <= 1
+    assert all(torch.equal(a, b) for a, b in zip(folds, stratified_folds(labels, 3, seed=5), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(folds, stratified_folds(labels, 3, seed=6), strict=True))
