@@ -20,7 +20,7 @@ from optuna.storages import BaseStorage
 
 from search.config import ConfigError, StudyConfig, config_from_dict, mask_url, resumable_fields, to_dict
 from search.store.artifacts import ensure_checkpoint_key
-from search.store.storage import CONFIG_ATTR, DATA_ATTR
+from search.store.records import CONFIG_ATTR, DATA_ATTR
 
 log = logging.getLogger(__name__)
 
