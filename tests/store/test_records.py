@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import search.store.records as records
+from search.store import records
 from tests.conftest import REPO
 
 # search/cli/ still spells a few names out (its per-command split is under way elsewhere); once

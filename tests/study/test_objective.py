@@ -110,7 +110,8 @@ def test_the_gp_sampler_reads_the_constraints_and_is_kept_off_points_over_max_pa
 ) -> None:
     # GPSampler reads every COMPLETE trial's constraint values (the same keys on all of them, or
     # it raises); it never sees an over-budget (PRUNED) trial, so after 2 random trials it keeps
-    # proposing c1=27 (over budget) unless the run replaces such a proposal (search.study.sampling.TrialSeeded)
+    # proposing c1=27 (over budget) unless the run replaces such a proposal
+    # (search.study.sampling.TrialSeeded)
     raw = tiny_config(
         storage=f"sqlite:///{tmp_path}/s.db",
         checkpoints_dir=str(tmp_path / "ckpt"),
