@@ -1,12 +1,13 @@
 """Per-trial time spent outside training: sampler, storage, report/prune, artifact save.
 
-Runs the real per-trial machinery (``search.run.run_study``, the real
-``search.study.objective.Objective`` with its sampler, pruner, ``trial.report``/``should_prune`` each
-epoch, user attrs and the top-k weights save) with the training loop replaced by a stand-in that
-takes no time: it reports ``train.epochs`` made-up validation accuracies through the same
-``on_epoch`` callback and returns the built model's real weights. Everything a trial then costs is
-framework overhead. Studies are pre-filled with finished trials (``optuna.trial.create_trial`` +
-``study.add_trials``) up to 10, 100 and 1000, then ``--trials`` trials are timed at each level.
+Runs the real per-trial machinery (``search.study.run.run_study``, the real
+``search.study.objective.Objective`` with its sampler, pruner, ``trial.report``/``should_prune``
+each epoch, user attrs and the top-k weights save) with the training loop replaced by a stand-in
+(the objective's ``fit=`` option) that takes no time: it reports ``train.epochs`` made-up
+validation accuracies through the same ``on_epoch`` callback and returns the built model's real
+weights. Everything a trial then costs is framework overhead. Studies are pre-filled with
+finished trials (``optuna.trial.create_trial`` + ``study.add_trials``) up to 10, 100 and 1000,
+then ``--trials`` trials are timed at each level.
 
 Config: ``study_configs/cifar10.yaml`` (TPE, median pruner, 10 epochs a trial, the seed's net
 family), with the dataset replaced by a few CIFAR-shaped synthetic images (data are loaded once
@@ -15,7 +16,7 @@ sends to the storage (SQLAlchemy event listeners), split by what sent them.
 
 Then, with real training, the same trials run the hand-written way (``benchmarks/handwritten.py``:
 Optuna + torch as a careful user writes it, same space, TPE, median pruner, SQLite WAL +
-``synchronous=NORMAL``, same net and data) and through ``search.run.run_study``, on the quickstart
+``synchronous=NORMAL``, same net and data) and through ``search.study.run.run_study``, on the quickstart
 config (``study_configs/digits.yaml``, 10 epochs). Both studies get the same param sets enqueued
 (drawn once at random from the space), so both train the same nets; rounds alternate which goes
 first, so both see the same machine load. The last line is ``per-trial ratio: X.XXx (ours /
@@ -58,12 +59,12 @@ import torch
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState, create_trial
 
-import search.study.objective as objective_module
 from benchmarks._common import REPO, machine, median, quiet_logging, table
 from benchmarks.handwritten import run_handwritten
 from search.config import StudyConfig, load_config
 from search.engine.train import EpochMetrics, FitResult, StopKind, StopReason
 from search.store.artifacts import WeightStore
+from search.store.records import FAIL_REASON_ATTR
 from search.study.objective import Objective
 from search.study.run import run_study
 from search.study.space import suggest
@@ -368,8 +369,8 @@ def bench_storage(
     ]
     cfg = load_config(CONFIG, overrides)
     timers: Timers = defaultdict(float)
-    objective_module.fit = make_fit_stand_in(timers)  # type: ignore[assignment]
-    objective = Objective(cfg, torch.device("cpu"), WeightStore(cfg.artifacts_dir))
+    fit_stand_in = make_fit_stand_in(timers)
+    objective = Objective(cfg, torch.device("cpu"), WeightStore(cfg.artifacts_dir), fit=fit_stand_in)
     objective._keep_weights = timed(objective._keep_weights, timers, "keep weights")  # type: ignore[method-assign]
     storage = storage_for(cfg)
     study = open_study(cfg, storage, objective.data_attrs())
@@ -396,7 +397,7 @@ def bench_storage(
             trips.on = False
         failed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
         if failed:  # a broken stand-in must not pass for a fast framework
-            reason = failed[-1].user_attrs.get("fail_reason", "no reason recorded")
+            reason = failed[-1].user_attrs.get(FAIL_REASON_ATTR, "no reason recorded")
             raise SystemExit(f"error: {len(failed)} timed trial(s) failed, e.g. {reason}")
         durations, cpu_times = clock.wall, clock.cpu
         n = max(len(durations), 1)
@@ -603,28 +604,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rows: list[list[object]] = []
     trips = RoundTrips()
-    real_fit = objective_module.fit
     load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         work = Path(tmp)
-        try:
-            for label in args.storage:
-                if label == "sqlite":
-                    rows += bench_storage(label, f"sqlite:///{work / 'studies.db'}", work, args, trips)
-                elif args.pg_url:
-                    rows += bench_storage(label, args.pg_url, work, args, trips)
-                else:
-                    try:
-                        with temp_postgres() as url:
-                            rows += bench_storage(label, url, work, args, trips)
-                    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
-                        print(
-                            f"error: cannot start a PostgreSQL cluster ({exc}); pass --pg-url",
-                            file=sys.stderr,
-                        )
-                        return 2
-        finally:
-            objective_module.fit = real_fit  # the stand-in must not train the comparison's trials
+        for label in args.storage:
+            if label == "sqlite":
+                rows += bench_storage(label, f"sqlite:///{work / 'studies.db'}", work, args, trips)
+            elif args.pg_url:
+                rows += bench_storage(label, args.pg_url, work, args, trips)
+            else:
+                try:
+                    with temp_postgres() as url:
+                        rows += bench_storage(label, url, work, args, trips)
+                except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+                    print(
+                        f"error: cannot start a PostgreSQL cluster ({exc}); pass --pg-url",
+                        file=sys.stderr,
+                    )
+                    return 2
         parts = sorted(trips.statements, key=lambda k: -trips.statements[k])
         n_timed = max(args.trials, 1)
         part_rows = [

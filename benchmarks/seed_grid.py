@@ -33,7 +33,7 @@ from benchmarks._common import REPO, machine, median, quiet_logging, table
 from search.config import load_config
 from search.engine.train import fit, resolve_device
 from search.store.artifacts import WeightStore
-from search.study.objective import Objective, build_model
+from search.study.objective import Objective
 from search.study.run import run_study
 from search.study.study import make_storage
 
@@ -90,7 +90,7 @@ def throughput(objective: Objective, batch: int, args: argparse.Namespace) -> tu
     rates, compile_s = [], 0.0
     for r in range(args.repeats + 1):  # the first is a warm-up
         torch.manual_seed(r)
-        model = build_model(cfg, params, objective.in_shape, objective.n_classes)
+        model = objective.recipe(params).model()
         result = fit(
             model,
             objective.train,

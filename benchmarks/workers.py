@@ -2,12 +2,14 @@
 time from SIGKILL of a worker to the retry of its trial.
 
 Trials are trivial (one suggested float, returned at once) and go through the same storage setup
-and trial loop as `search worker` (``storage_for`` with heartbeats, ``run_trials`` with the
-exact-total check), so the figures are the storage's and the loop's overhead per trial. Worker
-processes import everything and then wait for a common start, so start-up is not timed.
-PostgreSQL is a throwaway local server (``tests/pg.py``: initdb + pg_ctl, fsync off).
+and trial loop as `search worker` (``search.study.run.run_study`` joining the study, with its
+heartbeats and the exact-total check; the trivial objective is passed as its ``objective``), so
+the figures are the storage's and the loop's overhead per trial. Worker processes import
+everything and then wait for a common start, so start-up is not timed. PostgreSQL is a
+throwaway local server (``tests/pg.py``: initdb + pg_ctl, fsync off).
 
     python benchmarks/workers.py [--trials 200] [--workers 1 2 4] [--no-postgres]
+    python benchmarks/workers.py --quick   # 10 trials, 1 worker, SQLite only: does it still run
 """
 
 from __future__ import annotations
@@ -149,7 +151,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--heartbeat-s", type=int, default=1, help="heartbeat interval for the kill test")
+    parser.add_argument("--quick", action="store_true", help="10 trials, 1 worker, SQLite only")
     args = parser.parse_args()
+    if args.quick:
+        args.trials, args.workers, args.no_postgres = 10, [1], True
 
     from tests.pg import postgres
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.config import TrainConfig
+from search.config import ModelConfig, TrainConfig
 from search.engine.augment import BatchTransform
 from search.engine.data import ImageSet
 from search.engine.model import ConvNet
@@ -118,6 +118,18 @@ def test_overhead_quick(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())  # everything went to a temporary directory
 
 
+def test_workers_quick(tmp_path: Path) -> None:
+    """Trivial trials through `search worker`'s loop (run_study joining a study) in a worker
+    process, then a SIGKILLed worker's trial retried by another."""
+    out = lines(run_bench("workers.py", "--quick", cwd=tmp_path))
+    assert out[0].startswith("trivial trials, 10 per run")
+    rows = [line.split() for line in out if line.startswith("SQLite")]
+    assert rows[0][:2] == ["SQLite", "1"] and float(rows[0][2]) > 0 and rows[0][3] == "10", rows
+    assert out[-2] == "SIGKILL to retry (heartbeat 1s, grace period 3s)"
+    assert rows[1][0] == "SQLite" and float(rows[1][1]) > 0 and rows[1][2] == "s", rows
+    assert not list(tmp_path.iterdir())  # everything went to a temporary directory
+
+
 def test_pruning_quick(tmp_path: Path) -> None:
     out = lines(run_bench("pruning.py", "--quick", cwd=tmp_path))
     assert re.fullmatch(
@@ -150,7 +162,7 @@ def _tiny(n: int) -> tuple[ConvNet, ImageSet, ImageSet, BatchTransform]:
     images = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=gen)
     labels = torch.arange(n) % 3
     torch.manual_seed(0)
-    model = ConvNet(2, 4, 8, (1, 8, 8), 3, padding=1)
+    model = ConvNet(ModelConfig(padding=1), (2, 4, 8), (1, 8, 8), 3)
     return model, ImageSet(images, labels), ImageSet(images[:8], labels[:8]), BatchTransform([0.5], [0.25])
 
 

@@ -460,15 +460,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from search.results.export import ExportError, export_trial
+    from search.results.export import ExportError, export_finetuned, export_trial
     from search.study.stored import study_config
 
     study = _results_study(args)
     try:
-        done = export_trial(study, study_config(study), args.trial, args.out)
+        if args.finetuned:
+            done = export_finetuned(study, args.out, trial=args.trial)
+        else:
+            done = export_trial(study, study_config(study), args.trial, args.out)
     except ExportError as exc:
         raise BadInput(str(exc)) from exc
-    print(f"exported trial {done.trial} (val accuracy {done.config['val_accuracy']:.4f}) to {done.out}")
+    print(done.line())
     return EXIT_OK
 
 
@@ -783,6 +786,11 @@ def _add_results_parsers(sub: Any) -> None:
     p.add_argument("--storage", default=default_storage, help="storage URL")
     p.add_argument("--trial", type=int, help="trial number (default: the best trial)")
     p.add_argument("--out", help="output folder (default storage/exports/STUDY/trial-N)")
+    p.add_argument(
+        "--finetuned",
+        action="store_true",
+        help="the model of `search finetune` instead (default out storage/exports/STUDY/finetuned)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", help="top-3 classes per image with an exported model")

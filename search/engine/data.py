@@ -95,6 +95,20 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     return torch.sort(torch.cat(keep)).values, torch.sort(torch.cat(take)).values
 
 
+def stratified_folds(labels: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:
+    """``k`` disjoint index sets covering ``labels``; each class is spread evenly over them."""
+    gen = torch.Generator().manual_seed(seed)
+    buckets: list[list[torch.Tensor]] = [[] for _ in range(k)]
+    start = 0  # each class continues where the last one stopped, so fold sizes differ by <= 1
+    for cls in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == cls).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        for j in range(k):
+            buckets[(start + j) % k].append(idx[j::k])
+        start = (start + len(idx)) % k
+    return [torch.sort(torch.cat(b)).values for b in buckets]
+
+
 def _subset(images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> ImageSet:
     return ImageSet(images[idx].contiguous(), labels[idx].contiguous())
 

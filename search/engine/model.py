@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +27,6 @@ from torch import nn
 from search.config import ConfigError, ModelConfig
 
 KERNEL = 3
-PoolKind = Literal["none", "max", "avg"]
-HeadKind = Literal["flatten", "global_avg"]
 MAX_SIDE = 1 << 16  # min_input_size looks no further
 
 
@@ -166,65 +164,43 @@ class ResidualStage(nn.Module):
         return out
 
 
+class Widths(NamedTuple):
+    """The searched widths of a net: the first two stages' channels and the hidden layer's units."""
+
+    c1: int
+    c2: int
+    l1: int
+
+
 class ConvNet(nn.Module):
-    """The study's ConvNet; ``in_shape`` is (channels, height, width). See the module docstring."""
+    """The study's ConvNet (see the module docstring): its config section ``cfg`` whole, the
+    searched ``widths`` and what the data says, ``in_shape`` (channels, height, width) and
+    ``n_classes``. InputTooSmallError when the images are too small for ``cfg``."""
 
     def __init__(
-        self,
-        c1: int,
-        c2: int,
-        l1: int,
-        in_shape: Sequence[int],
-        n_classes: int,
-        padding: int = 0,
-        dropout: Sequence[float] = (0.1, 0.5),
-        *,
-        stages: int = 2,
-        kernel_size: int = KERNEL,
-        pool: PoolKind = "none",
-        head: HeadKind = "flatten",
-        batchnorm: bool = False,
-        residual: bool = False,
+        self, cfg: ModelConfig, widths: Sequence[int], in_shape: Sequence[int], n_classes: int
     ) -> None:
         super().__init__()
+        c1, c2, l1 = (int(v) for v in widths)
         channels, height, width = (int(v) for v in in_shape)
-        fh, fw = feature_hw(height, width, padding, stages=stages, kernel_size=kernel_size, pool=pool)
+        fh, fw = feature_hw(
+            height, width, cfg.padding, stages=cfg.stages, kernel_size=cfg.kernel_size, pool=cfg.pool
+        )
         if fh < 1 or fw < 1:
-            need = min_input_size(padding, stages=stages, kernel_size=kernel_size, pool=pool)
+            need = min_input_size(cfg.padding, stages=cfg.stages, kernel_size=cfg.kernel_size, pool=cfg.pool)
             raise InputTooSmallError(
-                f"input {height}x{width} is too small for padding={padding}, stages={stages}, "
-                f"kernel_size={kernel_size}, pool={pool}: the net needs at least {need}x{need} pixels"
+                f"input {height}x{width} is too small for padding={cfg.padding}, stages={cfg.stages}, "
+                f"kernel_size={cfg.kernel_size}, pool={cfg.pool}: the net needs at least {need}x{need} pixels"
             )
         self.in_shape = (channels, height, width)
-        widths = [c1, c2] + [c2 * 2**i for i in range(1, stages - 1)]
-        layers: list[nn.Module] = []
-        c_in, hw = channels, (height, width)
-        for i, c_out in enumerate(widths):
-            last = i == stages - 1
-            stride = 2 if last else 1
-            if residual:
-                hw = tuple(  # type: ignore[assignment]
-                    _conv_out(_conv_out(s, kernel_size, padding, 1), kernel_size, padding, stride) for s in hw
-                )
-                layers.append(ResidualStage(c_in, c_out, kernel_size, padding, stride, batchnorm, hw))
-            else:
-                for conv_in, conv_stride in ((c_in, 1), (c_out, stride)):
-                    layers.append(nn.Conv2d(conv_in, c_out, kernel_size, padding=padding, stride=conv_stride))
-                    layers += [nn.BatchNorm2d(c_out)] if batchnorm else []
-                    layers.append(nn.ReLU(inplace=True))
-                hw = tuple(  # type: ignore[assignment]
-                    _conv_out(_conv_out(s, kernel_size, padding, 1), kernel_size, padding, stride) for s in hw
-                )
-            if pool != "none":
-                layers.append(nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2))
-                hw = (hw[0] // 2, hw[1] // 2)
-            layers.append(nn.Dropout(dropout[1] if last else dropout[0]))
-            c_in = c_out
+        stage_widths = [c1, c2] + [c2 * 2**i for i in range(1, cfg.stages - 1)]
+        layers, hw = _feature_layers(cfg, channels, stage_widths, (height, width))
         assert hw == (fh, fw)
         self.features = nn.Sequential(*layers)
-        self.flat_features = c_in * fh * fw if head == "flatten" else c_in
+        c_last = stage_widths[-1]
+        self.flat_features = c_last * fh * fw if cfg.head == "flatten" else c_last
         self.classifier = nn.Sequential(
-            nn.Flatten() if head == "flatten" else GlobalAvgPool(),
+            nn.Flatten() if cfg.head == "flatten" else GlobalAvgPool(),
             nn.BatchNorm1d(self.flat_features),
             nn.Linear(self.flat_features, l1),
             nn.ReLU(inplace=True),
@@ -241,14 +217,43 @@ class ConvNet(nn.Module):
         return next(m for m in self.features.modules() if isinstance(m, nn.Conv2d))
 
 
+def _feature_layers(
+    cfg: ModelConfig, channels: int, widths: Sequence[int], hw: tuple[int, int]
+) -> tuple[list[nn.Module], tuple[int, int]]:
+    """The stages' modules, in order, and the spatial size they leave (module names as ever, so
+    old weights load)."""
+    layers: list[nn.Module] = []
+    c_in, k, pad = channels, cfg.kernel_size, cfg.padding
+    for i, c_out in enumerate(widths):
+        last = i == cfg.stages - 1
+        stride = 2 if last else 1
+        hw = (
+            _conv_out(_conv_out(hw[0], k, pad, 1), k, pad, stride),
+            _conv_out(_conv_out(hw[1], k, pad, 1), k, pad, stride),
+        )
+        if cfg.residual:
+            layers.append(ResidualStage(c_in, c_out, k, pad, stride, cfg.batchnorm, hw))
+        else:
+            for conv_in, conv_stride in ((c_in, 1), (c_out, stride)):
+                layers.append(nn.Conv2d(conv_in, c_out, k, padding=pad, stride=conv_stride))
+                layers += [nn.BatchNorm2d(c_out)] if cfg.batchnorm else []
+                layers.append(nn.ReLU(inplace=True))
+        if cfg.pool != "none":
+            layers.append(nn.MaxPool2d(2) if cfg.pool == "max" else nn.AvgPool2d(2))
+            hw = (hw[0] // 2, hw[1] // 2)
+        layers.append(nn.Dropout(cfg.dropout[1] if last else cfg.dropout[0]))
+        c_in = c_out
+    return layers, hw
+
+
 def build_convnet(
     model: ModelConfig, c1: int, c2: int, l1: int, in_shape: Sequence[int], n_classes: int
 ) -> ConvNet:
-    """The net a study with model settings ``model`` trains for widths c1, c2, l1.
+    """The net a study with model settings ``model`` trains for widths c1, c2, l1: the one factory.
 
     ConfigError (naming the option and the minimum size) when the input is too small."""
     check_input_size(model, in_shape)
-    return ConvNet(int(c1), int(c2), int(l1), in_shape, n_classes, **dataclasses.asdict(model))
+    return ConvNet(model, Widths(int(c1), int(c2), int(l1)), in_shape, n_classes)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -11,11 +11,8 @@ are read once per epoch. Early stopping watches validation accuracy (``patience`
 with a reason. ``on_epoch(epoch, metrics)`` is the only way out: it returns True to prune the run
 there, or raises to abort it. Does not import optuna.
 
-Optimizer and schedule come from the :class:`TrainConfig`: ``optimizer`` adam (the default),
-adamw or sgd (``momentum``, ``nesterov``), ``weight_decay``, ``label_smoothing`` (training loss
-only), and ``lr_schedule`` constant (the default), cosine or onecycle with ``warmup_epochs``,
-applied per step (:func:`lr_factor`). The defaults (Adam, constant lr, no warm-up) build no
-scheduler at all: the same numbers as the loop always gave.
+Optimizer and lr schedule come from the :class:`TrainConfig` (:mod:`search.engine.optim`; the
+defaults build no scheduler: the numbers the loop always gave); ``label_smoothing`` is training-only.
 
 Resume: :class:`FitState` holds everything a run needs to continue (model, optimizer, lr
 scheduler, the data generator, counters, history, timings); ``state_dict()`` is the checkpoint,
@@ -44,67 +41,11 @@ from search.config import TrainConfig
 from search.engine.augment import BatchTransform
 from search.engine.counts import steps_per_epoch
 from search.engine.data import ImageSet
+from search.engine.optim import make_optimizer, make_scheduler, set_fused
 
 log = logging.getLogger(__name__)
 
 DROPOUT_STREAM = 0x5EED  # dropout's per-epoch seeds differ from the data order's re-seeds
-ONECYCLE_START = 1 / 25  # onecycle: lr rises from lr x this (torch's OneCycleLR div_factor 25)
-ONECYCLE_END = 1 / 25e4  # ... and anneals to lr x this (final_div_factor 1e4)
-ONECYCLE_RISE = 0.3  # share of the steps that rise when train.warmup_epochs is 0 (pct_start)
-
-
-def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
-    """The lr multiplier before optimizer step ``step`` (0-based) of ``total`` steps.
-
-    ``constant``: 1, after a linear warm-up over the first ``warmup`` steps (from 1/warmup to 1).
-    ``cosine``: the same warm-up, then a half cosine from 1 to 0 at step ``total``.
-    ``onecycle``: a half cosine up from 1/25 to 1 over ``warmup`` steps (30% of ``total`` when
-    0), then down to 1/25e4 at the end; the warm-up is this rising phase (momentum is not cycled).
-    """
-    total = max(total, 1)
-    if schedule == "onecycle":
-        rise = warmup if warmup > 0 else round(ONECYCLE_RISE * total)
-        rise = min(max(rise, 1), total)
-        if step < rise:
-            t = step / rise
-            return ONECYCLE_START + (1 - ONECYCLE_START) * (1 - math.cos(math.pi * t)) / 2
-        t = min((step - rise) / max(total - rise, 1), 1.0)
-        return ONECYCLE_END + (1 - ONECYCLE_END) * (1 + math.cos(math.pi * t)) / 2
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "cosine":
-        t = min((step - warmup) / max(total - warmup, 1), 1.0)
-        return (1 + math.cos(math.pi * t)) / 2
-    return 1.0
-
-
-def make_optimizer(model: nn.Module, lr: float, cfg: TrainConfig, *, fused: bool) -> torch.optim.Optimizer:
-    """``cfg.optimizer`` over the model's parameters (fused: one kernel for all of them, CUDA only)."""
-    params = model.parameters()
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
-            weight_decay=cfg.weight_decay,
-            fused=fused,
-        )
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, fused=fused)
-    return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay, fused=fused)
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int
-) -> torch.optim.lr_scheduler.LambdaLR | None:
-    """The per-step lr schedule over ``cfg.epochs`` epochs of ``steps`` steps; None for a constant
-    lr without warm-up (the loop then never touches the lr)."""
-    if cfg.lr_schedule == "constant" and cfg.warmup_epochs == 0:
-        return None
-    total, warmup = cfg.epochs * steps, cfg.warmup_epochs * steps
-    schedule = cfg.lr_schedule
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(schedule, step, total, warmup))
 
 
 @dataclass(frozen=True)
@@ -174,19 +115,6 @@ def mixed_seed(seed: int, epoch: int, stream: int = 0) -> int:
 def _rng_device_type(rng: torch.Tensor) -> str:
     """The device kind a generator state comes from (checkpoints written before it was stored)."""
     return "cpu" if rng.numel() == torch.Generator().get_state().numel() else "cuda"
-
-
-def set_fused(optimizer: torch.optim.Optimizer, fused: bool) -> None:
-    """Make a loaded Adam fused (CUDA) or not (CPU), whatever the checkpoint's device used.
-
-    Fused Adam keeps its ``step`` counters on the parameters' device, the plain one on the CPU.
-    """
-    for group in optimizer.param_groups:
-        group["fused"] = fused
-        for p in group["params"]:
-            st = optimizer.state.get(p, {})
-            if "step" in st:
-                st["step"] = st["step"].to(device=p.device if fused else "cpu", dtype=torch.float32)
 
 
 @dataclass

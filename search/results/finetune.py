@@ -1,9 +1,10 @@
 """Fine-tune the best trial FROM its saved weights, then evaluate once on the test split.
 
 The study holds everything needed: its config (user_attr ``config``), its data facts
-(``data``: normalisation mean/std) and the best trial's weights in the artifact store. Steps:
+(``data``: normalisation mean/std) and the best trial's weights in the artifact store; the trial's
+:class:`TrialRecipe` rebuilds its net from them. Steps:
 
-1. rebuild the best trial's model and load its best-epoch weights;
+1. rebuild the trial's model (:func:`load_trial`) holding its best-epoch weights;
 2. measure validation accuracy before any update — on the same seeded split the search used,
    so it equals the trial's value (logged, and recorded as ``start_val_acc``);
 3. continue training at ``lr * lr_scale`` with early stopping (``patience``) and keep the best
@@ -11,10 +12,13 @@ The study holds everything needed: its config (user_attr ``config``), its data f
    applied): the same optimizer, and its ``lr_schedule``/``warmup_epochs`` run again over the
    fine-tuning epochs (from lr x lr_scale); if no epoch beats the starting weights, the
    starting weights are kept;
-4. only then load the test split and evaluate once: ``metrics.json``, ``per_class.csv``,
-   ``confusion.csv``/``.png``, ``predictions.png``, ``filters.png`` and ``final.pt`` under
-   ``storage/finetune/<study>/``; the summary goes to the study's user_attr ``finetune`` and
-   ``final.pt`` and the confusion matrix picture become study artifacts (the dashboard shows them).
+4. only then load the test split and evaluate once. ``storage/finetune/<study>/`` is an export
+   folder (``best.pt``, ``config.json`` with a ``finetune`` entry, the model card ``README.md``
+   with the test figures: ``search predict`` and ``search app`` take it as it is) plus
+   ``metrics.json``, ``per_class.csv``, ``confusion.csv``/``.png``, ``predictions.png``,
+   ``filters.png`` and ``final.pt`` (the same weights as ``best.pt``, the name earlier versions
+   wrote). The summary goes to the study's user_attr ``finetune``; ``final.pt`` and the
+   confusion matrix picture become study artifacts (the dashboard shows them).
 """
 
 from __future__ import annotations
@@ -34,9 +38,9 @@ import pandas as pd
 import torch
 from optuna.artifacts import upload_artifact
 
-from search.config import ConfigError, FinetuneConfig, StudyConfig, trial_config, with_overrides
+from search.config import ConfigError, FinetuneConfig, StudyConfig, TrainConfig, with_overrides
 from search.engine.augment import BatchTransform
-from search.engine.data import ImageSet, load_splits
+from search.engine.data import ImageSet, Splits, load_splits, printable_name
 from search.engine.evaluate import (
     TestMetrics,
     classification_metrics,
@@ -45,18 +49,19 @@ from search.engine.evaluate import (
     plot_filters,
     plot_predictions,
 )
-from search.engine.model import ConvNet
-from search.engine.train import EpochMetrics, eval_batch_size, fit, predict_logits, validate
-from search.results.export import load_weights_into, pick_trial, trial_weights
+from search.engine.model import ConvNet, count_parameters
+from search.engine.train import EpochMetrics, FitResult, eval_batch_size, fit, predict_logits, validate
+from search.results.export_folder import export_config, model_card, write_export_folder
 from search.store.artifacts import WeightStore, check_writable, save_atomic
-from search.store.storage import DATA_ATTR
-from search.study.objective import build_model, make_transform
-from search.study.space import params_of
+from search.store.records import FINETUNE_ATTR
+from search.study.recipe import RebuiltTrial, TrialRecipe, load_trial
 
 log = logging.getLogger(__name__)
 
-FINETUNE_ATTR = "finetune"
+__all__ = ["FINETUNE_ATTR"]  # the study user attr of the summary (search.store.records), re-exported
+
 SEED_OFFSET = 100_003  # fine-tuning's shuffling stream differs from every trial's
+FINAL_FILE = "final.pt"  # the fine-tuned weights under their first name (best.pt holds the same)
 
 
 # Fine-tuning's settings are the config's ``finetune`` section: one declaration, one set of bounds.
@@ -97,16 +102,17 @@ class FinetuneResult:
     metrics: dict[str, Any]
 
 
-def _stored_normalisation(study: optuna.Study) -> tuple[list[float], list[float]]:
-    data = study.user_attrs.get(DATA_ATTR)
-    if not isinstance(data, dict) or "mean" not in data:
-        raise ConfigError(
-            "study",
-            study.study_name,
-            f"has no stored data facts (user_attr {DATA_ATTR!r})",
-            "create the study with `search run`",
-        )
-    return [float(v) for v in data["mean"]], [float(v) for v in data["std"]]
+@dataclass
+class _Tuned:
+    """The fine-tuning run: the model (in place) holds the kept weights."""
+
+    start_val_acc: float
+    final_val_acc: float
+    best_epoch: int  # 0: no epoch beat the starting weights, which are kept
+    lr: float
+    result: FitResult
+    transform: BatchTransform
+    board: Any  # the run's TensorBoard log, or None
 
 
 def finetune(
@@ -120,34 +126,91 @@ def finetune(
     started_from: str | None = None,
     tensorboard: bool = False,
 ) -> FinetuneResult:
-    """Fine-tune trial ``trial_number`` (default: the best) from its weights, then test once."""
+    """Fine-tune trial ``trial_number`` (default: the best) from its weights, then test once.
+
+    Raises:
+        ExportError: no such completed trial, or its weights are gone or do not fit.
+        UnwritableFolder: the output folder or the artifact folder cannot be written.
+    """
     started = time.perf_counter()
     _warn_if_tested_before(study)
-    trial = pick_trial(study, trial_number)
-    assert trial.value is not None
     folder = Path(out) if out is not None else default_finetune_dir(study.study_name)
     check_writable({"--out": folder, "artifacts_dir": cfg.artifacts_dir})  # before any training
-    state = trial_weights(study, trial, cfg)
-    # the trial's config: its optimizer, schedule, augmentation, ... (dotted params applied)
-    cfg = trial_config(cfg, params := params_of(trial.params, cfg.search.space))
-    mean, std = _stored_normalisation(study)
-    splits = load_splits(cfg.data, cfg.seed, with_test=True)
+    rebuilt = load_trial(study, trial_number, cfg)
+    recipe = rebuilt.recipe
+    splits = load_splits(recipe.cfg.data, recipe.cfg.seed, with_test=True)
+    tuned = _tune(study, rebuilt, splits, device, ft, tensorboard)
+
+    # ---- the one and only look at the test split
     assert splits.test is not None
-    model: ConvNet = build_model(cfg, params, splits.in_shape, splits.n_classes)
-    load_weights_into(model, state, f"the weights of trial {trial.number}")
+    test = splits.test.to(device)
+    metrics, pred, conf = _test_once(study.study_name, rebuilt, tuned, test, splits.classes)
+    summary = _summary(study, rebuilt, tuned, ft, metrics, device, folder, started_from)
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    provenance = {**summary, "test": metrics.to_dict()}  # the folder's config.json `finetune` entry
+    full = {**provenance, "history": [dataclasses.asdict(m) for m in tuned.result.history]}
+    final_state = _write_files(folder, study.study_name, rebuilt, provenance, full)
+    _write_test_files(
+        folder, study.study_name, rebuilt.model, metrics, test, (pred, conf), splits.classes, recipe.cfg.seed
+    )
+    summary["artifacts"] = _record_on_study(study, cfg, final_state, folder)
+    study.set_user_attr(FINETUNE_ATTR, summary)
+    assert rebuilt.trial.value is not None
+    return FinetuneResult(
+        out=folder,
+        trial=rebuilt.trial.number,
+        trial_value=rebuilt.trial.value,
+        start_val_acc=tuned.start_val_acc,
+        final_val_acc=tuned.final_val_acc,
+        best_epoch=tuned.best_epoch,
+        epochs_run=tuned.result.epochs_run,
+        test=metrics,
+        metrics=full,
+    )
+
+
+def _tune(
+    study: optuna.Study,
+    rebuilt: RebuiltTrial,
+    splits: Splits,
+    device: torch.device,
+    ft: FinetuneSettings,
+    flag: bool,
+) -> _Tuned:
+    """Measure the loaded weights on the validation split, then continue training them; keeps the
+    best epoch, or the starting weights when no epoch beats them."""
+    recipe, trial, model = rebuilt.recipe, rebuilt.trial, rebuilt.model
+    cfg = recipe.cfg
     model.to(device).to(  # as fit() holds it: same numbers as the trial
         memory_format=torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     )
-    transform = make_transform(cfg, mean, std)
+    transform = recipe.transform()
     train, val = splits.train.to(device), splits.val.to(device)
-    batch_size = int(params["batch_size"])
-    eval_batch = eval_batch_size(cfg.train.eval_batch_size, batch_size)
-
-    start_acc = _start_accuracy(study, trial, model, val, transform, cfg, batch_size)
+    start_acc = _start_accuracy(study, trial, model, val, transform, cfg, recipe.batch_size)
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    lr = float(params["lr"]) * ft.lr_scale
+    lr = recipe.lr * ft.lr_scale
+    board = _board(cfg, study, dict(recipe.params), lr, trial.number, flag)
+    train_cfg = dataclasses.replace(cfg.train, epochs=ft.epochs, patience=ft.patience)
+    result = _fit(model, train, val, recipe, train_cfg, lr, transform, board)
+    best_epoch, final_val = result.best_epoch, result.best_val_acc
+    if result.best_state is None or not final_val > start_acc:
+        log.info("finetune: no epoch beat the starting accuracy %.4f; keeping the trial's weights", start_acc)
+        model.load_state_dict(start_state)
+        best_epoch, final_val = 0, start_acc
+    return _Tuned(start_acc, final_val, best_epoch, lr, result, transform, board)
 
-    board = _board(cfg, study, params, lr, trial.number, tensorboard)
+
+def _fit(
+    model: ConvNet,
+    train: ImageSet,
+    val: ImageSet,
+    recipe: TrialRecipe,
+    train_cfg: TrainConfig,
+    lr: float,
+    transform: BatchTransform,
+    board: Any,
+) -> FitResult:
+    """The fine-tuning epochs (logged, and written to ``board`` when there is one)."""
 
     def on_epoch(epoch: int, m: EpochMetrics) -> None:
         if board is not None:
@@ -160,55 +223,48 @@ def finetune(
             m.seconds,
         )
 
-    train_cfg = dataclasses.replace(cfg.train, epochs=ft.epochs, patience=ft.patience)
     try:
-        result = fit(
+        return fit(
             model,
             train,
             val,
             lr=lr,
-            batch_size=batch_size,
+            batch_size=recipe.batch_size,
             cfg=train_cfg,
             transform=transform,
-            seed=cfg.seed + SEED_OFFSET,
+            seed=recipe.cfg.seed + SEED_OFFSET,
             on_epoch=on_epoch,
         )
     except BaseException as exc:  # the run's log still ends with its hparams
         if board is not None:
             board.finish("INTERRUPTED" if isinstance(exc, KeyboardInterrupt) else "FAIL")
         raise
-    best_epoch, final_val = result.best_epoch, result.best_val_acc
-    if result.best_state is None or not final_val > start_acc:
-        log.info("finetune: no epoch beat the starting accuracy %.4f; keeping the trial's weights", start_acc)
-        model.load_state_dict(start_state)
-        best_epoch, final_val = 0, start_acc
 
-    # ---- the one and only look at the test split
-    test = splits.test.to(device)
-    metrics, pred, conf = _test_once(model, test, transform, eval_batch, cfg.train.amp, splits.classes)
-    log.info("finetune %s: test accuracy %.4f on %d images", study.study_name, metrics.accuracy, metrics.n)
-    if board is not None:
-        board.finish(
-            "FAIL" if result.failed else "COMPLETE",
-            final_val,
-            {"start_val_acc": start_acc, "test_acc": metrics.accuracy, "test_macro_f1": metrics.macro_f1},
-        )
 
-    final_state = _write_test_files(
-        folder, study.study_name, model, metrics, test, pred, conf, splits.classes, cfg.seed
-    )
-    summary = {
+def _summary(
+    study: optuna.Study,
+    rebuilt: RebuiltTrial,
+    tuned: _Tuned,
+    ft: FinetuneSettings,
+    metrics: TestMetrics,
+    device: torch.device,
+    folder: Path,
+    started_from: str | None,
+) -> dict[str, Any]:
+    """The study user attr ``finetune`` (also the ``finetune`` entry of the folder's config.json)."""
+    trial = rebuilt.trial
+    return {
         "study": study.study_name,
         "trial": trial.number,
         "trial_value": trial.value,
         "started_from": started_from or f"trial {trial.number}",
-        "params": params,
-        "start_val_acc": start_acc,
-        "final_val_acc": final_val,
-        "best_epoch": best_epoch,
-        "epochs_run": result.epochs_run,
-        "stop_reason": result.stop_reason,
-        "lr": lr,
+        "params": dict(rebuilt.recipe.params),
+        "start_val_acc": tuned.start_val_acc,
+        "final_val_acc": tuned.final_val_acc,
+        "best_epoch": tuned.best_epoch,
+        "epochs_run": tuned.result.epochs_run,
+        "stop_reason": tuned.result.stop_reason,
+        "lr": tuned.lr,
         "lr_scale": ft.lr_scale,
         "epochs": ft.epochs,
         "patience": ft.patience,
@@ -216,39 +272,49 @@ def finetune(
         "test_accuracy": metrics.accuracy,
         "test_macro_f1": metrics.macro_f1,
         "n_test": metrics.n,
-        "seconds": round(time.perf_counter() - started, 3),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "out": str(folder),
     }
-    full = {**summary, "test": metrics.to_dict(), "history": [dataclasses.asdict(m) for m in result.history]}
-    (folder / "metrics.json").write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")
-    summary["artifacts"] = _record_on_study(study, cfg, final_state, folder)
-    study.set_user_attr(FINETUNE_ATTR, summary)
-    return FinetuneResult(
-        out=folder,
-        trial=trial.number,
-        trial_value=trial.value,
-        start_val_acc=start_acc,
-        final_val_acc=final_val,
-        best_epoch=best_epoch,
-        epochs_run=result.epochs_run,
-        test=metrics,
-        metrics=full,
-    )
+
+
+def _write_files(
+    folder: Path, study_name: str, rebuilt: RebuiltTrial, provenance: dict[str, Any], metrics: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """The folder as an export folder (best.pt, config.json with the ``finetune`` entry
+    ``provenance``, README.md), plus final.pt and metrics.json; returns the weights."""
+    model = rebuilt.model
+    final_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    config = export_config(study_name, rebuilt.trial, rebuilt.recipe)
+    config["val_accuracy"] = provenance["final_val_acc"]  # the model this folder holds
+    config["finetune"] = provenance
+    card = model_card(config, count_parameters(model), printable_name(str(folder)))
+    write_export_folder(folder, final_state, config, card)
+    save_atomic(final_state, folder / FINAL_FILE)
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return final_state
 
 
 def _test_once(
-    model: ConvNet,
-    test: ImageSet,
-    transform: BatchTransform,
-    batch_size: int,
-    amp: bool,
-    classes: Sequence[str],
+    study_name: str, rebuilt: RebuiltTrial, tuned: _Tuned, test: ImageSet, classes: Sequence[str]
 ) -> tuple[TestMetrics, torch.Tensor, torch.Tensor]:
-    """The one look at the test split: metrics, predicted classes and their probabilities."""
-    logits = predict_logits(model, test.images, transform, batch_size=batch_size, amp=amp)
+    """The one look at the test split: metrics, predicted classes and their probabilities (logged;
+    the TensorBoard run ends with them)."""
+    recipe = rebuilt.recipe
+    batch_size = eval_batch_size(recipe.cfg.train.eval_batch_size, recipe.batch_size)
+    logits = predict_logits(
+        rebuilt.model, test.images, tuned.transform, batch_size=batch_size, amp=recipe.cfg.train.amp
+    )
     conf, pred = logits.softmax(1).max(1)
-    return classification_metrics(test.labels, pred, list(classes)), pred, conf
+    metrics = classification_metrics(test.labels, pred, list(classes))
+    log.info("finetune %s: test accuracy %.4f on %d images", study_name, metrics.accuracy, metrics.n)
+    if tuned.board is not None:
+        figures = {
+            "start_val_acc": tuned.start_val_acc,
+            "test_acc": metrics.accuracy,
+            "test_macro_f1": metrics.macro_f1,
+        }
+        tuned.board.finish("FAIL" if tuned.result.failed else "COMPLETE", tuned.final_val_acc, figures)
+    return metrics, pred, conf
 
 
 def _warn_if_tested_before(study: optuna.Study) -> None:
@@ -281,21 +347,18 @@ def _write_test_files(
     model: ConvNet,
     metrics: TestMetrics,
     test: ImageSet,
-    pred: torch.Tensor,
-    conf: torch.Tensor,
+    predicted: tuple[torch.Tensor, torch.Tensor],
     classes: Sequence[str],
     seed: int,
-) -> dict[str, torch.Tensor]:
-    """final.pt, confusion.csv/png, per_class.csv, predictions.png, filters.png; returns the weights."""
-    folder.mkdir(parents=True, exist_ok=True)
-    final_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_atomic(final_state, folder / "final.pt")
+) -> None:
+    """confusion.csv/png, per_class.csv, predictions.png (``predicted``: the classes and their
+    probabilities), filters.png."""
+    pred, conf = predicted
     confusion_frame(metrics).to_csv(folder / "confusion.csv")
     pd.DataFrame(metrics.per_class).to_csv(folder / "per_class.csv", index=False)
     plot_confusion(metrics, folder / "confusion.png", f"{study_name}: test accuracy {metrics.accuracy:.3f}")
     plot_predictions(test.images, test.labels, pred, conf, classes, folder / "predictions.png", seed=seed)
     plot_filters(model.first_conv.weight, folder / "filters.png")
-    return final_state
 
 
 def _start_accuracy(
@@ -337,7 +400,7 @@ def _record_on_study(
 ) -> dict[str, str]:
     """Upload final.pt and the confusion matrix picture as study artifacts; returns their ids."""
     store = WeightStore(cfg.artifacts_dir)
-    ids = {"final.pt": store.save(study, final_state, "finetune-final.pt")}
+    ids = {FINAL_FILE: store.save(study, final_state, "finetune-final.pt")}
     ids["confusion.png"] = upload_artifact(
         artifact_store=store.store,
         file_path=str(folder / "confusion.png"),

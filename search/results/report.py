@@ -2,10 +2,10 @@
 
 :func:`trials_frame` is the one table (one row per trial, best first); :func:`summarize` adds
 the study-level facts (best trial, counts per state, compute seconds, seconds saved by pruning and
-early stopping); :func:`write_report` writes ``report.csv``, ``report.parquet``, ``report.md``,
-``report.html`` and the plots (each as interactive HTML and as PNG) into one folder. Plots that
-cannot be drawn for a study (importances need two finished trials and a parameter that varies)
-are skipped with a logged note, never an exception. This module reads studies; it never trains.
+early stopping, and the later stages when they ran: ``search confirm``'s verdict, ``search
+finetune``'s start, final and test accuracy); :func:`write_report` writes ``report.csv``,
+``report.parquet``, ``report.md``, ``report.html``, ``summary.json`` and the plots
+(:mod:`search.results.plots`) into one folder. This module reads studies; it never trains.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import html
 import json
 import logging
 import math
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -27,15 +26,26 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import PARAM_NAMES
-from search.store.storage import (
+from search.results.plots import EffortPoint, best_so_far, write_plots
+from search.store.records import (
+    BEST_EPOCH_ATTR,
     CONFIG_ATTR,
+    CONFIRM_ATTR,
     CONSTRAINT_ATTR,
+    DEVICE_ATTR,
+    EPOCHS_RUN_ATTR,
+    FAIL_REASON_ATTR,
+    FINETUNE_ATTR,
+    IMAGES_PER_S_ATTR,
     LATENCY_ATTR,
     N_PARAMS_ATTR,
-    best_trial,
-    is_feasible,
+    PRUNED_AT_EPOCH_ATTR,
+    STOP_REASON_ATTR,
 )
+from search.study.budgets import best_trial, is_feasible
 from search.study.stored import budgets_of, open_existing, study_config
+
+__all__ = ["EffortPoint", "best_so_far"]  # moved to search.results.plots; re-exported for callers
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +70,6 @@ COLUMNS = (
 )
 # Ranking of states for "best first": finished trials by value, then the rest.
 _STATE_RANK = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
-TOP_CURVES = 5
 
 
 def _utc(ts: datetime | None) -> pd.Timestamp:
@@ -113,18 +122,18 @@ def _row(
     for name in dotted:
         row[name] = trial.params.get(name, fixed.get(name))
     row.update(
-        best_epoch=attrs.get("best_epoch"),
-        epochs_run=attrs.get("epochs_run"),
-        pruned_at_epoch=attrs.get("pruned_at_epoch"),
+        best_epoch=attrs.get(BEST_EPOCH_ATTR),
+        epochs_run=attrs.get(EPOCHS_RUN_ATTR),
+        pruned_at_epoch=attrs.get(PRUNED_AT_EPOCH_ATTR),
         duration_s=trial.duration.total_seconds() if trial.duration is not None else math.nan,
-        images_per_s=attrs.get("images_per_s", math.nan),
+        images_per_s=attrs.get(IMAGES_PER_S_ATTR, math.nan),
         n_params=attrs.get(N_PARAMS_ATTR),
         latency_ms=attrs.get(LATENCY_ATTR, math.nan),
         feasible=_feasible(trial, constrained),
-        device=attrs.get("device"),
+        device=attrs.get(DEVICE_ATTR),
         datetime_start=_utc(trial.datetime_start),
-        stop_reason=attrs.get("stop_reason"),
-        fail_reason=attrs.get("fail_reason"),
+        stop_reason=attrs.get(STOP_REASON_ATTR),
+        fail_reason=attrs.get(FAIL_REASON_ATTR),
         constraint=attrs.get(CONSTRAINT_ATTR),
     )
     return row
@@ -200,6 +209,7 @@ class Summary:
     saved_by_early_stopping_s: float
     notes: list[str] = field(default_factory=list)
     confirm: dict[str, Any] | None = None  # the study user attr ``confirm`` (`search confirm`)
+    finetune: dict[str, Any] | None = None  # `search finetune`'s figures (study user attr ``finetune``)
     budgets: dict[str, float] = field(default_factory=dict)  # search.constraints that are set
     over_budget: int = 0  # finished trials over a budget (PRUNED before training)
 
@@ -240,14 +250,39 @@ def summarize(study: optuna.Study, df: pd.DataFrame, epochs: int) -> Summary:
         saved_by_pruning_s=float(saved[finished["state"] == "PRUNED"].sum()),
         saved_by_early_stopping_s=float(saved[finished["state"] == "COMPLETE"].sum()),
         confirm=_confirm_attr(study),
+        finetune=_finetune_attr(study),
         budgets=budgets_of(study),
         over_budget=int((df["state"].isin(["COMPLETE", "PRUNED"]) & ~df["feasible"].fillna(True)).sum()),
     )
 
 
 def _confirm_attr(study: optuna.Study) -> dict[str, Any] | None:
-    raw = study.user_attrs.get("confirm")  # written by search.results.confirm (a layer above this one)
+    raw = study.user_attrs.get(CONFIRM_ATTR)  # written by `search confirm`
     return dict(raw) if isinstance(raw, dict) and isinstance(raw.get("verdict"), str) else None
+
+
+# what the report shows of the fine-tune stage (the study user attr holds more)
+FINETUNE_FIELDS = (
+    "trial",
+    "started_from",
+    "trial_value",
+    "start_val_acc",
+    "final_val_acc",
+    "best_epoch",
+    "epochs_run",
+    "test_accuracy",
+    "test_macro_f1",
+    "n_test",
+    "finished_at",
+    "out",
+)
+
+
+def _finetune_attr(study: optuna.Study) -> dict[str, Any] | None:
+    raw = study.user_attrs.get(FINETUNE_ATTR)  # written by `search finetune`
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("test_accuracy"), int | float):
+        return None
+    return {k: raw.get(k) for k in FINETUNE_FIELDS}
 
 
 def summary_lines(s: Summary) -> list[str]:
@@ -278,6 +313,12 @@ def summary_lines(s: Summary) -> list[str]:
         )
     if s.confirm is not None:
         lines.append(f"confirm: {s.confirm['verdict']}")
+    if s.finetune is not None:
+        f = s.finetune
+        lines.append(
+            f"finetune: trial {f['trial']}, val {f['start_val_acc']:.4f} -> {f['final_val_acc']:.4f}, "
+            f"test accuracy {f['test_accuracy']:.4f} on {f['n_test']} images (model in {f['out']})"
+        )
     return lines + [f"note: {n}" for n in s.notes]
 
 
@@ -304,272 +345,6 @@ def markdown_table(df: pd.DataFrame) -> str:
     rule = "| " + " | ".join("---" for _ in df.columns) + " |"
     body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([head, rule, *body])
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def _matplotlib() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def learning_curves(study: optuna.Study, df: pd.DataFrame, top: int = TOP_CURVES) -> list[FrozenTrial]:
-    """The top trials (by the table's order) that reported intermediate values."""
-    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    picked = [by_number[int(n)] for n in df["number"] if by_number[int(n)].intermediate_values]
-    return picked[:top]
-
-
-class EffortPoint(NamedTuple):
-    """The study after one more finished trial: its number, the epochs trained so far, the best."""
-
-    number: int
-    epochs: int  # cumulative epochs_run of the trials finished so far (pruned and failed ones too)
-    best: float  # best COMPLETE value so far; nan before the first
-
-
-def best_so_far(study: optuna.Study) -> list[EffortPoint]:
-    """Best-so-far validation accuracy against cumulative training epochs, one point per trial.
-
-    Finished trials (COMPLETE, PRUNED, FAIL) in order of completion; each adds its user attr
-    ``epochs_run`` (a pruned trial counts the epochs it ran, one without the attr counts 0); the
-    best is over COMPLETE trials, as the study's best trial is."""
-    done = [
-        t
-        for t in study.get_trials(deepcopy=False)
-        if t.state.is_finished() and t.datetime_complete is not None
-    ]
-    done.sort(key=lambda t: (t.datetime_complete, t.number))
-    points: list[EffortPoint] = []
-    epochs, best = 0, math.nan
-    for t in done:
-        epochs += int(t.user_attrs.get("epochs_run", 0) or 0)
-        if t.state == TrialState.COMPLETE and t.value is not None and not (best >= t.value):
-            best = float(t.value)
-        points.append(EffortPoint(t.number, epochs, best))
-    return points
-
-
-def _effort_plotly(points: list[EffortPoint]) -> Any:
-    import plotly.graph_objects as go
-
-    fig = go.Figure(
-        go.Scatter(
-            x=[p.epochs for p in points],
-            y=[p.best for p in points],
-            mode="lines+markers",
-            line_shape="hv",
-            text=[f"trial {p.number}" for p in points],
-            name="best so far",
-        )
-    )
-    fig.update_layout(
-        title="Best so far against training spent",
-        xaxis_title="cumulative epochs (all finished trials, pruned ones included)",
-        yaxis_title="best validation accuracy so far",
-    )
-    return fig
-
-
-def _effort_png(points: list[EffortPoint], path: Path) -> None:
-    plt = _matplotlib()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.step([p.epochs for p in points], [p.best for p in points], where="post", marker="o")
-    ax.set(
-        title="Best so far against training spent",
-        xlabel="cumulative epochs (all finished trials, pruned ones included)",
-        ylabel="best validation accuracy so far",
-    )
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _curves_plotly(trials: list[FrozenTrial]) -> Any:
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for t in trials:
-        steps = sorted(t.intermediate_values)
-        fig.add_trace(
-            go.Scatter(
-                x=steps,
-                y=[t.intermediate_values[s] for s in steps],
-                mode="lines+markers",
-                name=f"trial {t.number} ({t.state.name.lower()})",
-            )
-        )
-    fig.update_layout(
-        title="Learning curves of the top trials", xaxis_title="epoch", yaxis_title="validation accuracy"
-    )
-    return fig
-
-
-def _curves_png(trials: list[FrozenTrial], path: Path) -> None:
-    plt = _matplotlib()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for t in trials:
-        steps = sorted(t.intermediate_values)
-        ax.plot(
-            steps,
-            [t.intermediate_values[s] for s in steps],
-            marker="o",
-            label=f"trial {t.number} ({t.state.name.lower()})",
-        )
-    ax.set(title="Learning curves of the top trials", xlabel="epoch", ylabel="validation accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _optuna_png(plot: Callable[..., Any], study: optuna.Study, path: Path) -> None:
-    plt = _matplotlib()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # Optuna's quantile notes, matplotlib's ylim notes
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        ax = plot(study)
-        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        if plot.__name__ == "plot_parallel_coordinate":
-            tidy_parallel_coordinate(fig)
-        else:
-            fig.set_size_inches(9, 5.5)
-            fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def label_overlaps(fig: Any) -> list[tuple[str, str]]:
-    """Pairs of visible tick labels (and a label with the colour bar) whose drawn boxes overlap."""
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    boxes: list[tuple[str, Any]] = []
-    bars = []
-    for ax in fig.axes:
-        if ax.get_label() == "<colorbar>":
-            bars.append(ax.get_window_extent(renderer))
-            continue
-        shown = [axis for axis in (ax.xaxis, ax.yaxis) if axis.get_visible()]
-        for lab in [lab for axis in shown for lab in axis.get_ticklabels()]:
-            if lab.get_visible() and lab.get_text():
-                boxes.append((lab.get_text(), lab.get_window_extent(renderer)))
-    found = [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1 :] if ba.overlaps(bb)]
-    found += [(a, "colour bar") for a, ba in boxes for bar in bars if ba.overlaps(bar)]
-    return found
-
-
-def tidy_parallel_coordinate(fig: Any) -> None:
-    """Make Optuna's matplotlib parallel-coordinate figure readable at its saved size.
-
-    Wider figure, the plot and colour bar placed by hand (room for the last axis' labels), and
-    each axis' tick labels on a white box so the lines do not run through them.
-    """
-    fig.set_size_inches(12, 6.5)
-    axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
-    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
-    if axes:
-        axes[0].set_position((0.07, 0.14, 0.74, 0.76))
-        axes[0].title.set_fontsize(15)
-        axes[0].tick_params(axis="x", labelrotation=0, pad=8)
-        for lab in axes[0].get_xticklabels():
-            lab.set_horizontalalignment("center")
-    for bar in bars:
-        bar.set_position((0.9, 0.14, 0.018, 0.76))
-    fig.canvas.draw()
-    for ax in axes:
-        ax.tick_params(labelsize=10)
-        for lab in ax.get_yticklabels():
-            lab.set_bbox({"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 1})
-
-
-def importances_problem(study: optuna.Study) -> str | None:
-    """Why parameter importances cannot be computed for this study, or None when they can."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(done) < 2:
-        return f"parameter importances need at least 2 completed trials (this study has {len(done)})"
-    varying = [
-        name
-        for name in {n for t in done for n in t.params}
-        if len({repr(t.params.get(name)) for t in done}) > 1
-    ]
-    if len(varying) < 1:
-        return "parameter importances need a parameter whose value differs between completed trials"
-    return None
-
-
-def write_plots(study: optuna.Study, df: pd.DataFrame, out: Path) -> tuple[list[str], list[str]]:
-    """Write each plot as ``<name>.html`` (plotly) and ``<name>.png`` (matplotlib).
-
-    Returns (plot names written, notes about plots skipped).
-    """
-    from optuna import visualization as vis
-    from optuna.visualization import matplotlib as vis_mpl
-
-    written: list[str] = []
-    notes: list[str] = []
-    n_done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    specs: list[tuple[str, Callable[..., Any] | None, Callable[..., Any] | None, str | None]] = [
-        (
-            "optimization_history",
-            vis.plot_optimization_history,
-            vis_mpl.plot_optimization_history,
-            None if n_done else "optimization history needs a completed trial",
-        ),
-        (
-            "param_importances",
-            vis.plot_param_importances,
-            vis_mpl.plot_param_importances,
-            importances_problem(study),
-        ),
-        (
-            "parallel_coordinate",
-            vis.plot_parallel_coordinate,
-            vis_mpl.plot_parallel_coordinate,
-            None if n_done else "parallel coordinate needs a completed trial",
-        ),
-        ("learning_curves", None, None, None),
-        ("best_vs_epochs", None, None, None),
-    ]
-    curves = learning_curves(study, df)
-    effort = best_so_far(study)
-    for name, html_plot, png_plot, known_problem in specs:
-        problem = known_problem
-        if name == "learning_curves" and not curves:
-            problem = "learning curves need a trial that reported intermediate values"
-        if name == "best_vs_epochs" and not any(p.best == p.best for p in effort):
-            problem = "best so far against epochs needs a completed trial"
-        if problem is not None:
-            notes.append(f"skipped {name}: {problem}")
-            log.info("report: skipped %s (%s)", name, problem)
-            continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # Optuna's quantile notes
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                if name == "best_vs_epochs":
-                    fig = _effort_plotly(effort)
-                else:
-                    fig = _curves_plotly(curves) if html_plot is None else html_plot(study)
-            fig.write_html(str(out / f"{name}.html"), include_plotlyjs="directory", full_html=True)
-            if name == "best_vs_epochs":
-                _effort_png(effort, out / f"{name}.png")
-            elif png_plot is None:
-                _curves_png(curves, out / f"{name}.png")
-            else:
-                _optuna_png(png_plot, study, out / f"{name}.png")
-        except (ValueError, RuntimeError, ZeroDivisionError, IndexError, KeyError) as exc:
-            notes.append(f"skipped {name}: {exc}")
-            log.info("report: skipped %s (%s: %s)", name, type(exc).__name__, exc)
-            continue
-        written.append(name)
-    return written, notes
 
 
 # --------------------------------------------------------------------------- report

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from search.results.export import ExportError, architecture, load_export, load_images, predict_tensor
+from search.results.export_folder import ExportError, architecture, load_export, load_images, predict_tensor
 
 log = logging.getLogger(__name__)
 

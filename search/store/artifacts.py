@@ -38,10 +38,13 @@ from search.store.files import (
     unwritable_reason,
     write_atomic,
 )
+from search.store.records import CHECKPOINT_KEY_ATTR, WEIGHTS_ATTR
 
-__all__ = [  # the file helpers live in search.store.files (no optuna there); re-exported for callers
+__all__ = [  # the file helpers live in search.store.files (no optuna there), the attr names in records
+    "CHECKPOINT_KEY_ATTR",
     "STORAGE_ERRNOS",
     "UNREADABLE_ERRORS",
+    "WEIGHTS_ATTR",
     "CheckpointStore",
     "StorageFault",
     "UnreadableFile",
@@ -57,8 +60,6 @@ __all__ = [  # the file helpers live in search.store.files (no optuna there); re
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_ATTR = "weights_artifact_id"
-CHECKPOINT_KEY_ATTR = "checkpoint_key"
 MIMETYPE = "application/octet-stream"
 
 _SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")

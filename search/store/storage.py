@@ -15,8 +15,7 @@ import os
 import sqlite3
 import time
 import warnings
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +24,13 @@ import sqlalchemy.engine
 import sqlalchemy.event
 import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
-from search.config import ConstraintsConfig, SearchConfig, default_of, mask_url
+from search.config import SearchConfig, default_of, mask_url
+from search.store.records import CONFIG_ATTR, DATA_ATTR
 
 log = logging.getLogger(__name__)
 
-CONFIG_ATTR = "config"
-DATA_ATTR = "data"
-FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_INTERVAL_S: int = default_of(SearchConfig, "heartbeat_interval_s")
 GRACE_PERIOD_S: int = default_of(SearchConfig, "grace_period_s")
 MAX_RETRY: int = default_of(SearchConfig, "max_retry")
@@ -44,7 +41,8 @@ class StorageError(ValueError):
     """A storage URL that cannot be opened, or a study that is not there."""
 
 
-__all__ = ["StorageError", "mask_url"]  # mask_url lives in config (the lowest floor); re-exported
+# mask_url lives in config (the lowest floor); the attribute names in records: re-exported
+__all__ = ["CONFIG_ATTR", "DATA_ATTR", "StorageError", "mask_url"]
 
 
 def scrub(text: str, url: str) -> str:
@@ -221,69 +219,3 @@ def load_study(name: str, storage: RDBStorage) -> optuna.Study:
     except KeyError as exc:
         names = ", ".join(optuna.get_all_study_names(storage)) or "none"
         raise StorageError(f"no study named {name!r} in this storage (studies: {names})") from exc
-
-
-# --------------------------------------------------------------------------- budgets
-
-N_PARAMS_ATTR = "n_params"  # user attr: the trial's model's trainable parameters
-LATENCY_ATTR = "latency_ms"  # user attr: median batch-1 forward pass (only with max_latency_ms)
-CONSTRAINT_ATTR = "constraint"  # user attr of an over-budget trial: which budget, by how much
-# budget (search.constraints field) -> the user attr it bounds
-BUDGETS = {"max_params": N_PARAMS_ATTR, "max_latency_ms": LATENCY_ATTR}
-
-
-def budget_constraints(attrs: Mapping[str, Any], budgets: ConstraintsConfig) -> dict[str, float]:
-    """Optuna constraint values of a trial's figures ``attrs`` (user attrs) under ``budgets``.
-
-    One value per set budget whose figure is known: ``figure / budget - 1``, so <= 0 is within
-    budget (Optuna's feasibility) and budgets of different units weigh alike in TPE's
-    infeasibility score (the sum of the positive values).
-    """
-    out: dict[str, float] = {}
-    for budget, attr in BUDGETS.items():
-        limit = getattr(budgets, budget)
-        if limit is not None and attrs.get(attr) is not None:
-            out[budget] = float(attrs[attr]) / float(limit) - 1.0
-    return out
-
-
-def over_budget(attrs: Mapping[str, Any], budgets: ConstraintsConfig) -> list[str]:
-    """``n_params 1234 > max_params 1000`` for each budget ``attrs`` exceeds (empty: within all)."""
-    return [
-        f"{BUDGETS[budget]} {_figure(attrs[BUDGETS[budget]])} > {budget} {_figure(getattr(budgets, budget))}"
-        for budget, value in budget_constraints(attrs, budgets).items()
-        if value > 0
-    ]
-
-
-def _figure(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def is_feasible(trial: FrozenTrial) -> bool:
-    """Within every budget: all its Optuna constraint values <= 0 (true for a trial without any)."""
-    return all(v <= 0 for v in trial.constraints.values())
-
-
-def over_budget_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
-    """How many finished trials exceeded each budget (a trial over two counts for both)."""
-    counts: Counter[str] = Counter()
-    for t in trials:
-        if t.state in FINISHED_STATES:
-            counts.update(k for k, v in t.constraints.items() if v > 0)
-    return dict(counts)
-
-
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best COMPLETE trial within the study's budgets, or None when there is none.
-
-    The one place every command (status, report, export, finetune, confirm, the run summary)
-    takes "the best trial" from. Optuna's ``study.best_trial`` already skips a trial whose
-    constraint values say it is infeasible (and raises ValueError when no feasible trial is
-    complete); over-budget trials of ``search run`` end PRUNED anyway, so they never get here.
-    """
-    try:
-        best = study.best_trial
-    except ValueError:  # no COMPLETE trial, or none of them feasible
-        return None
-    return best if is_feasible(best) else None

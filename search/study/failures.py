@@ -27,9 +27,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.store.records import FAIL_REASON_ATTR as FAIL_REASON_ATTR  # noqa: PLC0414 (run.py imports it here)
+
 log = logging.getLogger(__name__)
 
-FAIL_REASON_ATTR = "fail_reason"
 MAX_MESSAGE_CHARS = 300
 DEVICE_ERROR_PREFIX = "device error: "
 

@@ -2,7 +2,9 @@
 
 Data are loaded, checked and moved to the device once per process, when the objective is built
 (before any study is touched, so a bad dataset or an input too small for the net never leaves a
-study behind). No training loop lives here: that is ``train.fit``.
+study behind). A trial's net and transforms come from its :class:`TrialRecipe` (the study's config
+with the trial's params, on the data's facts), as every later rebuild of the trial does. No
+training loop lives here: that is ``train.fit`` (or the ``fit`` the objective is given).
 """
 
 from __future__ import annotations
@@ -19,20 +21,35 @@ import torch
 from optuna.trial import TrialState
 
 from search.config import ConfigError, PrunerConfig, StudyConfig, space_corners, trial_config
-from search.engine.augment import BatchTransform, channel_stats
-from search.engine.data import Splits, folders_written, load_splits
+from search.engine.augment import BatchTransform
+from search.engine.data import folders_written, load_splits
 from search.engine.evaluate import forward_latency_ms
-from search.engine.model import ConvNet, build_convnet, check_input_size, count_parameters
+from search.engine.model import ConvNet, check_input_size, count_parameters
 from search.engine.train import EpochMetrics, FitResult, FitState, StopKind, fit
-from search.store.artifacts import WEIGHTS_ATTR, CheckpointStore, StorageFault, WeightStore, check_writable
-from search.store.storage import CONSTRAINT_ATTR, LATENCY_ATTR, N_PARAMS_ATTR, budget_constraints, over_budget
-from search.study.failures import (
+from search.store.artifacts import CheckpointStore, StorageFault, WeightStore, check_writable
+from search.store.records import (
+    BEST_EPOCH_ATTR,
+    COMPILE_SECONDS_ATTR,
+    CONSTRAINT_ATTR,
+    DEVICE_ATTR,
+    EPOCHS_RUN_ATTR,
     FAIL_REASON_ATTR,
-    DeviceFailure,
-    describe_failure,
-    free_memory,
-    is_device_fatal,
+    HOST_ATTR,
+    IMAGES_PER_S_ATTR,
+    LATENCY_ATTR,
+    N_PARAMS_ATTR,
+    PID_ATTR,
+    PRUNED_AT_EPOCH_ATTR,
+    RESUMED_FROM_EPOCH_ATTR,
+    RESUMED_FROM_TRIAL_ATTR,
+    RETRY_HISTORY_SYSTEM_ATTR,
+    STOP_REASON_ATTR,
+    TRAIN_SECONDS_ATTR,
+    WEIGHTS_ATTR,
 )
+from search.study.budgets import budget_constraints, over_budget
+from search.study.failures import DeviceFailure, describe_failure, free_memory, is_device_fatal
+from search.study.recipe import TrialRecipe, data_facts
 from search.study.space import params_of, suggest
 
 if TYPE_CHECKING:
@@ -50,38 +67,8 @@ def retry_history(trial: optuna.Trial) -> list[int]:
     # the trial is RUNNING while it asks: reading only RUNNING trials spares a whole-study scan
     for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.number == trial.number:
-            return [int(n) for n in t.system_attrs.get("retry_history", [])]
+            return [int(n) for n in t.system_attrs.get(RETRY_HISTORY_SYSTEM_ATTR, [])]
     return []
-
-
-def normalisation(cfg: StudyConfig, splits: Splits) -> tuple[list[float], list[float]]:
-    """The configured mean/std, or the training split's own per-channel statistics."""
-    channels = splits.in_shape[0]
-    if cfg.data.normalize is not None:
-        mean, std = list(cfg.data.normalize.mean), list(cfg.data.normalize.std)
-        if len(mean) != channels:
-            raise ConfigError(
-                "data.normalize",
-                {"mean": mean, "std": std},
-                f"{len(mean)} values given but the images have {channels} channel(s)",
-                f"give {channels} value(s) for mean and std",
-            )
-        return mean, std
-    return channel_stats(splits.train.images)
-
-
-def make_transform(cfg: StudyConfig, mean: list[float], std: list[float]) -> BatchTransform:
-    return BatchTransform(mean, std, cfg.data.augment, channels_last=cfg.train.channels_last)
-
-
-def trial_transform(
-    cfg: StudyConfig, base_cfg: StudyConfig, base: BatchTransform, mean: list[float], std: list[float]
-) -> BatchTransform:
-    """The transform of a trial's config ``cfg``: ``base`` (built for ``base_cfg``) unless the trial
-    searched the augmentation, then a new one."""
-    if cfg.data.augment == base_cfg.data.augment and cfg.train.channels_last == base_cfg.train.channels_last:
-        return base
-    return make_transform(cfg, mean, std)
 
 
 # the model options that decide the smallest input the net accepts
@@ -113,13 +100,6 @@ def check_space_fits(cfg: StudyConfig, in_shape: tuple[int, int, int]) -> None:
             ) from None
 
 
-def build_model(
-    cfg: StudyConfig, params: dict[str, Any], in_shape: tuple[int, int, int], n_classes: int
-) -> ConvNet:
-    """The trial's net (ConfigError when the input is too small for its model settings)."""
-    return build_convnet(cfg.model, params["c1"], params["c2"], params["l1"], in_shape, n_classes)
-
-
 def device_label(device: torch.device) -> str:
     """``str(device)``; on CUDA under ``CUDA_VISIBLE_DEVICES`` also the GPU it is (``cuda:0 (GPU 2)``).
 
@@ -142,8 +122,15 @@ def check_run_folders(cfg: StudyConfig) -> None:
     check_writable({**folders, **folders_written(cfg.data)})
 
 
+FitFn = Callable[..., FitResult]  # ``train.fit``'s signature: the training loop a trial runs
+
+
 class Objective:
-    """Callable for ``study.optimize``; holds the process's data on the training device."""
+    """Callable for ``study.optimize``; holds the process's data on the training device.
+
+    ``fit`` is the training loop each trial runs (default :func:`search.engine.train.fit`); a
+    benchmark or a test passes a stand-in with the same signature instead of patching this module.
+    """
 
     def __init__(
         self,
@@ -153,6 +140,7 @@ class Objective:
         should_stop: Callable[[], bool] | None = None,
         *,
         release_memory: bool = False,
+        fit: FitFn | None = None,
     ) -> None:
         self.cfg = cfg
         self.device = device
@@ -161,6 +149,7 @@ class Objective:
         self.release_memory = release_memory
         self.weights = weights
         self.should_stop = should_stop or (lambda: False)
+        self.fit: FitFn = fit if fit is not None else _default_fit()
         self.prune_gate = PruneGate(cfg.search.pruner)
         if cfg.train.tensorboard:
             from search.engine.tensorboard import require_tensorboard
@@ -168,24 +157,20 @@ class Objective:
             require_tensorboard()  # a missing extra is bad input, found before any study exists
         splits = load_splits(cfg.data, cfg.seed, with_test=False)
         check_space_fits(cfg, splits.in_shape)
-        self.in_shape = splits.in_shape
-        self.n_classes = splits.n_classes
-        self.classes = splits.classes
-        self.mean, self.std = normalisation(cfg, splits)
-        self.transform = make_transform(cfg, self.mean, self.std)
+        self.data = data_facts(cfg, splits)
+        self.in_shape = self.data.in_shape
+        self.n_classes = self.data.n_classes
+        self.transform = TrialRecipe(cfg, {}, self.data).transform()  # the study's; trials reuse it
         self.train = splits.train.to(device)
         self.val = splits.val.to(device)
 
     def data_attrs(self) -> dict[str, Any]:
         """What the study records about its data (to rebuild the model and its input later)."""
-        return {
-            "in_shape": list(self.in_shape),
-            "classes": list(self.classes),
-            "mean": self.mean,
-            "std": self.std,
-            "n_train": len(self.train),
-            "n_val": len(self.val),
-        }
+        return self.data.to_attr()
+
+    def recipe(self, params: dict[str, Any]) -> TrialRecipe:
+        """The recipe of the trial with ``params`` (the study's config with its dotted ones applied)."""
+        return TrialRecipe.of(self.cfg, params, self.data)
 
     def __call__(self, trial: optuna.Trial) -> float:
         """One trial; any exception but pruning becomes a FAIL with ``fail_reason``, never a crash.
@@ -228,9 +213,8 @@ class Objective:
         except KeyError:  # a partial proposal: the trial itself is checked once it is complete
             return True
         try:
-            cfg = trial_config(self.cfg, full)
             with torch.device("meta"):
-                model = build_model(cfg, full, self.in_shape, self.n_classes)
+                model = self.recipe(full).model()
         except ConfigError:  # e.g. an input too small for these params: the trial fails with it
             return True
         return count_parameters(model) <= limit
@@ -240,51 +224,27 @@ class Objective:
             free_memory()
 
     def _run_trial(self, trial: optuna.Trial) -> float:
-        params = suggest(trial, self.cfg.search.space)
-        cfg = trial_config(self.cfg, params)  # the study's config with the trial's dotted params
+        recipe = self.recipe(suggest(trial, self.cfg.search.space))
+        cfg, params = recipe.cfg, dict(recipe.params)
         torch.manual_seed(cfg.seed + trial.number)
-        model = build_model(cfg, params, self.in_shape, self.n_classes)
-        n_params = self._record_start(trial, model)
-        self._check_budgets(trial, model, n_params)
+        model = recipe.model()
+        self._check_budgets(trial, model, self._record_start(trial, model))
         checkpoints = CheckpointStore.for_study(cfg.checkpoints_dir, trial.study)
         earlier = retry_history(trial)
         resume = self._resume_state(trial, checkpoints, earlier, params)
         board = self._trial_log(trial, params, resume)
-
-        def on_epoch(epoch: int, metrics: EpochMetrics) -> bool:
-            if board is not None:  # host floats only: no extra sync
-                board.epoch(metrics)
-            trial.report(metrics.val_acc, epoch)  # one storage write an epoch; epochs_run at the end
-            if self.prune_gate.worth_asking(trial.study, epoch) and trial.should_prune():
-                return True  # fit stops here and returns its figures; pruned below
-            if self.should_stop():
-                trial.set_user_attr("epochs_run", epoch)
-                trial.set_user_attr(FAIL_REASON_ATTR, "interrupted")
-                raise TrialInterrupted(f"trial {trial.number} interrupted after epoch {epoch}")
-            return False
-
-        last_checkpoint = time.monotonic()
-
-        def on_checkpoint(state: FitState) -> None:
-            # Throttled (train.checkpoint_every_s): a save costs tens of ms, so short epochs skip
-            # it; a stop request always saves, so an interrupted trial resumes where it stopped.
-            nonlocal last_checkpoint
-            now = time.monotonic()
-            if self.should_stop() or now - last_checkpoint >= cfg.train.checkpoint_every_s:
-                checkpoints.save(trial.number, {**state.state_dict(), "params": params})
-                last_checkpoint = now
-
+        on_epoch, on_checkpoint = self._callbacks(trial, cfg, params, checkpoints, board)
         keep_checkpoint = False
         ended, value = "FAIL", None  # how the trial ended, for its TensorBoard hparams
         try:
-            result = fit(
+            result = self.fit(
                 model,
                 self.train,
                 self.val,
-                lr=float(params["lr"]),
-                batch_size=int(params["batch_size"]),
+                lr=recipe.lr,
+                batch_size=recipe.batch_size,
                 cfg=cfg.train,
-                transform=trial_transform(cfg, self.cfg, self.transform, self.mean, self.std),
+                transform=self._transform_of(recipe),
                 seed=cfg.seed + trial.number,
                 on_epoch=on_epoch,
                 on_checkpoint=on_checkpoint,
@@ -308,14 +268,59 @@ class Objective:
                 board.finish(ended, value)
         return self._finish(trial, result)
 
+    def _transform_of(self, recipe: TrialRecipe) -> BatchTransform:
+        """The study's transform, unless the trial searched its augmentation or memory format."""
+        cfg = recipe.cfg
+        if (
+            cfg.data.augment == self.cfg.data.augment
+            and cfg.train.channels_last == self.cfg.train.channels_last
+        ):
+            return self.transform
+        return recipe.transform()
+
+    def _callbacks(
+        self,
+        trial: optuna.Trial,
+        cfg: StudyConfig,
+        params: dict[str, Any],
+        checkpoints: CheckpointStore,
+        board: RunLog | None,
+    ) -> tuple[Callable[[int, EpochMetrics], bool], Callable[[FitState], None]]:
+        """``fit``'s ``on_epoch`` (report, prune, stop) and ``on_checkpoint`` (throttled saves)."""
+
+        def on_epoch(epoch: int, metrics: EpochMetrics) -> bool:
+            if board is not None:  # host floats only: no extra sync
+                board.epoch(metrics)
+            trial.report(metrics.val_acc, epoch)  # one storage write an epoch; epochs_run at the end
+            if self.prune_gate.worth_asking(trial.study, epoch) and trial.should_prune():
+                return True  # fit stops here and returns its figures; pruned by _finish
+            if self.should_stop():
+                trial.set_user_attr(EPOCHS_RUN_ATTR, epoch)
+                trial.set_user_attr(FAIL_REASON_ATTR, "interrupted")
+                raise TrialInterrupted(f"trial {trial.number} interrupted after epoch {epoch}")
+            return False
+
+        last_checkpoint = time.monotonic()
+
+        def on_checkpoint(state: FitState) -> None:
+            # Throttled (train.checkpoint_every_s): a save costs tens of ms, so short epochs skip
+            # it; a stop request always saves, so an interrupted trial resumes where it stopped.
+            nonlocal last_checkpoint
+            now = time.monotonic()
+            if self.should_stop() or now - last_checkpoint >= cfg.train.checkpoint_every_s:
+                checkpoints.save(trial.number, {**state.state_dict(), "params": params})
+                last_checkpoint = now
+
+        return on_epoch, on_checkpoint
+
     def _record_start(self, trial: optuna.Trial, model: ConvNet) -> int:
         """Where and what the trial trains (``search status`` shows host, pid and device); returns
         the model's parameter count."""
         n_params = count_parameters(model)
         trial.set_user_attr(N_PARAMS_ATTR, n_params)
-        trial.set_user_attr("device", device_label(self.device))
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr(DEVICE_ATTR, device_label(self.device))
+        trial.set_user_attr(HOST_ATTR, socket.gethostname())
+        trial.set_user_attr(PID_ATTR, os.getpid())
         return n_params
 
     def _check_budgets(self, trial: optuna.Trial, model: ConvNet, n_params: int) -> None:
@@ -365,7 +370,7 @@ class Objective:
         """Record the fit, then prune, fail (NaN) or keep the weights and return the value."""
         self._record_fit(trial, result)
         if result.stop.kind is StopKind.PRUNED:
-            trial.set_user_attr("pruned_at_epoch", result.stop.epoch)
+            trial.set_user_attr(PRUNED_AT_EPOCH_ATTR, result.stop.epoch)
             last = result.history[-1].val_acc
             raise optuna.TrialPruned(f"pruned at epoch {result.stop.epoch} (val_acc {last:.4f})")
         if result.failed or result.best_state is None:
@@ -377,13 +382,13 @@ class Objective:
 
     def _record_fit(self, trial: optuna.Trial, result: FitResult) -> None:
         """The run's figures, for every trial that trained (complete, pruned or diverged)."""
-        trial.set_user_attr("best_epoch", result.best_epoch)
-        trial.set_user_attr("epochs_run", result.epochs_run)
-        trial.set_user_attr("stop_reason", result.stop_reason)
-        trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
-        trial.set_user_attr("images_per_s", round(result.images_per_s, 1))
+        trial.set_user_attr(BEST_EPOCH_ATTR, result.best_epoch)
+        trial.set_user_attr(EPOCHS_RUN_ATTR, result.epochs_run)
+        trial.set_user_attr(STOP_REASON_ATTR, result.stop_reason)
+        trial.set_user_attr(TRAIN_SECONDS_ATTR, round(result.train_seconds, 3))
+        trial.set_user_attr(IMAGES_PER_S_ATTR, round(result.images_per_s, 1))
         if self.cfg.train.compile:
-            trial.set_user_attr("compile_seconds", round(result.compile_seconds, 3))
+            trial.set_user_attr(COMPILE_SECONDS_ATTR, round(result.compile_seconds, 3))
 
     def _trial_log(
         self, trial: optuna.Trial, params: dict[str, Any], resume: dict[str, Any] | None
@@ -410,8 +415,8 @@ class Objective:
             if state.get("params") != params:
                 log.warning("checkpoint of trial %d has other params; not resuming from it", number)
                 continue
-            trial.set_user_attr("resumed_from_trial", number)
-            trial.set_user_attr("resumed_from_epoch", int(state["epoch"]))
+            trial.set_user_attr(RESUMED_FROM_TRIAL_ATTR, number)
+            trial.set_user_attr(RESUMED_FROM_EPOCH_ATTR, int(state["epoch"]))
             log.info("trial %d resumes trial %d after epoch %d", trial.number, number, state["epoch"])
             return state
         return None
@@ -468,3 +473,8 @@ class PruneGate:
                 return False
             self._started.add(study.study_name)
         return True
+
+
+def _default_fit() -> FitFn:
+    """The module's ``fit``, read when an objective is built."""
+    return fit

@@ -28,7 +28,7 @@ from search.config import (
     to_dict,
 )
 from search.store.artifacts import ensure_checkpoint_key
-from search.store.storage import CONFIG_ATTR, DATA_ATTR
+from search.store.records import CONFIG_ATTR, DATA_ATTR
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,8 @@ from optuna.trial import FrozenTrial, TrialState
 from search.config import StudyConfig
 from search.engine.threads import use_threads
 from search.store.artifacts import StorageFault, WeightStore
-from search.store.storage import is_feasible, retrying
+from search.store.storage import retrying
+from search.study.budgets import is_feasible
 from search.study.failures import FAIL_REASON_ATTR, DeviceFailure, FailureBudget
 from search.study.objective import Objective, TrialInterrupted, check_run_folders
 from search.study.resume import prepare_resume

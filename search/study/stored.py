@@ -13,7 +13,9 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import ConfigError, StudyConfig, config_from_dict
-from search.store.storage import CONFIG_ATTR, is_feasible, load_study, make_storage
+from search.store.records import CONFIG_ATTR
+from search.store.storage import load_study, make_storage
+from search.study.budgets import is_feasible
 
 
 def open_existing(study_name: str, storage: str | BaseStorage) -> optuna.Study:

@@ -17,12 +17,11 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from search.config import INT_PARAMS, PARAM_NAMES, ConfigError, ParamSpec, StudyConfig
+from search.store.records import WARM_START_ATTR
 from search.study.space import ParamValue, params_of
 from search.study.stored import open_existing, study_config, top_trials
 
 log = logging.getLogger(__name__)
-
-WARM_START_ATTR = "warm_start_from"
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from torch import nn
 
 import search.study.objective
 from search import cli
-from search.config import TrainConfig
+from search.config import ModelConfig, TrainConfig
 from search.engine.augment import AugmentSpec, BatchTransform
 from search.engine.data import ImageSet
 from search.engine.evaluate import forward_latency_ms
@@ -59,7 +59,7 @@ def _data(device: torch.device, n: int = 256) -> tuple[ImageSet, ImageSet]:
 
 def _model() -> ConvNet:
     torch.manual_seed(1)
-    return ConvNet(c1=8, c2=16, l1=32, in_shape=(3, 16, 16), n_classes=3, padding=1)
+    return ConvNet(ModelConfig(padding=1), (8, 16, 32), (3, 16, 16), 3)
 
 
 def _keep(states: list[dict[str, Any]]) -> Callable[[FitState], None]:

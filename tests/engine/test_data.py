@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from search.config import DataConfig, SyntheticConfig
-from search.engine.data import DataError, cache_path, load_splits, stratified_split
+from search.engine.data import DataError, cache_path, load_splits, stratified_folds, stratified_split
 from tests.conftest import CIFAR_SAMPLE, run_cli, tiny_config, write_config
 
 
@@ -207,3 +207,17 @@ def test_a_photo_stored_rotated_with_an_exif_tag_is_read_upright(tmp_path: Path)
     assert np.abs(tagged - upright).mean() < 3.0  # the same picture, up to JPEG noise
     sideways = np.asarray(Image.open(tmp_path / "tagged.jpg").convert("RGB").resize((320, 240)), np.float32)
     assert np.abs(sideways - upright).mean() > 3 * np.abs(tagged - upright).mean()
+
+
+def test_stratified_folds_partition_each_class_evenly() -> None:
+    labels = torch.tensor([0] * 10 + [1] * 7 + [2] * 5)
+    folds = stratified_folds(labels, 3, seed=5)
+    joined = torch.cat(folds)
+    assert sorted(joined.tolist()) == list(range(len(labels)))  # disjoint and complete
+    for cls in range(3):
+        counts = [int((labels[f] == cls).sum()) for f in folds]
+        assert max(counts) - min(counts) <= 1
+    sizes = [len(f) for f in folds]
+    assert max(sizes) - min(sizes) <= 1
+    assert all(torch.equal(a, b) for a, b in zip(folds, stratified_folds(labels, 3, seed=5), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(folds, stratified_folds(labels, 3, seed=6), strict=True))

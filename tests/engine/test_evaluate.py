@@ -6,13 +6,14 @@ import math
 
 import torch
 
+from search.config import ModelConfig
 from search.engine.evaluate import forward_latency_ms
 from search.engine.model import ConvNet
 
 
 def test_forward_latency_is_a_positive_median_and_leaves_the_model_and_rng_as_they_were() -> None:
     torch.manual_seed(0)
-    model = ConvNet(c1=4, c2=8, l1=16, in_shape=(1, 8, 8), n_classes=3, padding=1)
+    model = ConvNet(ModelConfig(padding=1), (4, 8, 16), (1, 8, 8), 3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     ms = forward_latency_ms(model, (1, 8, 8), torch.device("cpu"), warmup=1, repeats=3)

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
     ],
 )
 def test_forward_shapes_for_several_inputs(in_shape: tuple[int, int, int], padding: int) -> None:
-    model = ConvNet(8, 16, 32, in_shape, n_classes=7, padding=padding)
+    model = ConvNet(ModelConfig(padding=padding), (8, 16, 32), in_shape, 7)
     out = model(torch.rand(3, *in_shape))
     assert out.shape == (3, 7)
     fh, fw = feature_hw(in_shape[1], in_shape[2], padding)
@@ -112,7 +112,7 @@ def test_min_input_size_and_error_message() -> None:
     assert min_input_size(1, stages=4, pool="max") == 24
     assert min_input_size(1, kernel_size=7) == 17  # each 7x7 conv with padding 1 takes 4 pixels
     with pytest.raises(InputTooSmallError, match="at least 9x9"):
-        ConvNet(8, 16, 32, (1, 8, 8), n_classes=10, padding=0)
+        ConvNet(ModelConfig(padding=0), (8, 16, 32), (1, 8, 8), 10)
 
 
 @pytest.mark.parametrize(
@@ -206,12 +206,8 @@ def test_every_option_combination_builds_and_trains_or_names_the_minimum(
         assert min(feature_hw(need, need, padding, stages=stages, kernel_size=kernel_size, pool=pool)) >= 1
         if need > 1:
             with pytest.raises(InputTooSmallError):
-                ConvNet(4, 8, 8, (1, need - 1, need - 1), 3, padding, **_sizes(cfg))
+                ConvNet(cfg, (4, 8, 8), (1, need - 1, need - 1), 3)
     assert ran and (raised or padding > kernel_size // 2)  # convs that pad wider than they reach grow
-
-
-def _sizes(cfg: ModelConfig) -> dict[str, object]:
-    return {"stages": cfg.stages, "kernel_size": cfg.kernel_size, "pool": cfg.pool}
 
 
 def _meta_params(cfg: ModelConfig, side: int) -> int:
@@ -277,7 +273,7 @@ def test_imagefolder_config_runs_a_trial_on_a_folder_of_images_and_exports_it(wo
 
 def test_dropout_is_off_in_eval() -> None:
     torch.manual_seed(0)
-    model = ConvNet(8, 16, 32, (3, 16, 16), n_classes=10, padding=1, dropout=(0.5, 0.9)).eval()
+    model = ConvNet(ModelConfig(padding=1, dropout=(0.5, 0.9)), (8, 16, 32), (3, 16, 16), 10).eval()
     x = torch.rand(4, 3, 16, 16)
     assert torch.equal(model(x), model(x))
     model.train()

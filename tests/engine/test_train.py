@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from search.config import DataConfig, SyntheticConfig, TrainConfig
+from search.config import DataConfig, ModelConfig, SyntheticConfig, TrainConfig
 from search.engine.augment import BatchTransform, channel_stats
 from search.engine.data import ImageSet, load_splits
 from search.engine.model import ConvNet
@@ -35,7 +35,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
 
 def _model(splits) -> ConvNet:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
-    return ConvNet(8, 16, 32, splits.in_shape, splits.n_classes, padding=1)
+    return ConvNet(ModelConfig(padding=1), (8, 16, 32), splits.in_shape, splits.n_classes)
 
 
 def test_fit_learns_and_keeps_the_best_epoch(digits) -> None:  # type: ignore[no-untyped-def]
@@ -151,7 +151,7 @@ def test_augmented_training_on_synthetic_rgb(tmp_path: Path) -> None:
         AugmentSpec(hflip=True, crop_pad=1, rotate_deg=10, color_jitter=0.1, hue=0.05),
         channels_last=True,
     )
-    model = ConvNet(8, 16, 32, splits.in_shape, splits.n_classes, padding=0)
+    model = ConvNet(ModelConfig(padding=0), (8, 16, 32), splits.in_shape, splits.n_classes)
     result = fit(
         model,
         splits.train,
@@ -194,7 +194,7 @@ def _tiny_data(n: int = 96) -> tuple[ImageSet, ImageSet]:
 
 def _tiny_model(c1: int = 4) -> ConvNet:
     torch.manual_seed(1)
-    return ConvNet(c1=c1, c2=8, l1=16, in_shape=(1, 8, 8), n_classes=3, padding=1)  # default dropout
+    return ConvNet(ModelConfig(padding=1), (c1, 8, 16), (1, 8, 8), 3)  # default dropout
 
 
 def test_stop_reason_text_and_kind() -> None:
@@ -462,7 +462,7 @@ def test_each_optimizer_trains(settings: dict[str, Any], kind: type) -> None:
 
 
 def test_lr_factor_shapes() -> None:
-    from search.engine.train import lr_factor
+    from search.engine.optim import lr_factor
 
     # constant with a 4-step warm-up
     assert [lr_factor("constant", s, 20, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
@@ -481,7 +481,7 @@ def test_lr_factor_shapes() -> None:
 
 @pytest.mark.parametrize("schedule", ["cosine", "onecycle", "constant"])
 def test_fit_follows_the_schedule_and_resumes_it(schedule: str, tmp_path: Path) -> None:
-    from search.engine.train import lr_factor
+    from search.engine.optim import lr_factor
     from search.store.artifacts import CheckpointStore
 
     train, val = _tiny_data()  # 64 training images, batch 16: 4 steps an epoch

@@ -21,18 +21,11 @@ from optuna.trial import TrialState
 
 from search.cli import main
 from search.config import PARAM_NAMES, ConfigError, config_from_dict, load_config
-from search.results.confirm import (
-    RUN_ATTR_PREFIX,
-    ConfirmRow,
-    ConfirmSettings,
-    _datasets,
-    _train_once,
-    stratified_folds,
-    verdict,
-)
-from search.study.space import params_of
+from search.results.confirm import ConfirmSettings, _datasets, _train_once
+from search.results.verdict import ConfirmRow, verdict
+from search.store.records import CONFIRM_RUN_PREFIX, WARM_START_ATTR
+from search.study.recipe import rebuild
 from search.study.stored import study_config
-from search.study.warmstart import WARM_START_ATTR
 from tests.conftest import popen_cli, run_cli, tiny_config, write_config
 
 DB = "sqlite:///storage/studies.db"
@@ -75,7 +68,7 @@ def _top(study: optuna.Study, k: int) -> list[int]:
 
 
 def _run_attrs(study: optuna.Study) -> dict[str, dict[str, object]]:
-    return {k: v for k, v in study.user_attrs.items() if k.startswith(RUN_ATTR_PREFIX)}
+    return {k: v for k, v in study.user_attrs.items() if k.startswith(CONFIRM_RUN_PREFIX)}
 
 
 # --------------------------------------------------------------------------- confirm, finetune, report
@@ -99,11 +92,11 @@ def test_confirm_table_csv_attr_winner_then_finetune_and_report(study_dir: Path)
         trial = study.trials[int(r["trial"])]
         assert float(r["study_value"]) == trial.value and int(r["c1"]) == trial.params["c1"]
         values = [float(v) for v in r["values"].split(";")]
-        recorded = [runs[f"{RUN_ATTR_PREFIX}{trial.number}:seed{i}"]["value"] for i in range(2)]
+        recorded = [runs[f"{CONFIRM_RUN_PREFIX}{trial.number}:seed{i}"]["value"] for i in range(2)]
         assert values == pytest.approx(recorded, abs=1e-6) and r["n"] == "2" and r["mode"] == "seeds"
         assert float(r["mean"]) == pytest.approx(statistics.fmean(values), abs=1e-6)
         assert float(r["std"]) == pytest.approx(statistics.stdev(values), abs=1e-6)
-        seeds = {runs[f"{RUN_ATTR_PREFIX}{trial.number}:seed{i}"]["seed"] for i in range(2)}
+        seeds = {runs[f"{CONFIRM_RUN_PREFIX}{trial.number}:seed{i}"]["seed"] for i in range(2)}
         assert len(seeds) == 2 and trial.number not in seeds  # new seeds, not the trial's own
     means = {int(r["trial"]): float(r["mean"]) for r in rows}
     winner = max(means, key=lambda n: (means[n], -top.index(n)))
@@ -171,11 +164,11 @@ def test_a_run_with_the_trials_own_seed_reproduces_its_value(
     cfg = study_config(study)
     data = _datasets(cfg, ConfirmSettings(top=1, seeds=1, folds=0), torch.device("cpu"))[0]
     best = study.best_trial
-    params = params_of(best.params, cfg.search.space)
+    recipe = rebuild(study, best)  # the one recipe: the study's config, the trial's params, its data
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the study's CLI process trained (OMP_NUM_THREADS=1)
     try:
-        value, _, epochs_run, _ = _train_once(cfg, params, data, 10, cfg.seed + best.number, lambda: False)
+        value, _, epochs_run, _ = _train_once(recipe, data, cfg.seed + best.number, lambda: False)
     finally:
         torch.set_num_threads(threads)
     assert value == best.value and epochs_run == best.user_attrs["epochs_run"]
@@ -194,23 +187,9 @@ def test_folds(study_dir: Path) -> None:
     study = _load(study_dir)
     runs = _run_attrs(study)
     assert sorted(runs) == sorted(
-        f"{RUN_ATTR_PREFIX}{n}:fold{i}of3" for n in _top(study, 2) for i in range(3)
+        f"{CONFIRM_RUN_PREFIX}{n}:fold{i}of3" for n in _top(study, 2) for i in range(3)
     )
     assert study.user_attrs["confirm"]["folds"] == 3 and "noise between folds" in proc.stdout
-
-
-def test_stratified_folds_partition_each_class_evenly() -> None:
-    labels = torch.tensor([0] * 10 + [1] * 7 + [2] * 5)
-    folds = stratified_folds(labels, 3, seed=5)
-    joined = torch.cat(folds)
-    assert sorted(joined.tolist()) == list(range(len(labels)))  # disjoint and complete
-    for cls in range(3):
-        counts = [int((labels[f] == cls).sum()) for f in folds]
-        assert max(counts) - min(counts) <= 1
-    sizes = [len(f) for f in folds]
-    assert max(sizes) - min(sizes) <= 1
-    assert all(torch.equal(a, b) for a, b in zip(folds, stratified_folds(labels, 3, seed=5), strict=True))
-    assert not all(torch.equal(a, b) for a, b in zip(folds, stratified_folds(labels, 3, seed=6), strict=True))
 
 
 def test_ctrl_c_stops_cleanly_and_a_rerun_continues(study_dir: Path) -> None:

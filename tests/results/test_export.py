@@ -19,11 +19,9 @@ from search.results.export import (
     load_export,
     predict_files,
     predict_tensor,
-    trials_with_weights,
 )
 from search.store.artifacts import WEIGHTS_ATTR, WeightStore
-from search.study.objective import build_model, make_transform
-from search.study.space import params_of
+from search.study.recipe import rebuild, trials_with_weights
 from search.study.stored import study_config
 from tests.conftest import CIFAR_SAMPLE, run_cli
 from tests.studies import build_study, cifar_sample_config, db_url
@@ -94,12 +92,16 @@ def test_exported_weights_give_the_trials_predictions(
     images, labels = _val_images(study)
     probs = predict_tensor(model, transform, images)
     # the same weights straight from the artifact store, in a model built the way trials build it
-    reference = build_model(cfg, params_of(best.params, cfg.search.space), (1, 8, 8), 10)
+    recipe = rebuild(study, best)
+    reference = recipe.model()
     reference.load_state_dict(WeightStore(cfg.artifacts_dir).load(best.user_attrs[WEIGHTS_ATTR]))
     reference.eval()
-    mean, std = config["normalize"]["mean"], config["normalize"]["std"]
+    assert [config["normalize"]["mean"], config["normalize"]["std"]] == [
+        list(recipe.data.mean),
+        list(recipe.data.std),
+    ]
     with torch.no_grad():
-        ref_logits = reference(make_transform(cfg, mean, std)(images, train=False))
+        ref_logits = reference(recipe.transform()(images, train=False))
     assert torch.equal(probs, ref_logits.float().softmax(1))
     # and the trial's recorded validation accuracy
     assert int((probs.argmax(1) == labels).sum()) / len(labels) == best.value

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -17,15 +18,16 @@ from search.config import config_from_dict
 from search.engine.data import load_splits
 from search.engine.evaluate import classification_metrics
 from search.engine.train import predict_logits
+from search.results.export import load_export
 from search.results.finetune import FINETUNE_ATTR, FinetuneSettings, finetune
-from search.study.objective import build_model, make_transform
-from search.study.space import params_of
+from search.study.recipe import rebuild
 from search.study.stored import study_config
 from tests.conftest import CIFAR_SAMPLE, png_size, run_cli
 from tests.studies import build_study, cifar_sample_config, db_url, fake_trial
 from tests.studies import study_config as raw_config
 
 Fixture = tuple[Path, optuna.Study, subprocess.CompletedProcess[str]]
+LINE = re.compile(r"^(?P<path>\S+): (?P<rest>.+)$")  # a line of `search predict`
 
 
 @pytest.fixture(scope="module")
@@ -104,13 +106,15 @@ def test_test_metrics_cover_the_whole_test_set(digits: Fixture) -> None:
     assert list(table["accuracy"]) == pytest.approx(list(diag / confusion.to_numpy().sum(axis=1)))
     assert list(table["precision"]) == pytest.approx(list(diag / confusion.to_numpy().sum(axis=0)))
 
-    # final.pt alone reproduces the test accuracy
+    # final.pt alone reproduces the test accuracy, in the net the trial's recipe builds
     state = torch.load(folder / "final.pt", weights_only=True)
-    model = build_model(cfg, params_of(study.best_trial.params, cfg.search.space), (1, 8, 8), 10)
+    recipe = rebuild(study, study.best_trial)
+    model = recipe.model()
     model.load_state_dict(state)
-    data = study.user_attrs["data"]
-    logits = predict_logits(model, test.images, make_transform(cfg, data["mean"], data["std"]))
+    logits = predict_logits(model, test.images, recipe.transform())
     assert int((logits.argmax(1) == test.labels).sum()) == int(diag.sum())
+    best = torch.load(folder / "best.pt", weights_only=True)  # the export folder's name for them
+    assert best.keys() == state.keys() and all(torch.equal(best[k], state[k]) for k in state)
 
     for name in ("confusion.png", "predictions.png", "filters.png"):
         assert (folder / name).read_bytes()[:4] == b"\x89PNG"
@@ -130,6 +134,135 @@ def test_results_recorded_on_the_study(digits: Fixture) -> None:
     for name, artifact_id in recorded["artifacts"].items():
         assert artifact_id in metas and (Path(cfg.artifacts_dir) / artifact_id).is_file()
         assert metas[artifact_id].filename.endswith(name.split(".")[-1])
+
+
+# ------------------------------------------------------------------------ the fine-tuned model as an export
+
+
+def _test_pngs(study: optuna.Study, folder: Path, n: int = 6) -> tuple[list[Path], torch.Tensor]:
+    """The first ``n`` test images of the study as PNG files (what a user would pass to predict)."""
+    from PIL import Image
+
+    cfg = study_config(study)
+    test = load_splits(cfg.data, cfg.seed, with_test=True).test
+    assert test is not None
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"test{i}.png")
+        Image.fromarray(test.images[i, 0].numpy()).save(paths[-1])
+    return paths, test.images[:n]
+
+
+def _predicted(capsys: pytest.CaptureFixture[str], folder: Path, paths: list[Path]) -> list[str]:
+    """`search predict FOLDER IMAGES` in-process: exit 0, the top class of each image."""
+    assert main(["predict", str(folder), *map(str, paths)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(paths)
+    matches = [LINE.match(line) for line in lines]
+    return [m["rest"].split()[0] for m in matches if m is not None]
+
+
+def _fine_tuned_classes(study: optuna.Study, folder: Path, images: torch.Tensor) -> list[str]:
+    """What the fine-tuned weights (final.pt) compute, in the net the trial's recipe builds."""
+    recipe = rebuild(study, study.best_trial)
+    model = recipe.model()
+    model.load_state_dict(torch.load(folder / "final.pt", weights_only=True))
+    model.eval()
+    with torch.no_grad():
+        logits = model(recipe.input_transform()(images, train=False))
+    return [recipe.data.classes[int(i)] for i in logits.argmax(1)]
+
+
+def test_predict_on_the_finetune_folder(digits: Fixture, capsys: pytest.CaptureFixture[str]) -> None:
+    root, study, _ = digits
+    folder = root / "storage" / "finetune" / "tiny"
+    paths, images = _test_pngs(study, root / "images")
+    assert _predicted(capsys, folder, paths) == _fine_tuned_classes(study, folder, images)
+    # the app loads it as it loads an export (its page names the study and the trial)
+    from search.serve.app import load_predictor
+
+    predictor = load_predictor(folder)
+    top = [max(predictor.top(images[i : i + 1]).items(), key=lambda kv: kv[1])[0] for i in range(len(paths))]
+    assert top == _fine_tuned_classes(study, folder, images)
+    assert f"tiny: trial {study.best_trial.number}" in predictor.description()
+
+
+def test_finetune_folder_is_an_export_folder_with_a_model_card(digits: Fixture) -> None:
+    root, study, _ = digits
+    folder = root / "storage" / "finetune" / "tiny"
+    m = _metrics(root)
+    config = json.loads((folder / "config.json").read_text())
+    export = json.loads(json.dumps(load_export(folder)[2]))
+    assert export == config and config["format"] == 1 and config["trial"] == study.best_trial.number
+    assert config["in_shape"] == [1, 8, 8] and config["classes"] == [str(i) for i in range(10)]
+    assert config["val_accuracy"] == m["final_val_acc"]  # the model this folder holds
+    ft = config["finetune"]
+    for key in ("trial", "trial_value", "start_val_acc", "final_val_acc", "lr", "epochs", "test_accuracy"):
+        assert ft[key] == m[key], key
+    per_class = pd.read_csv(folder / "per_class.csv")
+    assert [c["support"] for c in ft["test"]["per_class"]] == list(per_class["support"])
+    assert ft["test"]["accuracy"] == m["test_accuracy"]
+    card = (folder / "README.md").read_text()
+    assert f"trial {study.best_trial.number}, fine-tuned" in card and "of study tiny" in card
+    assert f"| test accuracy | {m['test_accuracy']:.4f} on {m['n_test']} images" in card
+    assert f"{m['start_val_acc']:.4f} at the start, {m['final_val_acc']:.4f} at the end" in card
+    assert f"lr {m['lr']:.3g} (the trial's lr x 0.5), up to 2 epochs, patience 1" in card
+    rows = [line for line in card.splitlines() if re.match(r"\| \d \| \d+ \| \d\.\d{4} \|", line)]
+    assert len(rows) == 10 and rows[3].startswith(
+        f"| 3 | {per_class['support'][3]} | {per_class['accuracy'][3]:.4f} |"
+    )
+    assert "search predict storage/finetune/tiny IMAGE" in card
+
+
+def test_export_finetuned_copies_the_folder_and_predict_works_on_the_copy(
+    digits: Fixture, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, study, _ = digits
+    monkeypatch.chdir(root)
+    source = root / "storage" / "finetune" / "tiny"
+    assert main(["export", "tiny", "--storage", db_url(root), "--finetuned"]) == 0
+    m = _metrics(root)
+    copy = root / "storage" / "exports" / "tiny" / "finetuned"
+    assert capsys.readouterr().out.strip() == (
+        f"exported the fine-tuned model of trial {study.best_trial.number} (val accuracy "
+        f"{m['final_val_acc']:.4f}, test accuracy {m['test_accuracy']:.4f}) to storage/exports/tiny/finetuned"
+    )
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in source.iterdir())
+    assert (copy / "best.pt").read_bytes() == (source / "best.pt").read_bytes()
+    assert "search predict storage/exports/tiny/finetuned IMAGE" in (copy / "README.md").read_text()
+    paths, images = _test_pngs(study, root / "images")
+    assert _predicted(capsys, copy, paths) == _fine_tuned_classes(study, source, images)
+    # a plain export still ships the trial's own weights, and says where the fine-tuned one is
+    assert main(["export", "tiny", "--storage", db_url(root), "--out", str(root / "plain")]) == 0
+    trial_state = torch.load(root / "plain" / "best.pt", weights_only=True)
+    tuned_state = torch.load(copy / "best.pt", weights_only=True)
+    assert m["best_epoch"] == 0 or any(not torch.equal(trial_state[k], tuned_state[k]) for k in trial_state)
+    assert "`search export tiny --finetuned` exports that one" in capsys.readouterr().err
+
+
+def test_report_shows_the_finetune_stage(digits: Fixture, capsys: pytest.CaptureFixture[str]) -> None:
+    root, _, _ = digits
+    out = root / "report"
+    assert main(["report", "tiny", "--storage", db_url(root), "--out", str(out)]) == 0
+    m = _metrics(root)
+    line = (
+        f"finetune: trial {m['trial']}, val {m['start_val_acc']:.4f} -> {m['final_val_acc']:.4f}, "
+        f"test accuracy {m['test_accuracy']:.4f} on {m['n_test']} images (model in storage/finetune/tiny)"
+    )
+    assert line in capsys.readouterr().out.splitlines()
+    assert f"- {line}" in (out / "report.md").read_text().splitlines()
+    summary = json.loads((out / "summary.json").read_text())["finetune"]
+    for key in (
+        "trial",
+        "start_val_acc",
+        "final_val_acc",
+        "test_accuracy",
+        "n_test",
+        "best_epoch",
+        "epochs_run",
+    ):
+        assert summary[key] == m[key], key
 
 
 def test_classification_metrics_known_values() -> None:
@@ -179,3 +312,10 @@ def test_bad_input_exits_2(
     assert main(["finetune", "../../escaped", "--storage", url]) == 2
     assert "error: STUDY: not a safe study name" in capsys.readouterr().err
     assert not (tmp_path / "storage" / "finetune").exists()
+    # no fine-tune yet: export --finetuned names the command to run first
+    assert main(["export", "s", "--storage", url, "--finetuned"]) == 2
+    err = capsys.readouterr().err
+    assert "error: study 's' has no fine-tuned model yet. Fix: run `search finetune s` first" in err
+    assert main(["export", "s", "--storage", url, "--finetuned", "--trial", "0"]) == 2
+    assert "error: --trial: not with --finetuned" in capsys.readouterr().err
+    assert not (tmp_path / "storage" / "exports").exists()

@@ -13,16 +13,8 @@ from optuna.trial import TrialState
 
 from search.cli import main
 from search.config import PARAM_NAMES
-from search.results.report import (
-    COLUMNS,
-    best_so_far,
-    importances_problem,
-    label_overlaps,
-    summarize,
-    tidy_parallel_coordinate,
-    trials_frame,
-    write_report,
-)
+from search.results.plots import best_so_far, importances_problem, label_overlaps, tidy_parallel_coordinate
+from search.results.report import COLUMNS, summarize, trials_frame, write_report
 from tests.conftest import png_size, run_cli
 from tests.studies import build_study, db_url, fake_trial, study_config
 

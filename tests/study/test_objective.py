@@ -110,7 +110,8 @@ def test_the_gp_sampler_reads_the_constraints_and_is_kept_off_points_over_max_pa
 ) -> None:
     # GPSampler reads every COMPLETE trial's constraint values (the same keys on all of them, or
     # it raises); it never sees an over-budget (PRUNED) trial, so after 2 random trials it keeps
-    # proposing c1=27 (over budget) unless the run replaces such a proposal (search.study.TrialSeeded)
+    # proposing c1=27 (over budget) unless the run replaces such a proposal
+    # (search.study.sampling.TrialSeeded)
     raw = tiny_config(
         storage=f"sqlite:///{tmp_path}/s.db",
         checkpoints_dir=str(tmp_path / "ckpt"),
@@ -126,7 +127,7 @@ def test_the_gp_sampler_reads_the_constraints_and_is_kept_off_points_over_max_pa
         "constraints": {"max_params": 8000, "max_latency_ms": 1.0e6},
     }
     cfg = config_from_dict(raw)
-    with caplog.at_level(logging.INFO, logger="search.study.study"):
+    with caplog.at_level(logging.INFO, logger="search.study.sampling"):
         result = run_study(cfg, device="cpu")
     assert result.finished == 5
     assert "the sampler proposed params over max_params; sampled at random" in caplog.text

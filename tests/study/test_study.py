@@ -60,7 +60,7 @@ def test_study_records_attrs_weights_and_config(tmp_path: Path) -> None:
     assert len(kept) == 2 and {t.value for t in kept} <= {t.value for t in ranked[:3]}
     assert len([p for p in Path(cfg.artifacts_dir).iterdir() if p.is_file()]) == 2
     best = kept[0]
-    model = ConvNet(best.params["c1"], 8, 16, (1, 8, 8), 10, padding=1)
+    model = ConvNet(ModelConfig(padding=1), (best.params["c1"], 8, 16), (1, 8, 8), 10)
     model.load_state_dict(store.load(best.user_attrs[WEIGHTS_ATTR]))
 
 

@@ -21,7 +21,7 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from search.config import ConfigError, TrainConfig, config_from_dict, to_dict
+from search.config import ConfigError, ModelConfig, TrainConfig, config_from_dict, to_dict
 from search.engine.augment import AugmentSpec, BatchTransform
 from search.engine.data import ImageSet
 from search.engine.model import ConvNet
@@ -102,7 +102,7 @@ def test_fit_resumed_from_a_checkpoint_ends_where_an_uninterrupted_run_ends() ->
 
     def model() -> ConvNet:
         torch.manual_seed(1)
-        return ConvNet(c1=4, c2=8, l1=16, in_shape=(1, 8, 8), n_classes=3, padding=1, dropout=(0.0, 0.0))
+        return ConvNet(ModelConfig(padding=1, dropout=(0.0, 0.0)), (4, 8, 16), (1, 8, 8), 3)
 
     states: list[dict[str, Any]] = []
     full = fit(

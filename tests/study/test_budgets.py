@@ -1,4 +1,4 @@
-"""Budgets in storage: constraint values of a trial's figures, feasibility, the best feasible trial."""
+"""Budgets: constraint values of a trial's figures, feasibility, the best feasible trial."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from search.config import ConstraintsConfig
-from search.store.storage import best_trial, budget_constraints, is_feasible, over_budget, over_budget_counts
+from search.study.budgets import best_trial, budget_constraints, is_feasible, over_budget, over_budget_counts
 from search.study.stored import top_trials
 
 

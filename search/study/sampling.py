@@ -1,0 +1,247 @@
+"""Sampling and pruning: the configured sampler (seeded per trial, Sobol start-up), the pruner,
+and the space's log-midpoint enqueued as a new study's first trial. This module logs; it never prints.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from search.config import ConfigError, StudyConfig
+from search.store.records import ENQUEUED_ATTR
+from search.study.budgets import FINISHED_STATES
+from search.study.space import grid_values, log_midpoint
+
+log = logging.getLogger(__name__)
+
+
+class _Delegating(optuna.samplers.BaseSampler):
+    """A sampler that hands every call to ``self._inner`` (subclasses choose it per trial)."""
+
+    _inner: optuna.samplers.BaseSampler
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
+
+
+class TrialSeeded(_Delegating):
+    """A sampler built afresh for each trial with seed ``(seed + trial number) mod 2**32``.
+
+    Trial numbers are unique in a study, so concurrent runs and workers on one study never draw
+    from the same random state (two copies of one command used to sample identical params), a
+    resumed study never replays the first run's draws, and one run stays reproducible. The
+    samplers keep everything else they learn in the storage, so a fresh instance loses nothing.
+
+    With ``fits`` (whether sampled params build a model within ``search.constraints.max_params``),
+    a relative proposal over that budget is dropped and the trial's params come from the
+    sampler's independent (random) sampling instead. GPSampler (and CMA-ES) model COMPLETE trials
+    only, so an over-budget trial, ended PRUNED before training, is invisible to them: without
+    this they propose the same over-budget point trial after trial.
+    """
+
+    def __init__(
+        self,
+        make: Callable[[int], optuna.samplers.BaseSampler],
+        seed: int,
+        first: optuna.samplers.BaseSampler,
+        fits: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
+        self._make = make
+        self._seed = seed
+        self._inner = first
+        self._fits = fits
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._inner = self._make(_seed32(self._seed + trial.number))
+        self._inner.before_trial(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        params = self._inner.sample_relative(study, trial, search_space)
+        if params and self._fits is not None and not self._fits(params):
+            log.info("trial %d: the sampler proposed params over max_params; sampled at random", trial.number)
+            return {}
+        return params
+
+
+class SobolStartup(_Delegating):
+    """``main``'s start-up trials drawn from a scrambled Sobol sequence instead of at random.
+
+    While the study holds fewer than ``n_startup`` finished (COMPLETE or PRUNED) trials, the
+    same count TPE uses to end its random phase, each trial is a point of ``qmc`` (one
+    :class:`optuna.samplers.QMCSampler` with one seed: the sequence is shared by the study through
+    its storage); afterwards ``main`` samples. An enqueued trial (``search.enqueue_default``, a
+    warm start) keeps its fixed params either way.
+    """
+
+    def __init__(
+        self, main: optuna.samplers.BaseSampler, qmc: optuna.samplers.BaseSampler, n_startup: int
+    ) -> None:
+        self._main = main
+        self._qmc = qmc
+        self._n_startup = n_startup
+        self._inner = main
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        done = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+        self._inner = self._qmc if done < self._n_startup else self._main
+        self._inner.before_trial(study, trial)
+
+    def reseed_rng(self) -> None:
+        self._main.reseed_rng()
+
+
+def _startup_trials(cfg: StudyConfig) -> int:
+    """The sampler's start-up trials: ``search.sampler.n_startup_trials``, else the sampler's own
+    default (read from its signature, so it follows Optuna's)."""
+    s = cfg.search.sampler
+    if s.n_startup_trials is not None:
+        return s.n_startup_trials
+    cls = {
+        "tpe": optuna.samplers.TPESampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "gp": optuna.samplers.GPSampler,
+    }[s.name]
+    default = inspect.signature(cls).parameters["n_startup_trials"].default
+    return int(default)
+
+
+def make_sampler(
+    cfg: StudyConfig, fits: Callable[[dict[str, Any]], bool] | None = None
+) -> optuna.samplers.BaseSampler:
+    """The configured sampler; missing optional dependencies fail here, before any trial.
+
+    TPE, random, CMA-ES and GP are seeded per trial with ``seed + trial number`` (see
+    :class:`TrialSeeded`, which also gets ``fits``); grid and QMC keep one seed: their order of
+    points hangs on it, and they pick each trial's point from the trials in the storage (the
+    trial number, the sample id).
+
+    Budgets (``search.constraints``) need no sampler option: the objective stores each trial's
+    constraint values with ``Trial.set_constraint`` (Optuna 5; the samplers' ``constraints_func``
+    is deprecated since 5.0) and TPE, GP and NSGA-II read them from the storage.
+
+    With ``search.sampler.startup: sobol``, TPE / CMA-ES / GP take their start-up trials from one
+    such QMC sequence (:class:`SobolStartup`).
+    """
+    if cfg.search.sampler.name in ("grid", "qmc"):
+        return _sampler(cfg, _seed32(cfg.seed))
+    first = _sampler(cfg, _seed32(cfg.seed))  # fails here on a missing dependency
+    seeded = TrialSeeded(lambda seed: _sampler(cfg, seed), cfg.seed, first, fits)
+    if cfg.search.sampler.startup == "sobol" and cfg.search.sampler.name != "random":
+        qmc = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=_seed32(cfg.seed))
+        return SobolStartup(seeded, qmc, _startup_trials(cfg))
+    return seeded
+
+
+def enqueue_default(study: optuna.Study, cfg: StudyConfig) -> bool:
+    """Enqueue the space's log-midpoint as a new study's first trial (``search.enqueue_default``).
+
+    Only on a study with no trials yet and not with the grid sampler (it visits its own points);
+    True when it was enqueued."""
+    if not cfg.search.enqueue_default or cfg.search.sampler.name == "grid":
+        return False
+    params = log_midpoint(cfg.search.space)
+    if not params or study.get_trials(deepcopy=False):
+        return False
+    study.enqueue_trial(params, user_attrs={ENQUEUED_ATTR: "default"}, skip_if_exists=True)
+    log.info("trial 0: the space's log-midpoint %s (search.enqueue_default)", params)
+    return True
+
+
+def _seed32(seed: int) -> int:
+    return seed % 2**32  # numpy's generators take 0 .. 2**32 - 1
+
+
+def _sampler(cfg: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
+    s = cfg.search.sampler
+    startup: dict[str, Any] = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
+    if s.name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, **startup)
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.name == "grid":
+        return optuna.samplers.GridSampler(grid_values(cfg.search.space), seed=seed)  # type: ignore[arg-type]
+    if s.name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, scramble=True)
+    # with max_params, TrialSeeded replaces an over-budget proposal by independent sampling on
+    # purpose: the samplers' warning about it (which blames a dynamic search space) is off then
+    warn = cfg.search.constraints.max_params is None
+    if s.name == "cmaes":
+        _require("cmaes", "search.sampler.name", s.name)
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=warn, **startup)
+    if s.name == "gp":
+        _require("scipy", "search.sampler.name", s.name)
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=warn, **startup)
+    raise ConfigError("search.sampler.name", s.name, "unknown sampler", "see `search validate`")
+
+
+def _require(module: str, field: str, value: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(
+            field,
+            value,
+            f"this sampler needs the package {module!r}",
+            f"pip install {module}, or pick another sampler",
+        )
+
+
+def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
+    p = cfg.search.pruner
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+        )
+    if p.name == "percentile":
+        return optuna.pruners.PercentilePruner(
+            p.percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+        )
+    if p.name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=p.min_resource, reduction_factor=p.reduction_factor
+        )
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=p.min_resource,
+            max_resource=cfg.train.epochs,
+            reduction_factor=p.reduction_factor,
+        )
+    return optuna.pruners.NopPruner()
