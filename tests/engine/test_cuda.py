@@ -212,7 +212,7 @@ def test_fused_adamw_and_sgd_with_a_cosine_schedule_resume_on_cuda(optimizer: st
 def test_out_of_memory_in_a_trial_is_a_fail_and_the_memory_is_given_back(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_fit = search.objective.fit
+    real_fit = search.study.objective.fit
     reserved_at_start: list[int] = []
 
     def hungry_fit(*args: Any, **kwargs: Any) -> Any:
@@ -224,7 +224,7 @@ def test_out_of_memory_in_a_trial_is_a_fail_and_the_memory_is_given_back(
             raise AssertionError(f"no out-of-memory after {len(hoard) * 2} GiB")
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(search.objective, "fit", hungry_fit)
+    monkeypatch.setattr(search.study.objective, "fit", hungry_fit)
     write_config(workdir / "tiny.yaml", tiny_config(train={"epochs": 1, "patience": 1}))
     assert cli.main(["run", "tiny.yaml", "--device", "cuda"]) == 0
     trials = _study(workdir).trials
@@ -238,15 +238,15 @@ def test_out_of_memory_in_a_trial_is_a_fail_and_the_memory_is_given_back(
 
 # a device-side assert (an out-of-bounds index inside a kernel) in the first trial's fit
 DEVICE_ASSERT = """
-import sys, torch, search.objective
-real_fit, calls = search.objective.fit, []
+import sys, torch, search.study.objective
+real_fit, calls = search.study.objective.fit, []
 def fit(*args, **kwargs):
     calls.append(1)
     if len(calls) == 1:
         x = torch.zeros(4, device="cuda")
         x[torch.tensor([10], device="cuda")].sum().item()
     return real_fit(*args, **kwargs)
-search.objective.fit = fit
+search.study.objective.fit = fit
 from search.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -448,7 +448,7 @@ def test_dashboard_command_prints_url_warns_on_all_interfaces_and_stops_on_ctrl_
         code, out, err = interrupt(proc)
     assert code == 0, err
     assert out == ""
-    assert "WARNING search.dashboard: optuna-dashboard is bound to all network interfaces" in err
+    assert "WARNING search.serve.dashboard: optuna-dashboard is bound to all network interfaces" in err
     assert f"ssh -L {port}:127.0.0.1:{port}" in err
     assert "Traceback" not in err
     assert not port_is_open(port)

@@ -143,17 +143,17 @@ def test_a_new_study_of_an_old_name_never_touches_the_old_studys_checkpoints(wor
 def test_checkpoint_keys_are_unique_safe_and_kept(tmp_path: Path) -> None:
     storage = make_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=False)
     a = optuna.create_study(study_name="x", storage=storage)
-    key = search.artifacts.ensure_checkpoint_key(a)
-    assert key.startswith("x-") and search.artifacts.ensure_checkpoint_key(a) == key
+    key = search.store.artifacts.ensure_checkpoint_key(a)
+    assert key.startswith("x-") and search.store.artifacts.ensure_checkpoint_key(a) == key
     optuna.delete_study(study_name="x", storage=storage)
     b = optuna.create_study(study_name="x", storage=storage)  # same name, maybe the same id
-    assert search.artifacts.ensure_checkpoint_key(b) != key
+    assert search.store.artifacts.ensure_checkpoint_key(b) != key
     b.set_user_attr(CHECKPOINT_KEY_ATTR, "../../escape")
     with pytest.raises(ValueError, match="unsafe"):
         CheckpointStore.for_study(tmp_path, b)
     legacy = optuna.create_study(study_name="legacy", storage=storage)
     legacy.enqueue_trial({"x": 1})  # a study from before keys: it keeps its name's folder
-    assert search.artifacts.ensure_checkpoint_key(legacy) == "legacy"
+    assert search.store.artifacts.ensure_checkpoint_key(legacy) == "legacy"
 
 
 # --------------------------------------------------------------------------- item 6: unreadable files
@@ -238,7 +238,7 @@ def test_unwritable_reason_creates_nothing(tmp_path: Path) -> None:
 
 def _full_disk_under(monkeypatch: pytest.MonkeyPatch, folder: str) -> None:
     """Files under ``folder`` get half their bytes written, then ENOSPC (as a full disk does)."""
-    real = search.files._write_file
+    real = search.store.files._write_file
 
     def write(path: Path, data: bytes) -> None:
         if folder in Path(path).resolve().parts:
@@ -247,7 +247,7 @@ def _full_disk_under(monkeypatch: pytest.MonkeyPatch, folder: str) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real(path, data)
 
-    monkeypatch.setattr(search.files, "_write_file", write)
+    monkeypatch.setattr(search.store.files, "_write_file", write)
 
 
 @pytest.mark.parametrize("folder", ["checkpoints", "artifacts"])
@@ -280,7 +280,7 @@ def test_save_atomic_leaves_the_old_file_and_no_temp_on_failure(
 ) -> None:
     target = save_atomic({"v": torch.zeros(2)}, tmp_path / "c" / "x.pt")
     _full_disk_under(monkeypatch, "c")
-    with pytest.raises(search.artifacts.StorageFault, match="no space left"):
+    with pytest.raises(search.store.artifacts.StorageFault, match="no space left"):
         save_atomic({"v": torch.ones(2)}, target)
     assert torch.equal(load_tensors(target)["v"], torch.zeros(2))  # the last good one is intact
     assert sorted(p.name for p in target.parent.iterdir()) == ["x.pt"]

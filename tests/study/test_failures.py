@@ -59,9 +59,9 @@ def test_nan_oom_and_other_errors_fail_the_trial_and_the_study_goes_on(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Trial 1 diverges (a real NaN loss), trial 2 runs out of memory, trial 3 raises; the rest complete."""
-    real_fit = search.objective.fit
+    real_fit = search.study.objective.fit
     calls = {"fit": 0, "free": 0}
-    real_free = search.objective.free_memory
+    real_free = search.study.objective.free_memory
 
     def faulty_fit(*args: Any, **kwargs: Any) -> Any:
         calls["fit"] += 1
@@ -77,8 +77,8 @@ def test_nan_oom_and_other_errors_fail_the_trial_and_the_study_goes_on(
         calls["free"] += 1
         real_free()
 
-    monkeypatch.setattr(search.objective, "fit", faulty_fit)
-    monkeypatch.setattr(search.objective, "free_memory", counting_free)
+    monkeypatch.setattr(search.study.objective, "fit", faulty_fit)
+    monkeypatch.setattr(search.study.objective, "free_memory", counting_free)
     raw = tiny_config(train={"epochs": 1, "patience": 1}, search={**tiny_config()["search"], "n_trials": 6})
     cfg = write_config(workdir / "tiny.yaml", raw)
     assert cli.main(["run", str(cfg), "--device", "cpu"]) == 0
@@ -114,7 +114,7 @@ def test_max_failures_stops_the_run_with_exit_1(
     def broken_fit(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("bad batch")
 
-    monkeypatch.setattr(search.objective, "fit", broken_fit)
+    monkeypatch.setattr(search.study.objective, "fit", broken_fit)
     cfg = write_config(workdir / "tiny.yaml", tiny_config())
     code = cli.main(
         ["run", str(cfg), "--device", "cpu", "--n-trials", "10", "--set", "search.max_failures=2"]
@@ -134,7 +134,7 @@ def test_a_study_whose_every_trial_fails_still_ends(
     def broken_fit(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("bad batch")
 
-    monkeypatch.setattr(search.objective, "fit", broken_fit)
+    monkeypatch.setattr(search.study.objective, "fit", broken_fit)
     cfg = write_config(workdir / "tiny.yaml", tiny_config())  # n_trials 3, max_failures null
     assert cli.main(["run", str(cfg), "--device", "cpu"]) == 1
     assert "stopped after 3 failed trials (as many as search.n_trials" in capsys.readouterr().out
@@ -161,8 +161,8 @@ def test_a_broken_gpu_context_is_not_a_trial_failure() -> None:
 
 # `search` with fit raising torch.AcceleratorError after the first epoch of the first trial
 BROKEN_GPU = """
-import sys, torch, search.objective
-real_fit, calls = search.objective.fit, []
+import sys, torch, search.study.objective
+real_fit, calls = search.study.objective.fit, []
 def fit(*args, **kwargs):
     calls.append(1)
     inner = kwargs["on_epoch"]
@@ -171,7 +171,7 @@ def fit(*args, **kwargs):
         if len(calls) == 1:
             raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
     return real_fit(*args, **{**kwargs, "on_epoch": on_epoch})
-search.objective.fit = fit
+search.study.objective.fit = fit
 from search.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -389,7 +389,7 @@ def test_checkpoints_are_throttled_by_checkpoint_every_s(
         saved.append(int(state["epoch"]))
         return real_save(self, number, state)
 
-    monkeypatch.setattr(search.artifacts.CheckpointStore, "save", counting_save)
+    monkeypatch.setattr(search.store.artifacts.CheckpointStore, "save", counting_save)
     monkeypatch.chdir(tmp_path)  # the data cache (storage/data/cache) lands in tmp_path, not the repo
     raw = tiny_config(
         storage=f"sqlite:///{tmp_path}/s.db",
