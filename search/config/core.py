@@ -39,6 +39,8 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
 
+from search.errors import InputError
+
 Dataset = Literal["digits", "mnist", "fashion_mnist", "cifar10", "imagefolder", "synthetic"]
 SamplerName = Literal["tpe", "random", "grid", "cmaes", "qmc", "gp"]
 OptimizerName = Literal["adam", "adamw", "sgd"]
@@ -56,7 +58,7 @@ MAX_CONFIG_BYTES = 1 << 20  # a config file larger than this is refused unread
 MAX_CONFIG_NODES = 100_000  # values in a config once YAML aliases are expanded
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A bad config value: names the field, the value and how to fix it."""
 
     def __init__(self, field_path: str, value: Any, problem: str, fix: str) -> None:

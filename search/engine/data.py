@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from search.config import DataConfig
+from search.errors import InputError
 from search.store.files import UnreadableFile, load_tensors, save_atomic
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".
 CACHE_VERSION = 2  # 2: non-UTF-8 class folder names are stored escaped
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A dataset that cannot be used: names the file or folder and what to do."""
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search.config import ConfigError, ModelConfig
+from search.errors import InputError
 
 KERNEL = 3
 PoolKind = Literal["none", "max", "avg"]
@@ -116,7 +117,7 @@ def check_input_size(model: ModelConfig, in_shape: Sequence[int]) -> None:
     )
 
 
-class InputTooSmallError(ValueError):
+class InputTooSmallError(InputError):
     """The input images are smaller than the net's minimum for its options."""
 
 

@@ -27,6 +27,7 @@ from search.config import ModelConfig, StudyConfig, build, to_dict, trial_config
 from search.engine.augment import BatchTransform
 from search.engine.data import DataError, printable_name, read_image
 from search.engine.model import ConvNet, build_convnet, count_parameters
+from search.errors import InputError
 from search.store.artifacts import (
     WEIGHTS_ATTR,
     UnreadableFile,
@@ -46,7 +47,7 @@ CARD_FILE = "README.md"
 WIDTHS = ("c1", "c2", "l1")  # config.json model entries that are trial params, not ModelConfig
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """A trial or export folder that cannot be used: says which one and what to do."""
 
 

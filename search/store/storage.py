@@ -28,6 +28,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import ConstraintsConfig, SearchConfig, default_of, mask_url
+from search.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ MAX_RETRY: int = default_of(SearchConfig, "max_retry")
 SQLITE_TIMEOUT_S = 60
 
 
-class StorageError(ValueError):
+class StorageError(InputError):
     """A storage URL that cannot be opened, or a study that is not there."""
 
 

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class TrialInterrupted(Exception):
+class TrialInterrupted(Exception):  # control flow (the loop stops and re-queues): not a SearchError
     """A stop was requested (Ctrl-C, SIGTERM): the trial ended after its current epoch."""
 
 
@@ -250,30 +250,6 @@ class Objective:
         earlier = retry_history(trial)
         resume = self._resume_state(trial, checkpoints, earlier, params)
         board = self._trial_log(trial, params, resume)
-
-        def on_epoch(epoch: int, metrics: EpochMetrics) -> bool:
-            if board is not None:  # host floats only: no extra sync
-                board.epoch(metrics)
-            trial.report(metrics.val_acc, epoch)  # one storage write an epoch; epochs_run at the end
-            if self.prune_gate.worth_asking(trial.study, epoch) and trial.should_prune():
-                return True  # fit stops here and returns its figures; pruned below
-            if self.should_stop():
-                trial.set_user_attr("epochs_run", epoch)
-                trial.set_user_attr(FAIL_REASON_ATTR, "interrupted")
-                raise TrialInterrupted(f"trial {trial.number} interrupted after epoch {epoch}")
-            return False
-
-        last_checkpoint = time.monotonic()
-
-        def on_checkpoint(state: FitState) -> None:
-            # Throttled (train.checkpoint_every_s): a save costs tens of ms, so short epochs skip
-            # it; a stop request always saves, so an interrupted trial resumes where it stopped.
-            nonlocal last_checkpoint
-            now = time.monotonic()
-            if self.should_stop() or now - last_checkpoint >= cfg.train.checkpoint_every_s:
-                checkpoints.save(trial.number, {**state.state_dict(), "params": params})
-                last_checkpoint = now
-
         keep_checkpoint = False
         ended, value = "FAIL", None  # how the trial ended, for its TensorBoard hparams
         try:
@@ -286,8 +262,8 @@ class Objective:
                 cfg=cfg.train,
                 transform=trial_transform(cfg, self.cfg, self.transform, self.mean, self.std),
                 seed=cfg.seed + trial.number,
-                on_epoch=on_epoch,
-                on_checkpoint=on_checkpoint,
+                on_epoch=self._on_epoch(trial, board),
+                on_checkpoint=self._on_checkpoint(trial, checkpoints, params, cfg.train.checkpoint_every_s),
                 resume=resume,
             )
             if result.stop.kind is StopKind.PRUNED:
@@ -307,6 +283,40 @@ class Objective:
             if board is not None:
                 board.finish(ended, value)
         return self._finish(trial, result)
+
+    def _on_epoch(self, trial: optuna.Trial, board: RunLog | None) -> Callable[[int, EpochMetrics], bool]:
+        """fit's per-epoch hook: report the value, ask the pruner (True: stop, pruned), honour a stop."""
+
+        def on_epoch(epoch: int, metrics: EpochMetrics) -> bool:
+            if board is not None:  # host floats only: no extra sync
+                board.epoch(metrics)
+            trial.report(metrics.val_acc, epoch)  # one storage write an epoch; epochs_run at the end
+            if self.prune_gate.worth_asking(trial.study, epoch) and trial.should_prune():
+                return True  # fit stops here and returns its figures; pruned below
+            if self.should_stop():
+                trial.set_user_attr("epochs_run", epoch)
+                trial.set_user_attr(FAIL_REASON_ATTR, "interrupted")
+                raise TrialInterrupted(f"trial {trial.number} interrupted after epoch {epoch}")
+            return False
+
+        return on_epoch
+
+    def _on_checkpoint(
+        self, trial: optuna.Trial, checkpoints: CheckpointStore, params: dict[str, Any], every_s: float
+    ) -> Callable[[FitState], None]:
+        """fit's checkpoint hook, throttled (``train.checkpoint_every_s``): a save costs tens of ms,
+        so short epochs skip it; a stop request always saves, so an interrupted trial resumes where
+        it stopped."""
+        last_checkpoint = time.monotonic()
+
+        def on_checkpoint(state: FitState) -> None:
+            nonlocal last_checkpoint
+            now = time.monotonic()
+            if self.should_stop() or now - last_checkpoint >= every_s:
+                checkpoints.save(trial.number, {**state.state_dict(), "params": params})
+                last_checkpoint = now
+
+        return on_checkpoint
 
     def _record_start(self, trial: optuna.Trial, model: ConvNet) -> int:
         """Where and what the trial trains (``search status`` shows host, pid and device); returns

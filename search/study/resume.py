@@ -19,6 +19,7 @@ import optuna
 from optuna.storages import BaseStorage
 
 from search.config import ConfigError, StudyConfig, config_from_dict, mask_url, resumable_fields, to_dict
+from search.errors import InputError
 from search.store.artifacts import ensure_checkpoint_key
 from search.store.storage import CONFIG_ATTR, DATA_ATTR
 
@@ -31,7 +32,7 @@ RESUMABLE_FIELDS = resumable_fields()
 DATA_FIELDS = ("in_shape", "classes")
 
 
-class ResumeConflict(ValueError):
+class ResumeConflict(InputError):
     """The study exists but was started with a different experiment."""
 
 
