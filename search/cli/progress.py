@@ -1,15 +1,16 @@
 """``search run``'s terminal: a line per finished trial above a progress bar (an optional dashboard),
-the warm-start line and how the run ended."""
+the warm-start line, how the run ended and the commands to try next."""
 
 from __future__ import annotations
 
 import contextlib
+import shlex
 import sys
 from collections.abc import Iterator
 from typing import Any
 
-from search.cli.common import format_params, trial_line
-from search.config import StudyConfig
+from search.cli.common import DEFAULT_STORAGE, format_params, trial_line
+from search.config import StudyConfig, mask_url
 from search.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 
 
@@ -118,3 +119,18 @@ def print_outcome(result: Any) -> int:
         f"{format_params(best.params)}"
     )
     return EXIT_OK
+
+
+def next_steps(cfg: StudyConfig) -> str:
+    """The commands to try after a study completed, with its name (and ``--storage`` when not the
+    default; a password in the URL is masked)."""
+    study = shlex.quote(cfg.name)
+    storage = "" if cfg.storage == DEFAULT_STORAGE else f" --storage {shlex.quote(mask_url(cfg.storage))}"
+    steps = [
+        (f"search report {study}{storage}", f"tables and plots under storage/reports/{cfg.name}"),
+        (f"search export {study}{storage}", "the best trial's weights, for search predict / search app"),
+        (f"search finetune {study}{storage}", "continue the best weights, then test once"),
+    ]
+    width = max(len(command) for command, _ in steps)
+    lines = [f"{command:<{width}} ({why})" for command, why in steps]
+    return "next: " + "\n      ".join(lines)

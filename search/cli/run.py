@@ -16,6 +16,7 @@ from search.cli.common import (
     threads_flag,
 )
 from search.config import check_inputs, mask_url
+from search.errors import EXIT_OK
 
 
 def add_parser(sub: Any) -> None:
@@ -76,7 +77,7 @@ def _worker_devices(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     check_inputs(cfg)
-    from search.cli.progress import Progress, print_outcome, print_warm_start
+    from search.cli.progress import Progress, next_steps, print_outcome, print_warm_start
     from search.study.run import RunOptions, run_study
 
     on = device(args.device)
@@ -101,4 +102,7 @@ def run(args: argparse.Namespace) -> int:
         on_warm_start=print_warm_start,
         threads=threads,
     )
-    return print_outcome(run_study(cfg, options))
+    code = print_outcome(run_study(cfg, options))
+    if code == EXIT_OK:
+        print(next_steps(cfg))
+    return code

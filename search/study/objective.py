@@ -368,7 +368,8 @@ class Objective:
         if over:
             text = "; ".join(over)
             trial.set_user_attr(CONSTRAINT_ATTR, text)
-            log.info("trial %d over budget (%s): pruned before training", trial.number, text)
+            # DEBUG: the trial's own line says so (over_budget=...)
+            log.debug("trial %d over budget (%s): pruned before training", trial.number, text)
             raise optuna.TrialPruned(f"over budget: {text}")
 
     def _finish(self, trial: optuna.Trial, result: FitResult) -> float:

@@ -37,6 +37,13 @@ def test_run_digits_end_to_end(workdir: Path) -> None:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("trial")]
     assert len(lines) == 3 and all("COMPLETE" in line and "c1=" in line for line in lines)
     assert "study tiny: 3/3 trials finished" in proc.stdout
+    # after the summary line: the next commands, with the study's name (default storage: no flag)
+    assert proc.stdout.splitlines()[-4].startswith("study tiny: 3/3 trials finished")
+    assert proc.stdout.splitlines()[-3:] == [
+        "next: search report tiny   (tables and plots under storage/reports/tiny)",
+        "      search export tiny   (the best trial's weights, for search predict / search app)",
+        "      search finetune tiny (continue the best weights, then test once)",
+    ]
     study = _load(workdir)
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
     assert 0.0 < study.best_value <= 1.0
@@ -89,7 +96,7 @@ def test_run_imagefolder_cifar_sample(workdir: Path) -> None:
 
 def test_cli_flags_override_the_config(workdir: Path) -> None:
     cfg = write_config(workdir / "c.yaml", tiny_config())
-    run_cli(
+    proc = run_cli(
         "run",
         str(cfg),
         "--study-name",
@@ -109,6 +116,9 @@ def test_cli_flags_override_the_config(workdir: Path) -> None:
     assert len(study.trials) == 1 and study.trials[0].user_attrs["epochs_run"] == 1
     assert study.user_attrs["config"]["train"]["epochs"] == 1
     assert not (workdir / "storage" / "studies.db").exists()
+    # the next commands name this study and storage (not the default one)
+    assert "next: search report other --storage sqlite:///elsewhere.db   (" in proc.stdout
+    assert "      search finetune other --storage sqlite:///elsewhere.db (" in proc.stdout
 
 
 @pytest.mark.parametrize(
@@ -343,12 +353,13 @@ def test_validate_the_bundled_sample_config_from_the_project_root() -> None:
 
 
 def test_log_lines_sit_above_the_progress_bar_in_a_terminal(workdir: Path) -> None:
-    """On a terminal (a pseudo-terminal here) INFO lines are not glued to the tqdm bar."""
+    """On a terminal (a pseudo-terminal here) log lines are not glued to the tqdm bar (with -v, the
+    per-trial housekeeping lines are logged while the bar is shown)."""
     cfg = write_config(workdir / "tiny.yaml", tiny_config(search={"n_trials": 5, "keep_top_k": 1}))
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 120 x 40
     proc = subprocess.Popen(
-        [sys.executable, "-m", "search", "run", str(cfg), "--device", "cpu"],
+        [sys.executable, "-m", "search", "-v", "run", str(cfg), "--device", "cpu"],
         cwd=workdir,
         env={**cli_env(), "COLUMNS": "120"},
         stdin=subprocess.DEVNULL,
@@ -370,8 +381,8 @@ def test_log_lines_sit_above_the_progress_bar_in_a_terminal(workdir: Path) -> No
     text = b"".join(chunks).decode(errors="replace")
     assert "100%|" in text, text[-1500:]  # the bar was drawn
     segments = re.split(r"[\r\n]+", text)
-    logs = [s for s in segments if " INFO " in s]
-    assert any("removed 1 weights file(s)" in s for s in logs)  # logged while the bar was shown
+    logs = [s for s in segments if " INFO " in s or " DEBUG " in s]
+    assert any(" DEBUG " in s and "removed 1 weights file(s)" in s for s in logs)  # while the bar was shown
     stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
     assert all(stamp.match(s) for s in logs), [s for s in logs if not stamp.match(s)]
 
@@ -539,6 +550,7 @@ def test_a_study_with_every_trial_over_budget_ends_and_exits_1(workdir: Path) ->
         and "3 of 3 finished trials were over budget (search.constraints) and pruned before training"
         in proc.stdout
     )
+    assert "next:" not in proc.stdout  # nothing to report, export or fine-tune
     study = _load(workdir)
     assert [t.state for t in study.trials] == [TrialState.PRUNED] * 3  # they count toward n_trials
     assert all("epochs_run" not in t.user_attrs and t.intermediate_values == {} for t in study.trials)

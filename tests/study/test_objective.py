@@ -126,7 +126,7 @@ def test_the_gp_sampler_reads_the_constraints_and_is_kept_off_points_over_max_pa
         "constraints": {"max_params": 8000, "max_latency_ms": 1.0e6},
     }
     cfg = config_from_dict(raw)
-    with caplog.at_level(logging.INFO, logger="search.study.study"):
+    with caplog.at_level(logging.DEBUG, logger="search.study.study"):
         result = run_study(cfg, RunOptions(device="cpu"))
     assert result.finished == 5
     assert "the sampler proposed params over max_params; sampled at random" in caplog.text
