@@ -66,7 +66,7 @@ from search.engine.train import EpochMetrics, FitResult, StopKind, StopReason
 from search.store.artifacts import WeightStore
 from search.store.records import FAIL_REASON_ATTR
 from search.study.objective import Objective
-from search.study.run import run_study
+from search.study.run import RunOptions, run_study
 from search.study.space import suggest
 from search.study.study import open_study, storage_for
 
@@ -389,9 +389,9 @@ def bench_storage(
         try:
             run_study(
                 _with_n_trials(cfg, level + args.trials),
-                objective=objective,
-                on_trial=functools.partial(clock, study),
-                around=instrumented,
+                RunOptions(
+                    objective=objective, on_trial=functools.partial(clock, study), around=instrumented
+                ),
             )
         finally:
             trips.on = False

@@ -31,7 +31,7 @@ from benchmarks._common import REPO, machine, quiet_logging, table
 from search.config import load_config
 from search.store.artifacts import WeightStore
 from search.study.objective import Objective
-from search.study.run import run_study
+from search.study.run import RunOptions, run_study
 from search.study.study import make_storage
 
 log = logging.getLogger("pruning")
@@ -64,7 +64,7 @@ def run_one(pruner: str, work: Path, args: argparse.Namespace) -> dict[str, floa
     cfg = load_config(CONFIG, overrides)
     t0 = time.perf_counter()
     objective = Objective(cfg, torch.device("cpu"), WeightStore(cfg.artifacts_dir))
-    run_study(cfg, objective=objective)
+    run_study(cfg, RunOptions(objective=objective))
     study = optuna.load_study(study_name=cfg.name, storage=make_storage(cfg.storage))
     wall = time.perf_counter() - t0
     trials = study.get_trials(deepcopy=False)

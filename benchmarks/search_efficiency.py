@@ -51,7 +51,7 @@ from benchmarks._common import REPO, machine, quiet_logging, table
 from search.config import ConfigError, config_from_dict
 from search.results.report import EffortPoint, best_so_far
 from search.store.storage import make_storage
-from search.study.run import run_study
+from search.study.run import RunOptions, run_study
 from search.study.space import grid_size
 from search.study.workers import StopRequest
 
@@ -158,7 +158,7 @@ def run_one(name: str, raw: dict[str, Any], work: Path, budget: int | None, args
     cfg = config_from_dict(raw)
     stop = EpochBudget(budget)
     t0 = time.perf_counter()
-    run_study(cfg, stop=stop, on_trial=stop.add, threads=args.threads)
+    run_study(cfg, RunOptions(stop=stop, on_trial=stop.add, threads=args.threads))
     wall = time.perf_counter() - t0
     study = optuna.load_study(study_name=cfg.name, storage=make_storage(cfg.storage))
     curve = best_so_far(study)

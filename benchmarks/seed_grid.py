@@ -34,7 +34,7 @@ from search.config import load_config
 from search.engine.train import fit, resolve_device
 from search.store.artifacts import WeightStore
 from search.study.objective import Objective
-from search.study.run import run_study
+from search.study.run import RunOptions, run_study
 from search.study.study import make_storage
 
 log = logging.getLogger("seed_grid")
@@ -68,7 +68,7 @@ def run_grid(work: Path, device: torch.device, args: argparse.Namespace) -> tupl
     cfg = load_config(CONFIG, grid_config(work, args))
     t0 = time.perf_counter()
     objective = Objective(cfg, device, WeightStore(cfg.artifacts_dir))
-    run_study(cfg, objective=objective)
+    run_study(cfg, RunOptions(objective=objective))
     study = optuna.load_study(study_name=cfg.name, storage=make_storage(cfg.storage))
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -35,7 +35,7 @@ def worker_main(url: str, name: str, n_trials: int, seed: int, sleep_s: float, h
     import optuna
 
     from search.config import config_from_dict
-    from search.study.run import run_study
+    from search.study.run import RunOptions, run_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = {"n_trials": n_trials, "heartbeat_interval_s": heartbeat_s, "grace_period_s": 3 * heartbeat_s}
@@ -49,7 +49,7 @@ def worker_main(url: str, name: str, n_trials: int, seed: int, sleep_s: float, h
     print("ready", flush=True)
     sys.stdin.readline()
     start = time.time()
-    result = run_study(cfg, objective=objective, join=True)
+    result = run_study(cfg, RunOptions(objective=objective, join=True))
     print(f"done {start} {time.time()} {result.started}", flush=True)
 
 

@@ -11,7 +11,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import config_from_dict
-from search.study.run import run_study
+from search.study.run import RunOptions, run_study
 from search.study.study import make_storage
 from tests.conftest import CIFAR_SAMPLE, tiny_config
 
@@ -43,7 +43,7 @@ def cifar_sample_config(root: Path, **sections: Any) -> dict[str, Any]:
 def build_study(raw: dict[str, Any]) -> optuna.Study:
     """Run the study described by ``raw`` on the CPU, as `search run` does."""
     cfg = config_from_dict(raw)
-    run_study(cfg, device="cpu")
+    run_study(cfg, RunOptions(device="cpu"))
     return optuna.load_study(study_name=cfg.name, storage=make_storage(cfg.storage))
 
 

@@ -1,4 +1,4 @@
-"""The command line: ``search COMMAND``; the dispatcher and the exit codes."""
+"""The command line: ``search COMMAND``, one module per command; the dispatcher and the exit codes."""
 
 from search.cli.main import build_parser, main
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search.config import DataConfig
+from search.errors import InputError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A dataset that cannot be used: names the file or folder and what to do."""
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search.config import ConfigError, ModelConfig
+from search.errors import InputError
 
 KERNEL = 3
 MAX_SIDE = 1 << 16  # min_input_size looks no further
@@ -114,7 +115,7 @@ def check_input_size(model: ModelConfig, in_shape: Sequence[int]) -> None:
     )
 
 
-class InputTooSmallError(ValueError):
+class InputTooSmallError(InputError):
     """The input images are smaller than the net's minimum for its options."""
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from search.config import ConfigError, StudyConfig
+from search.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ SCALARS = {
 }
 
 
-class TensorBoardError(ValueError):
+class TensorBoardError(InputError):
     """TensorBoard cannot be used: the extra is missing, no logs, a port in use."""
 
 

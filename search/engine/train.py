@@ -468,7 +468,7 @@ def fit(
     step_model = _compiled(model, cfg)
     if resume is not None:
         state.load_state_dict(resume)
-        log.info("resuming from epoch %d", state.epoch)
+        log.debug("resuming from epoch %d", state.epoch)  # the trial logs it
     time_first_step = cfg.compile or device.type == "cuda"
     stop = state.patience_spent(cfg.patience)  # a resumed run may have stopped already
     with backend_settings(device):

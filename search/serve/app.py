@@ -26,13 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from search import serve
+from search.errors import InputError
 from search.results.export_folder import ExportError, architecture, load_export, load_images, predict_tensor
 
 log = logging.getLogger(__name__)
 
 EXTRA_HINT = "pip install 'convnet-search[app]'"
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 7860
+DEFAULT_HOST = serve.DEFAULT_HOST
+DEFAULT_PORT = serve.APP_PORT
 TOP_K = 3
 CANVAS = 280  # sketchpad pixels per side
 INK_THRESHOLD = 40  # 0..255: darker-than-the-pad pixels above this count as the stroke
@@ -42,7 +44,7 @@ MARGINS = {"mnist": 0.2, "fashion_mnist": 0.2}
 DEFAULT_MARGIN = 0.07
 
 
-class AppError(ValueError):
+class AppError(InputError):
     """The app cannot start: the extra is missing, a bad export folder, a port in use."""
 
 

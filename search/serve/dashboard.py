@@ -34,13 +34,15 @@ import optuna
 import sqlalchemy.exc
 import yaml
 
+from search import serve
 from search.config import StudyConfig, default_of
 from search.engine.threads import child_env
+from search.errors import InputError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8080
+DEFAULT_HOST = serve.DEFAULT_HOST
+DEFAULT_PORT = serve.DASHBOARD_PORT
 DEFAULT_ARTIFACT_DIR: str = default_of(StudyConfig, "artifacts_dir")
 ALL_INTERFACES = frozenset({"0.0.0.0", "::", ""})
 READY_TIMEOUT_S = 120.0
@@ -50,7 +52,7 @@ STOP_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.5
 
 
-class DashboardError(ValueError):
+class DashboardError(InputError):
     """The dashboard cannot start: port in use or not allowed, unknown host, storage problems."""
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from search import serve
 from search.engine.tensorboard import EXTRA_HINT, TensorBoardError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 6006
+DEFAULT_HOST = serve.DEFAULT_HOST
+DEFAULT_PORT = serve.TENSORBOARD_PORT
 
 
 def server_warning(host: str, port: int) -> str | None:

@@ -157,7 +157,8 @@ class WeightStore:
                 self.remove(artifact_id)
                 removed.append(artifact_id)
         if removed:
-            log.info("removed %d weights file(s) beaten out of the top %d", len(removed), k)
+            # housekeeping after a trial: DEBUG (-v), so the terminal shows only trial lines
+            log.debug("removed %d weights file(s) beaten out of the top %d", len(removed), k)
         return removed
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from search.errors import InputError, RunFailure
+
 log = logging.getLogger(__name__)
 
 # What torch.load raises on a truncated, corrupt or foreign file (probed on random bytes, cut-off
@@ -43,7 +45,7 @@ UNREADABLE_ERRORS: tuple[type[BaseException], ...] = (
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
-class UnreadableFile(ValueError):
+class UnreadableFile(InputError):
     """A weights, checkpoint or cache file that torch cannot load safely (names the file)."""
 
     def __init__(self, path: str | Path, exc: BaseException) -> None:
@@ -55,7 +57,7 @@ class UnreadableFile(ValueError):
         super().__init__(f"{path} is unreadable: {detail[:200]}")
 
 
-class StorageFault(OSError):
+class StorageFault(RunFailure, OSError):
     """A folder the run writes to is full or not writable: more trials would fail the same way."""
 
     def __init__(self, path: str | Path, exc: OSError) -> None:
@@ -161,7 +163,7 @@ def unwritable_reason(folder: str | Path) -> str | None:
     return None
 
 
-class UnwritableFolder(ValueError):
+class UnwritableFolder(InputError):
     """A folder a command must write to cannot be written: ``FIELD: problem (got PATH). Fix: HINT``."""
 
 

@@ -27,6 +27,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
 from search.config import SearchConfig, default_of, mask_url
+from search.errors import InputError
 from search.store.records import CONFIG_ATTR, DATA_ATTR
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ MAX_RETRY: int = default_of(SearchConfig, "max_retry")
 SQLITE_TIMEOUT_S = 60
 
 
-class StorageError(ValueError):
+class StorageError(InputError):
     """A storage URL that cannot be opened, or a study that is not there."""
 
 

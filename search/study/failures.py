@@ -27,6 +27,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.errors import RunFailure
 from search.store.records import FAIL_REASON_ATTR as FAIL_REASON_ATTR  # noqa: PLC0414 (run.py imports it here)
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,20 @@ MAX_MESSAGE_CHARS = 300
 DEVICE_ERROR_PREFIX = "device error: "
 
 
-class DeviceFailure(Exception):
-    """The accelerator context of this process is broken: end the worker, retry the trial elsewhere."""
+class DeviceFailure(RunFailure):
+    """The accelerator context of this process is broken: end the worker, retry the trial elsewhere.
+
+    ``str(exc)`` is the line ``search`` prints after ``error: ``: ``device: MESSAGE. Fix: HINT``.
+    """
+
+    hint = (
+        "the trial was re-queued; run the same command again (or let the other workers take it), "
+        "and check the GPU (nvidia-smi) if it repeats"
+    )
+
+    def __init__(self, message: str) -> None:
+        self.detail = message
+        super().__init__(f"device: {message}. Fix: {self.hint}")
 
 
 def is_device_fatal(exc: BaseException) -> bool:

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class TrialInterrupted(Exception):
+class TrialInterrupted(Exception):  # control flow (the loop stops and re-queues): not a SearchError
     """A stop was requested (Ctrl-C, SIGTERM): the trial ended after its current epoch."""
 
 
@@ -363,7 +363,8 @@ class Objective:
         if over:
             text = "; ".join(over)
             trial.set_user_attr(CONSTRAINT_ATTR, text)
-            log.info("trial %d over budget (%s): pruned before training", trial.number, text)
+            # DEBUG: the trial's own line says so (over_budget=...)
+            log.debug("trial %d over budget (%s): pruned before training", trial.number, text)
             raise optuna.TrialPruned(f"over budget: {text}")
 
     def _finish(self, trial: optuna.Trial, result: FitResult) -> float:

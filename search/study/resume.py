@@ -27,6 +27,7 @@ from search.config import (
     resumable_fields,
     to_dict,
 )
+from search.errors import InputError
 from search.store.artifacts import ensure_checkpoint_key
 from search.store.records import CONFIG_ATTR, DATA_ATTR
 
@@ -39,7 +40,7 @@ RESUMABLE_FIELDS = resumable_fields()
 DATA_FIELDS = ("in_shape", "classes")
 
 
-class ResumeConflict(ValueError):
+class ResumeConflict(InputError):
     """The study exists but was started with a different experiment."""
 
 

@@ -56,7 +56,7 @@ from search.study.study import (
     storage_for,
 )
 from search.study.warmstart import WarmStartPlan, WarmStartResult, apply_warm_start
-from search.study.workers import POLL_S, StopRequest, run_parallel
+from search.study.workers import POLL_S, StopRequest, run_parallel, sleep_unless_stopped
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True)
 class RunResult:
+    """How :func:`run_study` ended, the study's counts then, and its best trial."""
+
     outcome: Outcome
     study_name: str
     n_trials: int  # the study's total (search.n_trials)
@@ -89,80 +91,119 @@ def _ignore(_trial: FrozenTrial) -> None:
     return None
 
 
-def _device(device: torch.device | str) -> torch.device:
-    from search.engine.train import resolve_device
+@dataclass(frozen=True)
+class RunOptions:
+    """How :func:`run_study` runs a study (all optional; the defaults run it here on the CPU).
 
-    return device if isinstance(device, torch.device) else resolve_device(device)
-
-
-def run_study(
-    cfg: StudyConfig,
-    *,
-    device: torch.device | str = "cpu",
-    workers: Sequence[str] = (),
-    fresh: bool = False,
-    join: bool = False,
-    objective: Callable[[optuna.Trial], float] | None = None,
-    stop: StopRequest | None = None,
-    ignore_sigint: bool = False,
-    on_trial: TrialCallback = _ignore,
-    around: Callable[[optuna.Study], AbstractContextManager[Any]] | None = None,
-    release_memory: bool = False,
-    threads: int | None = None,
-    warm_start: WarmStartPlan | None = None,
-    on_warm_start: Callable[[str, WarmStartResult], None] | None = None,
-) -> RunResult:
-    """Create or resume study ``cfg.name`` and run its trials until it holds ``search.n_trials``
-    finished ones, the timeout, a stop (SIGINT/SIGTERM, handled here) or the failure budget.
-
+    - ``device``: where trials train in this process (a torch device or ``auto``/``cpu``/``cuda:N``).
     - ``workers``: one ``search worker`` process per device trains; this process only checks the
       data, creates the study and follows it. Empty: trials run here on ``device``.
     - ``fresh``: archive an existing study of this name first (``--fresh``); otherwise an existing
       one is resumed after checking its config and data match (ResumeConflict if not).
     - ``join``: ``search worker``: the study must exist and is neither checked nor archived.
     - ``objective``: instead of the model-training :class:`~search.study.objective.Objective` (tests).
+    - ``stop``: the stop flag (SIGINT/SIGTERM, handled while the loop runs); ``ignore_sigint``:
+      SIGINT is left to the parent (a managed worker).
     - ``on_trial``: called with each finished trial; ``around(study)``: a context entered once the
       study is open and left however the run ends (the CLI's dashboard and progress bar).
-    - ``warm_start``: enqueue another study's top param sets (``--warm-start``) once the study is
-      open, before any sampling; ``on_warm_start(source, result)`` hears what was enqueued.
+    - ``release_memory``: return cached GPU memory around every trial (a worker sharing its GPU).
     - ``threads``: torch CPU threads per process (``--threads``; default ``train.threads``, else
       free cores // local workers; see :mod:`search.engine.threads`), applied here and to the workers.
-    - ``release_memory``: return cached GPU memory around every trial (a worker sharing its GPU).
-
-    Raises ConfigError, DataError, StorageError or ResumeConflict before anything is created.
+    - ``warm_start``: enqueue another study's top param sets (``--warm-start``) once the study is
+      open, before any sampling; ``on_warm_start(source, result)`` hears what was enqueued.
     """
-    stop = stop or StopRequest()
-    policy = use_threads(len(workers) or 1, flag=threads, configured=cfg.train.threads)
+
+    device: torch.device | str = "cpu"
+    workers: Sequence[str] = ()
+    fresh: bool = False
+    join: bool = False
+    objective: Callable[[optuna.Trial], float] | None = None
+    stop: StopRequest | None = None
+    ignore_sigint: bool = False
+    on_trial: TrialCallback = _ignore
+    around: Callable[[optuna.Study], AbstractContextManager[Any]] | None = None
+    release_memory: bool = False
+    threads: int | None = None
+    warm_start: WarmStartPlan | None = None
+    on_warm_start: Callable[[str, WarmStartResult], None] | None = None
+
+
+def _device(device: torch.device | str) -> torch.device:
+    from search.engine.train import resolve_device
+
+    return device if isinstance(device, torch.device) else resolve_device(device)
+
+
+def run_study(cfg: StudyConfig, options: RunOptions | None = None) -> RunResult:
+    """Create or resume study ``cfg.name`` and run its trials until it holds ``search.n_trials``
+    finished ones, the timeout, a stop (SIGINT/SIGTERM, handled here) or the failure budget.
+
+    Args:
+        cfg: the study's config.
+        options: where and how it runs (:class:`RunOptions`; default: here, on the CPU).
+
+    Returns:
+        How the run ended (:class:`Outcome`), the study's counts and its best trial.
+
+    Raises:
+        InputError: ConfigError, DataError, StorageError or ResumeConflict, before anything is created.
+        RunFailure: a full disk (StorageFault) or a broken device (DeviceFailure) during the run.
+    """
+    options = options or RunOptions()
+    stop = options.stop or StopRequest()
+    policy = use_threads(len(options.workers) or 1, flag=options.threads, configured=cfg.train.threads)
+    objective, storage, study = _prepare(cfg, options, stop)
+    budget = FailureBudget.for_run(cfg.search.max_failures, cfg.search.n_trials)
+    started = time.perf_counter()
+    with options.around(study) if options.around is not None else contextlib.nullcontext():
+        if options.workers:
+            del objective  # the workers hold the data; free this process's copy
+            n_started, interrupted = run_parallel(
+                cfg, options.workers, on_trial=options.on_trial, threads=policy.threads
+            )
+        else:
+            with stop.installed(ignore_sigint=options.ignore_sigint):
+                n_started, interrupted = _loop(study, objective, cfg, storage, stop, options.on_trial, budget)
+    return _result(cfg, study, budget, n_started, interrupted, time.perf_counter() - started)
+
+
+def _prepare(
+    cfg: StudyConfig, options: RunOptions, stop: StopRequest
+) -> tuple[Callable[[optuna.Trial], float], RDBStorage, optuna.Study]:
+    """Check the data and folders (building the objective), then create, resume or join the study
+    and enqueue its first trials (warm start, or the space's midpoint)."""
+    objective = options.objective
     data_attrs: dict[str, Any] | None = None
     fits: Callable[[dict[str, Any]], bool] | None = None
     if objective is None:
         check_run_folders(cfg)  # a trial trains for minutes before it saves: refuse a bad folder now
-        train_device = torch.device("cpu") if workers else _device(device)
-        built = Objective(
-            cfg, train_device, WeightStore(cfg.artifacts_dir), stop, release_memory=release_memory
-        )
+        train_device = torch.device("cpu") if options.workers else _device(options.device)
+        weights = WeightStore(cfg.artifacts_dir)
+        built = Objective(cfg, train_device, weights, stop, release_memory=options.release_memory)
         objective, data_attrs = built, built.data_attrs()
         if cfg.search.constraints.max_params is not None:
             fits = built.params_fit
-    storage = storage_for(cfg, create=not join)
-    if not join:
-        prepare_resume(storage, cfg, data_attrs, fresh=fresh)
-    study = open_study(cfg, storage, None if join else data_attrs, fits=fits)
-    if warm_start is not None:
-        ws = apply_warm_start(study, warm_start)
-        if on_warm_start is not None:
-            on_warm_start(warm_start.source, ws)
-    elif not join:
+    storage = storage_for(cfg, create=not options.join)
+    if not options.join:
+        prepare_resume(storage, cfg, data_attrs, fresh=options.fresh)
+    study = open_study(cfg, storage, None if options.join else data_attrs, fits=fits)
+    if options.warm_start is not None:
+        ws = apply_warm_start(study, options.warm_start)
+        if options.on_warm_start is not None:
+            options.on_warm_start(options.warm_start.source, ws)
+    elif not options.join:
         enqueue_default(study, cfg)  # search.enqueue_default: a new study's trial 0 is the midpoint
-    budget = FailureBudget.for_run(cfg.search.max_failures, cfg.search.n_trials)
-    started = time.perf_counter()
-    with around(study) if around is not None else contextlib.nullcontext():
-        if workers:
-            del objective  # the workers hold the data; free this process's copy
-            n_started, interrupted = run_parallel(cfg, workers, on_trial=on_trial, threads=policy.threads)
-        else:
-            with stop.installed(ignore_sigint=ignore_sigint):
-                n_started, interrupted = _loop(study, objective, cfg, storage, stop, on_trial, budget)
+    return objective, storage, study
+
+
+def _result(
+    cfg: StudyConfig,
+    study: optuna.Study,
+    budget: FailureBudget,
+    n_started: int,
+    interrupted: bool,
+    elapsed_s: float,
+) -> RunResult:
     best = best_trial(study)
     outcome = (
         Outcome.INTERRUPTED
@@ -180,7 +221,7 @@ def run_study(
         finished=finished_count(study),
         started=n_started,
         best=best,
-        elapsed_s=time.perf_counter() - started,
+        elapsed_s=elapsed_s,
         stop_message=budget.stop_message() if budget.tripped else "",
         over_budget=sum(not is_feasible(t) for t in study.get_trials(deepcopy=False, states=FINISHED_STATES)),
     )
@@ -189,7 +230,7 @@ def run_study(
 # --------------------------------------------------------------------------- the trial loop
 
 
-class SurplusTrial(Exception):
+class SurplusTrial(Exception):  # control flow inside the loop, never shown to a user: not a SearchError
     """The trial started while the study's total was already taken by finished + running trials."""
 
 
@@ -303,7 +344,7 @@ def _loop(
             if not waiting_logged:
                 log.info("the last %d trial(s) run in other workers; waiting in case one fails", live)
                 waiting_logged = True
-            _sleep(POLL_S, stop)
+            sleep_unless_stopped(POLL_S, stop)
             continue
         waiting_logged = False
         guarded.current = None
@@ -322,12 +363,6 @@ def _loop(
         except DeviceFailure:  # this process's GPU context is broken: retry the trial in a fresh one
             _requeue(study, storage, guarded.current, retry)
             raise
-
-
-def _sleep(seconds: float, stop: Callable[[], bool]) -> None:
-    end = time.monotonic() + seconds
-    while not stop() and time.monotonic() < end:
-        time.sleep(min(0.1, max(0.0, end - time.monotonic())))
 
 
 def _requeue(study: optuna.Study, storage: RDBStorage, number: int | None, retry: RetryStale) -> None:

@@ -98,7 +98,8 @@ class TrialSeeded(_Delegating):
     ) -> dict[str, Any]:
         params = self._inner.sample_relative(study, trial, search_space)
         if params and self._fits is not None and not self._fits(params):
-            log.info("trial %d: the sampler proposed params over max_params; sampled at random", trial.number)
+            message = "trial %d: the sampler proposed params over max_params; sampled at random"
+            log.debug(message, trial.number)
             return {}
         return params
 
@@ -183,7 +184,8 @@ def enqueue_default(study: optuna.Study, cfg: StudyConfig) -> bool:
     if not params or study.get_trials(deepcopy=False):
         return False
     study.enqueue_trial(params, user_attrs={ENQUEUED_ATTR: "default"}, skip_if_exists=True)
-    log.info("trial 0: the space's log-midpoint %s (search.enqueue_default)", params)
+    shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    log.info("trial 0: the space's log-midpoint %s (search.enqueue_default)", shown)
     return True
 
 

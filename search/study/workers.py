@@ -1,7 +1,7 @@
 """Worker processes: Ctrl-C / SIGTERM handling, GPU assignment, ``search run --workers N``.
 
 ``search run --workers N`` starts one ``search worker`` process per device on the study and
-follows it; each worker runs :func:`search.run.run_study` with ``join=True``. The storage URL
+follows it; each worker runs :func:`search.study.run.run_study` with ``join=True``. The storage URL
 reaches a worker through the environment (``SEARCH_WORKER_STORAGE``), never its command line,
 where ``ps`` would show a password. This module does not know about models or the trial loop.
 """
@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial
 
 from search.config import StudyConfig
 from search.engine.threads import child_env, thread_policy
+from search.errors import InputError
 from search.store.storage import make_storage, retrying
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ class StopRequest:
                 signal.signal(s, handler)
 
 
-def _sleep(seconds: float, stop: Callable[[], bool]) -> None:
+def sleep_unless_stopped(seconds: float, stop: Callable[[], bool]) -> None:
+    """Sleep ``seconds``, waking every 0.1 s to return early once ``stop()`` is true."""
     end = time.monotonic() + seconds
     while not stop() and time.monotonic() < end:
         time.sleep(min(0.1, max(0.0, end - time.monotonic())))
@@ -88,22 +90,24 @@ def _sleep(seconds: float, stop: Callable[[], bool]) -> None:
 def assign_devices(device: str, n_workers: int, workers_per_gpu: int) -> list[str]:
     """One device per worker: GPUs round-robin (at most ``workers_per_gpu`` on each), else the CPU.
 
-    Raises ValueError for a device that is not there or too few GPU slots.
+    Raises:
+        InputError: a bad count or too few GPU slots (names the flag).
+        ValueError: a device that is not there (from :func:`search.engine.train.resolve_device`).
     """
     import torch
 
     from search.engine.train import resolve_device
 
     if n_workers < 1:
-        raise ValueError(f"--workers must be >= 1 (got {n_workers})")
+        raise InputError(f"--workers must be >= 1 (got {n_workers})")
     if workers_per_gpu < 1:
-        raise ValueError(f"--workers-per-gpu must be >= 1 (got {workers_per_gpu})")
+        raise InputError(f"--workers-per-gpu must be >= 1 (got {workers_per_gpu})")
     resolved = resolve_device(device)
     if resolved.type != "cuda":
         return ["cpu"] * n_workers
     gpus = [resolved.index] if resolved.index is not None else list(range(torch.cuda.device_count()))
     if n_workers > len(gpus) * workers_per_gpu:
-        raise ValueError(
+        raise InputError(
             f"{n_workers} workers do not fit on {len(gpus)} GPU(s) x {workers_per_gpu} per GPU; "
             f"use --workers-per-gpu {-(-n_workers // len(gpus))} or fewer workers"
         )
@@ -170,8 +174,8 @@ def run_parallel(
 ) -> tuple[int, bool]:
     """Start one ``search worker`` process per device on the (existing) study and follow it.
 
-    Each worker gets ``threads`` torch threads (default: :func:`search.engine.threads.thread_policy` for
-    this many workers and ``train.threads``) through ``OMP_NUM_THREADS``.
+    Each worker gets ``threads`` torch threads (default: :func:`search.engine.threads.thread_policy`
+    for this many workers and ``train.threads``) through ``OMP_NUM_THREADS``.
 
     Returns when every worker has exited; finished trials are passed to ``on_trial`` as they
     appear in the storage. SIGINT/SIGTERM are forwarded to the workers as SIGTERM.
@@ -180,12 +184,7 @@ def run_parallel(
     storage = make_storage(cfg.storage, create=False, heartbeat=False)
     study = optuna.load_study(study_name=cfg.name, storage=storage)
     seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-    if threads is None:
-        threads = thread_policy(len(devices), configured=cfg.train.threads).threads
-    env = child_env(threads)
-    package_root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    env[STORAGE_ENV] = cfg.storage
+    env = _workers_env(cfg, len(devices), threads)
     stop = StopRequest()
     procs: list[subprocess.Popen[bytes]] = []
 
@@ -207,15 +206,7 @@ def run_parallel(
             cmd, worker_env = worker_process(cfg, device, i, env, shared_gpu=shared)
             procs.append(subprocess.Popen(cmd, env=worker_env, stdout=subprocess.DEVNULL))
             log.info("worker %d: pid %d on %s%s", i, procs[-1].pid, device, " (shared)" if shared else "")
-        while True:
-            alive = [p for p in procs if p.poll() is None]
-            for t in retrying("polling trials", lambda: study.get_trials(deepcopy=False)):
-                if t.state.is_finished() and t.number not in seen:
-                    seen.add(t.number)
-                    on_trial(t)
-            if not alive:
-                break
-            time.sleep(POLL_S)
+        _follow(study, procs, seen, on_trial)
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
@@ -224,6 +215,37 @@ def run_parallel(
         if code not in (0, 1, EXIT_INTERRUPTED):
             log.warning("worker %d (pid %d) exited with code %s", i, procs[i].pid, code)
     return len(seen), bool(stop.signals) or EXIT_INTERRUPTED in codes
+
+
+def _workers_env(cfg: StudyConfig, n_workers: int, threads: int | None) -> dict[str, str]:
+    """The environment every local worker starts from: its threads, this package first, the URL."""
+    if threads is None:
+        threads = thread_policy(n_workers, configured=cfg.train.threads).threads
+    import search
+
+    env = child_env(threads)
+    package_root = str(Path(search.__file__).resolve().parents[1])  # the folder holding the package
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    env[STORAGE_ENV] = cfg.storage
+    return env
+
+
+def _follow(
+    study: optuna.Study,
+    procs: Sequence[subprocess.Popen[bytes]],
+    seen: set[int],
+    on_trial: Callable[[FrozenTrial], None],
+) -> None:
+    """Pass each newly finished trial to ``on_trial`` (adding it to ``seen``) until every worker exited."""
+    while True:
+        alive = [p for p in procs if p.poll() is None]
+        for t in retrying("polling trials", lambda: study.get_trials(deepcopy=False)):
+            if t.state.is_finished() and t.number not in seen:
+                seen.add(t.number)
+                on_trial(t)
+        if not alive:
+            return
+        time.sleep(POLL_S)
 
 
 # --------------------------------------------------------------------------- `search worker`

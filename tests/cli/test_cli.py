@@ -31,12 +31,27 @@ def _load(workdir: Path, name: str = "tiny") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir}/storage/studies.db")
 
 
-def test_run_digits_end_to_end(workdir: Path) -> None:
+def _main(capsys: pytest.CaptureFixture[str], *args: str, code: int = 0) -> tuple[str, str]:
+    """``search ARGS`` in this process; (stdout, stderr) once it returned ``code``."""
+    got = main(list(args))
+    out, err = capsys.readouterr()
+    assert got == code, f"exit {got}\nstdout:\n{out}\nstderr:\n{err}"
+    return out, err
+
+
+def test_run_digits_end_to_end(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = write_config(workdir / "tiny.yaml", tiny_config())
     proc = run_cli("run", str(cfg), "--device", "cpu", cwd=workdir, check=0)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("trial")]
     assert len(lines) == 3 and all("COMPLETE" in line and "c1=" in line for line in lines)
     assert "study tiny: 3/3 trials finished" in proc.stdout
+    # after the summary line: the next commands, with the study's name (default storage: no flag)
+    assert proc.stdout.splitlines()[-4].startswith("study tiny: 3/3 trials finished")
+    assert proc.stdout.splitlines()[-3:] == [
+        "next: search report tiny   (tables and plots under storage/reports/tiny)",
+        "      search export tiny   (the best trial's weights, for search predict / search app)",
+        "      search finetune tiny (continue the best weights, then test once)",
+    ]
     study = _load(workdir)
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
     assert 0.0 < study.best_value <= 1.0
@@ -59,8 +74,8 @@ def test_run_digits_end_to_end(workdir: Path) -> None:
         assert json.loads(out.stdout)
 
     # status lists the study with its counts and best trial
-    status = run_cli("status", cwd=workdir, check=0)
-    row = next(line for line in status.stdout.splitlines() if line.startswith("tiny"))
+    status, _ = _main(capsys, "status")
+    row = next(line for line in status.splitlines() if line.startswith("tiny"))
     assert row.split()[1:5] == ["3", "0", "0", "0"] and f"#{study.best_trial.number}" in row
 
     # re-running with a larger total runs only the remainder
@@ -89,7 +104,7 @@ def test_run_imagefolder_cifar_sample(workdir: Path) -> None:
 
 def test_cli_flags_override_the_config(workdir: Path) -> None:
     cfg = write_config(workdir / "c.yaml", tiny_config())
-    run_cli(
+    proc = run_cli(
         "run",
         str(cfg),
         "--study-name",
@@ -109,6 +124,9 @@ def test_cli_flags_override_the_config(workdir: Path) -> None:
     assert len(study.trials) == 1 and study.trials[0].user_attrs["epochs_run"] == 1
     assert study.user_attrs["config"]["train"]["epochs"] == 1
     assert not (workdir / "storage" / "studies.db").exists()
+    # the next commands name this study and storage (not the default one)
+    assert "next: search report other --storage sqlite:///elsewhere.db   (" in proc.stdout
+    assert "      search finetune other --storage sqlite:///elsewhere.db (" in proc.stdout
 
 
 @pytest.mark.parametrize(
@@ -154,35 +172,42 @@ def test_cli_flags_override_the_config(workdir: Path) -> None:
         ),
     ],
 )
-def test_bad_input_exits_2_and_creates_nothing(workdir: Path, args: list[str], message: str) -> None:
+def test_bad_input_exits_2_and_creates_nothing(
+    workdir: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
     if args[0] == "--device":
         import torch
 
         if torch.cuda.device_count() > 7:
             pytest.skip("this machine has a cuda:7")
     cfg = write_config(workdir / "c.yaml", tiny_config())
-    proc = run_cli("run", str(cfg), *args, cwd=workdir, check=2)
-    assert proc.stderr.count("error:") == 1
-    assert message.replace("\\", "") in proc.stderr or __import__("re").search(message, proc.stderr)
-    assert "Traceback" not in proc.stderr
+    assert main(["run", str(cfg), *args]) == 2  # an uncaught exception (a traceback) fails the test
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1
+    assert message.replace("\\", "") in err or re.search(message, err)
     assert not (workdir / "storage" / "studies.db").exists()
     assert not (workdir / "storage" / "artifacts").exists()
 
 
-def test_validate(workdir: Path) -> None:
+def test_validate(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = write_config(workdir / "good.yaml", tiny_config())
-    assert "ok: study 'tiny'" in run_cli("validate", str(good), cwd=workdir, check=0).stdout
+    assert main(["validate", str(good)]) == 0
+    assert "ok: study 'tiny'" in capsys.readouterr().out
     bad = workdir / "bad.yaml"
     bad.write_text("data:\n  dataset: imagenet\n")
-    proc = run_cli("validate", str(bad), cwd=workdir, check=2)
-    assert "data.dataset: unknown dataset (got 'imagenet')" in proc.stderr and "Fix:" in proc.stderr
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "data.dataset: unknown dataset (got 'imagenet')" in err and "Fix:" in err
     assert not (workdir / "storage").exists()
 
 
-def test_validate_checks_inputs_without_reading_data(workdir: Path) -> None:
+def test_validate_checks_inputs_without_reading_data(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = write_config(workdir / "f.yaml", tiny_config(data={"dataset": "imagefolder", "root": "missing"}))
-    proc = run_cli("validate", str(cfg), cwd=workdir, check=2)
-    assert "error: data.root: folder not found (got 'missing')" in proc.stderr and "Fix:" in proc.stderr
+    assert main(["validate", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "error: data.root: folder not found (got 'missing')" in err and "Fix:" in err
 
 
 def test_validate_imports_neither_torch_nor_optuna(workdir: Path) -> None:
@@ -237,8 +262,11 @@ def test_run_and_status_import_only_what_they_use(workdir: Path) -> None:
         assert heavy not in imported, heavy
 
 
-def test_schema_json_is_current_and_bundled_configs_use_it(workdir: Path) -> None:
-    printed = json.loads(run_cli("schema", cwd=workdir, check=0).stdout)
+def test_schema_json_is_current_and_bundled_configs_use_it(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["schema"]) == 0
+    printed = json.loads(capsys.readouterr().out)
     committed = json.loads((REPO / "study_configs" / "schema.json").read_text())
     assert printed == committed, "stale: run `search schema > study_configs/schema.json`"
     assert printed["additionalProperties"] is False
@@ -254,28 +282,28 @@ def test_schema_json_is_current_and_bundled_configs_use_it(workdir: Path) -> Non
 
 
 @pytest.mark.parametrize("command", ["report", "export", "finetune", "worker"])
-def test_unsafe_study_names_are_refused_by_every_command(workdir: Path, command: str) -> None:
+def test_unsafe_study_names_are_refused_by_every_command(
+    workdir: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
     url = f"sqlite:///{workdir}/storage/studies.db"
     (workdir / "storage").mkdir()
     optuna.create_study(study_name="../../escaped", storage=url)  # Optuna's own API allows it
     args = ["--study-name", "../../escaped"] if command == "worker" else ["../../escaped"]
-    proc = run_cli(command, *args, "--storage", url, cwd=workdir, check=2)
+    assert main([command, *args, "--storage", url]) == 2
     flag = "--study-name" if command == "worker" else "STUDY"
-    assert f"error: {flag}: not a safe study name" in proc.stderr and "Traceback" not in proc.stderr
+    assert f"error: {flag}: not a safe study name" in capsys.readouterr().err
     assert not (workdir.parent.parent / "escaped").exists() and not (workdir / "escaped").exists()
 
 
-def test_worker_overrides_are_validated(workdir: Path) -> None:
+def test_worker_overrides_are_validated(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from search.config import config_from_dict, to_dict
 
     url = f"sqlite:///{workdir}/storage/studies.db"
     (workdir / "storage").mkdir()
     study = optuna.create_study(study_name="tiny", storage=url, direction="maximize")
     study.set_user_attr("config", to_dict(config_from_dict(tiny_config())))
-    proc = run_cli(
-        "worker", "--study-name", "tiny", "--storage", url, "--n-trials", "-5", cwd=workdir, check=2
-    )
-    assert "error: search.n_trials: must be >= 1 (got -5)" in proc.stderr and "Traceback" not in proc.stderr
+    assert main(["worker", "--study-name", "tiny", "--storage", url, "--n-trials", "-5"]) == 2
+    assert "error: search.n_trials: must be >= 1 (got -5)" in capsys.readouterr().err
     assert not optuna.load_study(study_name="tiny", storage=url).trials
 
 
@@ -289,40 +317,40 @@ def test_the_largest_seed_resumes(workdir: Path) -> None:
     assert "study tiny: 2/2 trials finished" in proc.stdout
 
 
-def test_status_without_storage_exits_2(workdir: Path) -> None:
-    proc = run_cli("status", cwd=workdir, check=2)
-    assert "no study storage" in proc.stderr
+def test_status_without_storage_exits_2(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status"]) == 2
+    assert "no study storage" in capsys.readouterr().err
     assert not (workdir / "storage").exists()
 
 
-def test_help_lists_every_command_on_one_line(workdir: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "search", "-h"],
-        cwd=workdir,
-        env={**cli_env(), "COLUMNS": "80"},  # a plain 80-column terminal
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    lines = proc.stdout.splitlines()
+def test_help_lists_every_command_on_one_line(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # a plain 80-column terminal
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-h"])
+    assert exit_info.value.code == 0
+    stdout = capsys.readouterr().out
+    lines = stdout.splitlines()
     start = lines.index("  COMMAND") + 1
     rows = lines[start : lines.index("", start)]
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert [row.split()[0] for row in rows] == list(sub.choices)  # no wrapped continuation lines
     assert all(len(row.split()) > 2 and len(row) <= 80 for row in rows)
-    assert "--version" in proc.stdout
+    assert "--version" in stdout
 
 
-def test_version_is_the_package_version(workdir: Path) -> None:
+def test_version_is_the_package_version(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     assert search.__version__ == declared  # the fallback for a checkout that is not installed
     try:
         installed = importlib.metadata.version("convnet-search")
     except importlib.metadata.PackageNotFoundError:
         installed = declared
-    proc = run_cli("--version", cwd=workdir, check=0)
-    assert proc.stdout == f"search {installed}\n"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"search {installed}\n"
 
 
 def test_readme_and_tests_use_only_files_in_the_repo() -> None:
@@ -337,18 +365,22 @@ def test_readme_and_tests_use_only_files_in_the_repo() -> None:
     assert len(list(CIFAR_SAMPLE.glob("*/*.png"))) == 200
 
 
-def test_validate_the_bundled_sample_config_from_the_project_root() -> None:
-    proc = run_cli("validate", "study_configs/cifar10_sample.yaml", cwd=REPO, check=0)
-    assert "ok: study 'cifar10_sample' on imagefolder" in proc.stdout
+def test_validate_the_bundled_sample_config_from_the_project_root(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    assert main(["validate", "study_configs/cifar10_sample.yaml"]) == 0
+    assert "ok: study 'cifar10_sample' on imagefolder" in capsys.readouterr().out
 
 
 def test_log_lines_sit_above_the_progress_bar_in_a_terminal(workdir: Path) -> None:
-    """On a terminal (a pseudo-terminal here) INFO lines are not glued to the tqdm bar."""
+    """On a terminal (a pseudo-terminal here) log lines are not glued to the tqdm bar (with -v, the
+    per-trial housekeeping lines are logged while the bar is shown)."""
     cfg = write_config(workdir / "tiny.yaml", tiny_config(search={"n_trials": 5, "keep_top_k": 1}))
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 120 x 40
     proc = subprocess.Popen(
-        [sys.executable, "-m", "search", "run", str(cfg), "--device", "cpu"],
+        [sys.executable, "-m", "search", "-v", "run", str(cfg), "--device", "cpu"],
         cwd=workdir,
         env={**cli_env(), "COLUMNS": "120"},
         stdin=subprocess.DEVNULL,
@@ -370,8 +402,8 @@ def test_log_lines_sit_above_the_progress_bar_in_a_terminal(workdir: Path) -> No
     text = b"".join(chunks).decode(errors="replace")
     assert "100%|" in text, text[-1500:]  # the bar was drawn
     segments = re.split(r"[\r\n]+", text)
-    logs = [s for s in segments if " INFO " in s]
-    assert any("removed 1 weights file(s)" in s for s in logs)  # logged while the bar was shown
+    logs = [s for s in segments if " INFO " in s or " DEBUG " in s]
+    assert any(" DEBUG " in s and "removed 1 weights file(s)" in s for s in logs)  # while the bar was shown
     stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
     assert all(stamp.match(s) for s in logs), [s for s in logs if not stamp.match(s)]
 
@@ -402,14 +434,14 @@ def test_bad_devices_exit_2_for_run_worker_and_finetune(
     assert not (workdir / "storage" / "data").exists()
 
 
-def test_device_tpu_through_the_cli(workdir: Path) -> None:
+def test_device_tpu_through_the_cli(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_config(workdir / "c.yaml", tiny_config())
-    proc = run_cli("run", "c.yaml", "--device", "tpu", cwd=workdir, check=2)
-    assert "error: --device: 'tpu' is not a device" in proc.stderr and "Traceback" not in proc.stderr
+    assert main(["run", "c.yaml", "--device", "tpu"]) == 2
+    assert "error: --device: 'tpu' is not a device" in capsys.readouterr().err
     assert not (workdir / "storage").exists()
 
 
-def test_searching_config_fields_end_to_end(workdir: Path) -> None:
+def test_searching_config_fields_end_to_end(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """train.optimizer, train.weight_decay and data.augment.rotate_deg searched: Optuna names them
     by path, export's config.json and the report hold each trial's values, resume sees the space."""
     space = {
@@ -474,15 +506,17 @@ def test_searching_config_fields_end_to_end(workdir: Path) -> None:
     # a changed dotted range is a changed experiment: exit 2 with the diff, as for the five names
     space["train.weight_decay"] = {"low": 1.0e-6, "high": 1.0e-1, "log": True}
     write_config(workdir / "tiny.yaml", raw)
-    proc = run_cli("run", str(cfg), "--device", "cpu", cwd=workdir, check=2)
-    assert "search.space.train.weight_decay.high: stored 0.01, now 0.1" in proc.stderr
+    _, err = _main(capsys, "run", str(cfg), "--device", "cpu", code=2)
+    assert "search.space.train.weight_decay.high: stored 0.01, now 0.1" in err
     assert len(_load(workdir).trials) == 3
 
 
 # --------------------------------------------------------------------------- budgets
 
 
-def test_run_with_max_params_trains_only_what_fits_and_reports_feasibility(workdir: Path) -> None:
+def test_run_with_max_params_trains_only_what_fits_and_reports_feasibility(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # c1=4: 3558 parameters, c1=32: 14954 on digits (8x8, c2=8, l1=16)
     raw = tiny_config(
         search={
@@ -512,11 +546,11 @@ def test_run_with_max_params_trains_only_what_fits_and_reports_feasibility(workd
     assert study.best_trial.user_attrs["n_params"] <= 10_000
     assert f"best trial {study.best_trial.number} " in proc.stdout
 
-    status = run_cli("status", cwd=workdir, check=0).stdout
+    status, _ = _main(capsys, "status")
     assert f"over budget x{len(over)}: search.constraints.max_params (pruned before training)" in status
     assert f"#{study.best_trial.number} " in status
 
-    report = run_cli("report", "tiny", cwd=workdir, check=0).stdout
+    report, _ = _main(capsys, "report", "tiny")
     assert f"({len(over)} of 4 finished trials over budget, pruned before training;" in report
     assert f"best: trial {study.best_trial.number}," in report
     import pandas as pd
@@ -530,7 +564,9 @@ def test_run_with_max_params_trains_only_what_fits_and_reports_feasibility(workd
     assert df["latency_ms"].isna().all()  # measured only with max_latency_ms
 
 
-def test_a_study_with_every_trial_over_budget_ends_and_exits_1(workdir: Path) -> None:
+def test_a_study_with_every_trial_over_budget_ends_and_exits_1(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     raw = tiny_config(search={**tiny_config()["search"], "constraints": {"max_params": 1}})
     cfg = write_config(workdir / "tiny.yaml", raw)
     proc = run_cli("run", str(cfg), "--device", "cpu", cwd=workdir, check=1)
@@ -539,19 +575,20 @@ def test_a_study_with_every_trial_over_budget_ends_and_exits_1(workdir: Path) ->
         and "3 of 3 finished trials were over budget (search.constraints) and pruned before training"
         in proc.stdout
     )
+    assert "next:" not in proc.stdout  # nothing to report, export or fine-tune
     study = _load(workdir)
     assert [t.state for t in study.trials] == [TrialState.PRUNED] * 3  # they count toward n_trials
     assert all("epochs_run" not in t.user_attrs and t.intermediate_values == {} for t in study.trials)
-    status = run_cli("status", cwd=workdir, check=0).stdout
+    status, _ = _main(capsys, "status")
     row = next(line for line in status.splitlines() if line.startswith("tiny"))
     assert row.split()[1:3] == ["0", "3"] and row.rstrip().endswith("-")
     assert "over budget x3: search.constraints.max_params" in status
-    report = run_cli("report", "tiny", cwd=workdir, check=0).stdout
+    report, _ = _main(capsys, "report", "tiny")
     assert "best: no completed trial within budget" in report
 
     # the budgets are part of the experiment: a resumed study keeps them
-    changed = run_cli("run", str(cfg), "--set", "search.constraints.max_params=100000", cwd=workdir, check=2)
-    assert "search.constraints.max_params: stored 1, now 100000" in changed.stderr
+    _, err = _main(capsys, "run", str(cfg), "--set", "search.constraints.max_params=100000", code=2)
+    assert "search.constraints.max_params: stored 1, now 100000" in err
 
 
 def test_budget_search_over_dotted_parameters_end_to_end(workdir: Path) -> None:

@@ -20,7 +20,7 @@ from search import cli
 from search.config import config_from_dict
 from search.store.artifacts import WeightStore
 from search.study.objective import Objective
-from search.study.run import Outcome, run_study
+from search.study.run import Outcome, RunOptions, run_study
 from search.study.workers import StopRequest
 from tests.conftest import popen_cli, run_cli, tiny_config, write_config
 from tests.serve.test_dashboard import free_port, interrupt, read_line_with
@@ -133,8 +133,8 @@ def test_a_resumed_trial_continues_its_steps(tmp_path: Path) -> None:
 
     stop = AfterFirstEpoch()
     objective = Objective(cfg, torch.device("cpu"), WeightStore(cfg.artifacts_dir), stop)
-    assert run_study(cfg, objective=objective, stop=stop).outcome is Outcome.INTERRUPTED
-    assert run_study(cfg, device="cpu").outcome is Outcome.COMPLETED
+    assert run_study(cfg, RunOptions(objective=objective, stop=stop)).outcome is Outcome.INTERRUPTED
+    assert run_study(cfg, RunOptions(device="cpu")).outcome is Outcome.COMPLETED
     study = optuna.load_study(study_name="resume", storage=raw["storage"])
 
     first, retry = study.get_trials(deepcopy=False)

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from search.config import config_from_dict
 from search.store.artifacts import CheckpointStore
 from search.study.objective import Objective, TrialInterrupted
-from search.study.run import run_study
+from search.study.run import RunOptions, run_study
 from search.study.study import RetryStale, make_storage, open_study
 from tests.conftest import tiny_config
 
@@ -127,8 +127,8 @@ def test_the_gp_sampler_reads_the_constraints_and_is_kept_off_points_over_max_pa
         "constraints": {"max_params": 8000, "max_latency_ms": 1.0e6},
     }
     cfg = config_from_dict(raw)
-    with caplog.at_level(logging.INFO, logger="search.study.sampling"):
-        result = run_study(cfg, device="cpu")
+    with caplog.at_level(logging.DEBUG, logger="search.study.sampling"):
+        result = run_study(cfg, RunOptions(device="cpu"))
     assert result.finished == 5
     assert "the sampler proposed params over max_params; sampled at random" in caplog.text
     study = optuna.load_study(study_name=cfg.name, storage=cfg.storage)

@@ -10,7 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.config import config_from_dict
-from search.study.run import Outcome, run_study
+from search.study.run import Outcome, RunOptions, run_study
 from search.study.study import make_storage
 from tests.conftest import cli_env, tiny_config, write_config
 
@@ -60,12 +60,12 @@ def test_run_without_dashboard_never_imports_optuna_dashboard_and_status_no_torc
 
 def test_outcomes_counts_and_best(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, n_trials=3)
-    result = run_study(cfg, objective=lambda t: t.suggest_float("x", 0, 1))
+    result = run_study(cfg, RunOptions(objective=lambda t: t.suggest_float("x", 0, 1)))
     assert result.outcome is Outcome.COMPLETED
     assert (result.finished, result.started, result.n_trials) == (3, 3, 3)
     study = optuna.load_study(study_name="tiny", storage=make_storage(cfg.storage))
     assert result.best is not None and result.best.value == study.best_value
-    again = run_study(cfg, objective=lambda t: t.suggest_float("x", 0, 1))  # already complete
+    again = run_study(cfg, RunOptions(objective=lambda t: t.suggest_float("x", 0, 1)))  # already complete
     assert again.outcome is Outcome.COMPLETED and again.started == 0 and again.finished == 3
 
 
@@ -75,7 +75,7 @@ def test_failure_budget_and_no_trial_completed(tmp_path: Path) -> None:
         trial.set_user_attr("fail_reason", "broken")
         return float("nan")
 
-    result = run_study(_cfg(tmp_path, n_trials=5, max_failures=2), objective=fails)
+    result = run_study(_cfg(tmp_path, n_trials=5, max_failures=2), RunOptions(objective=fails))
     assert result.outcome is Outcome.FAILURE_BUDGET and result.started == 2
     assert "stopped after 2 failed trials (search.max_failures=2)" in result.stop_message
 
@@ -84,17 +84,17 @@ def test_failure_budget_and_no_trial_completed(tmp_path: Path) -> None:
         raise optuna.TrialPruned
 
     (tmp_path / "p").mkdir()
-    result = run_study(_cfg(tmp_path / "p", n_trials=2), objective=prunes)
+    result = run_study(_cfg(tmp_path / "p", n_trials=2), RunOptions(objective=prunes))
     assert result.outcome is Outcome.NO_TRIAL_COMPLETED and result.best is None and result.finished == 2
 
 
 CONCURRENT = """
 import sys
 from search.config import config_from_dict
-from search.study.run import run_study
+from search.study.run import RunOptions, run_study
 cfg = config_from_dict({"name": "c", "storage": sys.argv[1], "seed": 0, "search": {"n_trials": 8,
                         "sampler": {"name": "tpe"}}})
-run_study(cfg, objective=lambda t: t.suggest_float("x", 0, 1))
+run_study(cfg, RunOptions(objective=lambda t: t.suggest_float("x", 0, 1)))
 """
 
 
@@ -127,7 +127,9 @@ def test_a_single_run_is_reproducible(tmp_path: Path) -> None:
     values = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        run_study(_cfg(tmp_path / name, n_trials=4), objective=lambda t: t.suggest_float("x", 0, 1))
+        run_study(
+            _cfg(tmp_path / name, n_trials=4), RunOptions(objective=lambda t: t.suggest_float("x", 0, 1))
+        )
         storage = make_storage(f"sqlite:///{tmp_path / name}/studies.db")
         study = optuna.load_study(study_name="tiny", storage=storage)
         values.append([t.params["x"] for t in study.trials])

@@ -11,7 +11,7 @@ from search.config import SAMPLERS, ConfigError, ModelConfig, config_from_dict, 
 from search.engine.model import ConvNet, check_input_size
 from search.store.artifacts import WEIGHTS_ATTR, WeightStore
 from search.study.objective import Objective
-from search.study.run import run_study
+from search.study.run import RunOptions, run_study
 from search.study.study import (
     CONFIG_ATTR,
     DATA_ATTR,
@@ -37,7 +37,7 @@ def _cfg(tmp: Path, **sections: object):  # type: ignore[no-untyped-def]
 
 
 def _run(cfg):  # type: ignore[no-untyped-def]
-    run_study(cfg, device="cpu")
+    run_study(cfg, RunOptions(device="cpu"))
     return optuna.load_study(study_name=cfg.name, storage=make_storage(cfg.storage))
 
 
@@ -69,7 +69,7 @@ def test_resume_finishes_the_remainder(tmp_path: Path) -> None:
     study = _run(cfg)
     assert finished_count(study) == 3
     # a second run of the same config starts nothing; raising n_trials runs only the difference
-    assert run_study(cfg, objective=Objective(cfg, torch.device("cpu"), None)).started == 0
+    assert run_study(cfg, RunOptions(objective=Objective(cfg, torch.device("cpu"), None))).started == 0
     bigger = config_from_dict({**to_dict(cfg), "search": {**to_dict(cfg)["search"], "n_trials": 5}})
     study = _run(bigger)
     assert finished_count(study) == 5 and len(study.trials) == 5
@@ -87,7 +87,7 @@ def test_median_pruner_prunes_bad_trials(tmp_path: Path) -> None:
     study = open_study(cfg, make_storage(cfg.storage))
     for lr in (3e-3, 3e-3, 1e-7, 1e-7):  # two good trials set the median, two hopeless ones follow
         study.enqueue_trial({"lr": lr})
-    run_study(cfg, objective=objective)
+    run_study(cfg, RunOptions(objective=objective))
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED] * 2
     for t in study.get_trials(states=(TrialState.PRUNED,)):
         assert t.user_attrs["pruned_at_epoch"] == 1 and list(t.intermediate_values) == [1]

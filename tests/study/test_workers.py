@@ -203,7 +203,7 @@ def test_retry_keeps_params_and_history_up_to_max_retry_then_drops_the_checkpoin
 TRIVIAL_WORKER = """
 import pathlib, sys, time, optuna
 from search.config import config_from_dict
-from search.study.run import run_study
+from search.study.run import RunOptions, run_study
 url, name, n, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 # a common start once all four have imported: else the first one up may run all the trivial trials
 pathlib.Path(f"ready-{seed}").touch()
@@ -211,7 +211,7 @@ deadline = time.monotonic() + 120
 while len(list(pathlib.Path(".").glob("ready-*"))) < 4 and time.monotonic() < deadline:
     time.sleep(0.02)
 cfg = config_from_dict({"name": name, "storage": url, "seed": seed, "search": {"n_trials": n}})
-result = run_study(cfg, objective=lambda t: t.suggest_float("x", 0, 1), join=True)
+result = run_study(cfg, RunOptions(objective=lambda t: t.suggest_float("x", 0, 1), join=True))
 print(result.started)
 """
 
@@ -379,7 +379,7 @@ def test_checkpoints_are_throttled_by_checkpoint_every_s(
     import search.store.artifacts
     from search.store.artifacts import CheckpointStore
     from search.study.objective import Objective
-    from search.study.run import run_study
+    from search.study.run import RunOptions, run_study
     from search.study.study import open_study
 
     saved: list[int] = []
@@ -399,7 +399,7 @@ def test_checkpoints_are_throttled_by_checkpoint_every_s(
     )
     cfg = config_from_dict(raw)
     study = open_study(cfg, make_storage(cfg.storage))
-    run_study(cfg, objective=Objective(cfg, torch.device("cpu"), None))
+    run_study(cfg, RunOptions(objective=Objective(cfg, torch.device("cpu"), None)))
     assert study.trials[0].state == TrialState.COMPLETE
     assert len(saved) == saves
     assert not list((tmp_path / "ckpt").rglob("*.pt"))  # a finished trial leaves no checkpoint

@@ -1,0 +1,33 @@
+"""``search validate CONFIG``: check a config (and the inputs it names) without running it."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from search.cli.common import add_config_args, config_from_args
+from search.config import check_inputs
+from search.errors import EXIT_OK
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("validate", help="check a config without running it")
+    add_config_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    check_inputs(cfg)  # what can be checked without reading data (the same check `run` makes)
+    from search.study.preflight import preflight
+    from search.study.space import grid_size
+
+    data = preflight(cfg)  # counts (nothing decoded); DataError for what `run` would refuse
+    size = f", grid of {grid_size(cfg.search.space)}" if cfg.search.sampler.name == "grid" else ""
+    print(
+        f"ok: study {cfg.name!r} on {cfg.data.dataset}, {cfg.search.n_trials} trials, "
+        f"sampler {cfg.search.sampler.name}{size}, pruner {cfg.search.pruner.name}"
+    )
+    print("\n".join(data.listing()), flush=True)
+    data.log_warnings()
+    return EXIT_OK
