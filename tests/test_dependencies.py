@@ -9,10 +9,12 @@ fails here before it fails a new user's first command.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
 import re
 import sys
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,10 +85,15 @@ IMPORT_TO_DIST = {
 }
 
 
+@functools.cache
+def _installed() -> Mapping[str, list[str]]:
+    return importlib.metadata.packages_distributions()  # reads every installed package: once
+
+
 def distribution_of(module: str) -> str:
     if module in IMPORT_TO_DIST:
         return IMPORT_TO_DIST[module]
-    dists = importlib.metadata.packages_distributions().get(module)
+    dists = _installed().get(module)
     return _norm(dists[0]) if dists else _norm(module)
 
 

@@ -1,4 +1,4 @@
-"""What several commands share: the config from a command line, flags, trial lines, waiting for Ctrl-C.
+"""What several commands share: the config from a command line, flags, waiting for Ctrl-C.
 
 Imports nothing heavy at module level: ``search validate`` and ``search --help`` load neither torch
 nor optuna.
@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Mapping
 from typing import Any
 
-from search.config import PARAM_NAMES, StudyConfig, check_study_name, default_of, load_config
+from search.config import StudyConfig, check_study_name, default_of, load_config
 from search.errors import InputError
 
 log = logging.getLogger("search")
@@ -114,39 +113,6 @@ def results_study(args: argparse.Namespace) -> Any:
 
     check_study_name(args.study_name, "STUDY")
     return open_existing(args.study_name, args.storage)
-
-
-# --------------------------------------------------------------------------- printed lines
-
-
-def format_params(params: Mapping[str, Any]) -> str:
-    """``c1=48 c2=96 l1=256 lr=0.001 batch_size=512`` (the five names first, then dotted ones)."""
-    parts = []
-    for name in [*PARAM_NAMES, *(k for k in params if k not in PARAM_NAMES)]:
-        if name in params:
-            v = params[name]
-            parts.append(f"{name}={v:.3g}" if isinstance(v, float) else f"{name}={v}")
-    return " ".join(parts)
-
-
-def trial_line(trial: Any) -> str:
-    """One finished trial: number, state, value, params, epochs, how it ended, seconds."""
-    value = "-" if trial.value is None else f"{trial.value:.4f}"
-    seconds = trial.duration.total_seconds() if trial.duration is not None else 0.0
-    epochs = trial.user_attrs.get("epochs_run", "-")
-    extra = ""
-    if "constraint" in trial.user_attrs:  # over a search.constraints budget: pruned before training
-        extra = f" over_budget={trial.user_attrs['constraint']!r}"
-    elif "pruned_at_epoch" in trial.user_attrs:
-        extra = f" pruned_at={trial.user_attrs['pruned_at_epoch']}"
-    elif "fail_reason" in trial.user_attrs:
-        extra = f" reason={trial.user_attrs['fail_reason']!r}"
-    elif "best_epoch" in trial.user_attrs:
-        extra = f" best_epoch={trial.user_attrs['best_epoch']}"
-    return (
-        f"trial {trial.number:>4} {trial.state.name:<8} value={value} "
-        f"{format_params(trial.params)} epochs={epochs}{extra} {seconds:.1f}s"
-    )
 
 
 # --------------------------------------------------------------------------- servers

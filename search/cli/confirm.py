@@ -10,9 +10,9 @@ from search.cli.common import (
     add_study_arg,
     add_threads_arg,
     device,
-    format_params,
     use_threads,
 )
+from search.cli.lines import format_params
 from search.config import check_study_name
 from search.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 

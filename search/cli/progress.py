@@ -9,7 +9,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from search.cli.common import DEFAULT_STORAGE, format_params, trial_line
+from search.cli.common import DEFAULT_STORAGE
+from search.cli.lines import format_params, trial_line
 from search.config import StudyConfig, mask_url
 from search.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 

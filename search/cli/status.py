@@ -6,7 +6,8 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from search.cli.common import DEFAULT_STORAGE, format_params
+from search.cli.common import DEFAULT_STORAGE
+from search.cli.lines import format_params
 from search.config import check_study_name
 from search.errors import EXIT_OK, InputError
 

@@ -6,7 +6,8 @@ import argparse
 import os
 from typing import Any
 
-from search.cli.common import add_device_arg, add_threads_arg, device, log, threads_flag, trial_line
+from search.cli.common import add_device_arg, add_threads_arg, device, log, threads_flag
+from search.cli.lines import trial_line
 from search.config import check_study_name, with_overrides
 from search.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, InputError
 

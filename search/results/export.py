@@ -33,6 +33,7 @@ from search.results.export_folder import (
     predict_files,
     predict_tensor,
     read_export_config,
+    unwritable,
     write_export_folder,
 )
 from search.results.finetune import default_finetune_dir
@@ -155,10 +156,7 @@ def export_finetuned(
             shutil.rmtree(folder)
         temp.rename(folder)
     except OSError as exc:
-        raise ExportError(
-            f"cannot write the export to {folder} ({exc.strerror or exc}). Fix: free space or make "
-            "it writable, or pass --out with another folder"
-        ) from exc
+        raise unwritable(folder, exc) from exc
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     log.info("exported the fine-tuned model of %s (%s) to %s", study.study_name, source, folder)

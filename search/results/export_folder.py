@@ -205,6 +205,14 @@ def _finetune_section(ft: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- writing
 
 
+def unwritable(folder: Path, exc: OSError) -> ExportError:
+    """The error for an export folder that cannot be written (a full disk, no permission)."""
+    return ExportError(
+        f"cannot write the export to {folder} ({exc.strerror or exc}). Fix: free space or make "
+        "it writable, or pass --out with another folder"
+    )
+
+
 def write_export_folder(
     folder: Path, state: Mapping[str, torch.Tensor], config: Mapping[str, Any], card: str
 ) -> None:
@@ -231,10 +239,7 @@ def write_export_folder(
         for name in files:
             temps[name].replace(folder / name)
     except OSError as exc:
-        raise ExportError(
-            f"cannot write the export to {folder} ({exc.strerror or exc}). Fix: free space or make "
-            "it writable, or pass --out with another folder"
-        ) from exc
+        raise unwritable(folder, exc) from exc
     finally:
         for temp in temps.values():
             if not temp.is_dir():

@@ -29,6 +29,7 @@ import numpy as np
 from search import serve
 from search.errors import InputError
 from search.results.export_folder import ExportError, architecture, load_export, load_images, predict_tensor
+from search.serve import network
 
 log = logging.getLogger(__name__)
 
@@ -199,16 +200,8 @@ def build_blocks(predictor: Predictor) -> Any:
 
 
 def exposure_warning(host: str, port: int) -> str | None:
-    from search.serve.dashboard import is_all_interfaces, is_loopback
-
-    if is_loopback(host):
-        return None
-    where = "all network interfaces" if is_all_interfaces(host) else host
-    return (
-        f"the predictor is bound to {where} on port {port}: anyone who can reach this machine can "
-        f"use it. Keep the default --host {DEFAULT_HOST} and forward the port instead: "
-        f"ssh -L {port}:127.0.0.1:{port} <host>"
-    )
+    """The warning to log when ``host`` makes the predictor reachable from other machines, else None."""
+    return network.exposure_warning("the predictor", "can use it", host, port)
 
 
 @dataclass

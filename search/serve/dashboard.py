@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import logging
 import os
 import re
@@ -38,13 +37,14 @@ from search import serve
 from search.config import StudyConfig, default_of
 from search.engine.threads import child_env
 from search.errors import InputError
+from search.serve import network
+from search.serve.network import is_all_interfaces
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = serve.DEFAULT_HOST
 DEFAULT_PORT = serve.DASHBOARD_PORT
 DEFAULT_ARTIFACT_DIR: str = default_of(StudyConfig, "artifacts_dir")
-ALL_INTERFACES = frozenset({"0.0.0.0", "::", ""})
 READY_TIMEOUT_S = 120.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STORAGE_ENV = "SEARCH_DASHBOARD_STORAGE"  # how a child dashboard gets the URL (kept out of `ps`)
@@ -59,32 +59,14 @@ class DashboardError(InputError):
 # --------------------------------------------------------------------------- addresses
 
 
-def is_all_interfaces(host: str) -> bool:
-    """True for the wildcard addresses (``0.0.0.0``, ``::``, empty) that listen on every interface."""
-    return host.strip("[]") in ALL_INTERFACES
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ``::1``)."""
-    name = host.strip("[]")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 def exposure_warning(host: str, port: int) -> str | None:
     """The warning to log when ``host`` makes the dashboard reachable from other machines, else None."""
-    if is_loopback(host):
-        return None
-    where = "all network interfaces" if is_all_interfaces(host) else f"{host}"
-    return (
-        f"optuna-dashboard is bound to {where} on port {port}: anyone who can reach this machine "
-        "can read, edit and delete your studies (there is no authentication). To watch a remote "
-        f"machine, keep the default --host {DEFAULT_HOST} and forward the port instead: "
-        f"ssh -L {port}:127.0.0.1:{port} <host>"
+    return network.exposure_warning(
+        "optuna-dashboard",
+        "can read, edit and delete your studies (there is no authentication)",
+        host,
+        port,
+        keep="To watch a remote machine, keep",
     )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from search import serve
 from search.engine.tensorboard import EXTRA_HINT, TensorBoardError
+from search.serve import network
 
 log = logging.getLogger(__name__)
 
@@ -16,16 +17,9 @@ DEFAULT_PORT = serve.TENSORBOARD_PORT
 
 
 def server_warning(host: str, port: int) -> str | None:
-    """The warning to log when ``host`` makes TensorBoard reachable from other machines."""
-    from search.serve.dashboard import is_all_interfaces, is_loopback
-
-    if is_loopback(host):
-        return None
-    where = "all network interfaces" if is_all_interfaces(host) else host
-    return (
-        f"TensorBoard is bound to {where} on port {port}: anyone who can reach this machine can "
-        f"read your runs (there is no authentication). Keep the default --host {DEFAULT_HOST} and "
-        f"forward the port instead: ssh -L {port}:127.0.0.1:{port} <host>"
+    """The warning to log when ``host`` makes TensorBoard reachable from other machines, else None."""
+    return network.exposure_warning(
+        "TensorBoard", "can read your runs (there is no authentication)", host, port
     )
 
 

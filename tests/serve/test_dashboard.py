@@ -31,11 +31,10 @@ from search.serve.dashboard import (
     check_port,
     config_note,
     exposure_warning,
-    is_all_interfaces,
-    is_loopback,
     missing_artifacts_as_404,
     open_dashboard,
 )
+from search.serve.network import is_all_interfaces, is_loopback
 from search.study.study import make_storage
 from tests.conftest import popen_cli, tiny_config, write_config
 
