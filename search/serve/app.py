@@ -236,6 +236,7 @@ def open_app(export_dir: str | Path, *, host: str = DEFAULT_HOST, port: int = DE
     if warning:
         log.warning("%s", warning)
     blocks = build_blocks(predictor)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up requests: not news
     system_fonts = ["ui-sans-serif", "system-ui", "sans-serif"]  # no Google Fonts: no network
     theme = gr.themes.Default(font=system_fonts, font_mono=["ui-monospace", "monospace"])
     _, local_url, _ = blocks.launch(
