@@ -122,6 +122,11 @@ def build_from_config(config: Mapping[str, Any]) -> ConvNet:
 # --------------------------------------------------------------------------- the model card
 
 
+def _rounded(values: Sequence[float]) -> str:
+    """``[0.4949, 0.4936]``: a card's figures to 4 decimals (config.json keeps them exact)."""
+    return "[" + ", ".join(f"{float(v):.4f}" for v in values) + "]"
+
+
 def model_card(config: Mapping[str, Any], n_params: int, folder: str = ".") -> str:
     """README.md of an export folder at ``folder``: the model, its data, its figures, how to load it;
     for a fine-tuned model also where it came from and its test accuracy, overall and per class."""
@@ -137,6 +142,7 @@ def model_card(config: Mapping[str, Any], n_params: int, folder: str = ".") -> s
         if ft
         else "ConvNet exported by convnet-search."
     )
+    norm = f"mean {_rounded(config['normalize']['mean'])}, std {_rounded(config['normalize']['std'])}"
     return f"""# {title}
 
 {origin}
@@ -152,7 +158,7 @@ def model_card(config: Mapping[str, Any], n_params: int, folder: str = ".") -> s
 {searched}| dataset | {d["name"]} ({d["n_train"]} train / {d["n_val"]} val images) |
 | input | {config["in_shape"]} (C, H, W), colour mode {config["color_mode"]} |
 | classes | {", ".join(config["classes"])} |
-| normalisation | mean {config["normalize"]["mean"]}, std {config["normalize"]["std"]} (on pixels / 255) |
+| normalisation | {norm} (on pixels / 255; exact in config.json) |
 | exported | {config["exported_at"]} |
 {_finetune_section(ft) if ft else ""}
 Load it:
