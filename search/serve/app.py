@@ -139,11 +139,17 @@ class Predictor:
         acc = c.get("val_accuracy")
         acc_text = f"{acc:.4f}" if isinstance(acc, int | float) else "unknown"
         shape = "x".join(str(v) for v in c["in_shape"])
+        ft = c.get("finetune")
+        tested = ""
+        if isinstance(ft, dict) and isinstance(ft.get("test_accuracy"), int | float):
+            tested = (
+                f"; fine-tuned, test accuracy **{ft['test_accuracy']:.4f}** on {ft.get('n_test', '?')} images"
+            )
         return (
-            f"### {c.get('study', '?')}: trial {c.get('trial', '?')}\n\n"
+            f"### {c.get('study', '?')}: trial {c.get('trial', '?')}{' (fine-tuned)' if ft else ''}\n\n"
             f"{architecture(m)} on **{d.get('name', '?')}** "
             f"({len(c['classes'])} classes, input {shape}, colour mode {c.get('color_mode', '?')}); "
-            f"validation accuracy **{acc_text}**."
+            f"validation accuracy **{acc_text}**{tested}."
         )
 
 

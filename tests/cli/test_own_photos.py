@@ -97,3 +97,13 @@ def test_predict_reads_an_exif_rotated_photo_upright(walked: Path, tmp_path: Pat
 def test_the_report_shows_the_fine_tune_stage(walked: Path) -> None:
     summary = json.loads((walked / "storage" / "reports" / "imagefolder" / "summary.json").read_text())
     assert "finetune" in json.dumps(summary)
+
+
+def test_the_app_says_it_serves_the_fine_tuned_model(walked: Path) -> None:
+    from search.serve.app import load_predictor
+
+    folder = walked / "storage" / "finetune" / "imagefolder"
+    finetune = json.loads((folder / "config.json").read_text())["finetune"]
+    text = load_predictor(folder).description()
+    assert "(fine-tuned)" in text
+    assert f"test accuracy **{finetune['test_accuracy']:.4f}** on {finetune['n_test']} images" in text
