@@ -31,7 +31,8 @@ from optuna.trial import TrialState
 
 from benchmarks._common import REPO, machine, median, quiet_logging, table
 from search.config import load_config
-from search.engine.train import fit, resolve_device
+from search.engine.device import resolve_device
+from search.engine.train import fit
 from search.store.artifacts import WeightStore
 from search.study.objective import Objective
 from search.study.run import RunOptions, run_study

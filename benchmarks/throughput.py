@@ -47,8 +47,9 @@ from benchmarks._common import machine, median, table
 from search.config import ModelConfig, TrainConfig
 from search.engine.augment import AugmentSpec, BatchTransform
 from search.engine.data import ImageSet
+from search.engine.device import resolve_device
 from search.engine.model import ConvNet, build_convnet
-from search.engine.train import fit, resolve_device
+from search.engine.train import fit
 
 C1, C2, L1 = 48, 96, 256
 SHAPE = (3, 32, 32)

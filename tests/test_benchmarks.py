@@ -17,8 +17,9 @@ import torch
 from search.config import ModelConfig, TrainConfig
 from search.engine.augment import BatchTransform
 from search.engine.data import ImageSet
+from search.engine.inference import eval_batch_size
 from search.engine.model import ConvNet
-from search.engine.train import eval_batch_size, fit
+from search.engine.train import fit
 from tests.conftest import REPO, cli_env, png_size
 
 BENCH = REPO / "benchmarks"

@@ -99,7 +99,7 @@ def use_threads(args: argparse.Namespace, cfg: StudyConfig) -> None:
 
 def device(flag: str) -> Any:
     """The torch device ``--device`` names (InputError naming the flag when there is none)."""
-    from search.engine.train import resolve_device
+    from search.engine.device import resolve_device
 
     try:
         return resolve_device(flag)

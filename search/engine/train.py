@@ -1,4 +1,4 @@
-"""``fit()`` and ``evaluate()``: a plain training loop over tensors already on the device.
+"""``fit()``: a plain training loop over tensors already on the device.
 
 Batches are index slices of one uint8 tensor; augmentation and normalisation run batched on the
 device (``BatchTransform``); bf16 autocast on CUDA; channels_last; optional ``torch.compile``.
@@ -27,8 +27,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
@@ -41,6 +40,8 @@ from search.config import TrainConfig
 from search.engine.augment import BatchTransform
 from search.engine.counts import steps_per_epoch
 from search.engine.data import ImageSet
+from search.engine.device import autocast, backend_settings, seed_dropout, sync
+from search.engine.inference import validate
 from search.engine.optim import make_optimizer, make_scheduler, set_fused
 
 log = logging.getLogger(__name__)
@@ -221,124 +222,6 @@ EpochCallback = Callable[[int, EpochMetrics], bool | None]
 CheckpointCallback = Callable[[FitState], None]
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → the first CUDA GPU when there is one, else the CPU. Raises ValueError if absent."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise ValueError(f"{name!r} is not a device (auto, cpu, cuda or cuda:N)") from exc
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device type {device.type!r} is not supported (auto, cpu, cuda or cuda:N)")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but no CUDA GPU is visible")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {name!r} asked for, but only {torch.cuda.device_count()} GPU(s) are visible"
-            )
-    return device
-
-
-def _autocast(device: torch.device, amp: bool) -> AbstractContextManager[object]:
-    if amp and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@contextmanager
-def backend_settings(device: torch.device) -> Iterator[None]:
-    """cuDNN autotuning on CUDA (fixed batch shapes: it picks the fastest kernels once); restored after."""
-    if device.type != "cuda":
-        yield
-        return
-    previous = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = previous
-
-
-def _seed_dropout(device: torch.device, seed: int) -> None:
-    """Seed the device's default generator, which dropout (eager and compiled) draws from."""
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        torch.cuda.default_generators[index].manual_seed(seed)
-    else:
-        torch.default_generator.manual_seed(seed)
-
-
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module,
-    images: torch.Tensor,
-    transform: BatchTransform,
-    *,
-    batch_size: int = 1024,
-    amp: bool = True,
-) -> torch.Tensor:
-    """Logits (float32, on the images' device) for uint8 images, in eval mode.
-
-    On CUDA a last partial batch is padded to the full batch, so cuDNN sees one shape only.
-    """
-    was_training = model.training
-    model.eval()
-    device = images.device
-    n = images.shape[0]
-    batch_size = max(1, min(batch_size, n))
-    outs = []
-    for start in range(0, n, batch_size):
-        chunk = images[start : start + batch_size]
-        real = chunk.shape[0]
-        if device.type == "cuda" and real < batch_size:
-            chunk = torch.cat([chunk, chunk.new_zeros((batch_size - real, *chunk.shape[1:]))])
-        x = transform(chunk, train=False)
-        with _autocast(device, amp):
-            outs.append(model(x).float()[:real])
-    model.train(was_training)
-    return torch.cat(outs) if outs else torch.empty(0, device=device)
-
-
-def evaluate(
-    model: nn.Module,
-    data: ImageSet,
-    transform: BatchTransform,
-    *,
-    batch_size: int = 1024,
-    amp: bool = True,
-) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy over the whole of ``data`` (one host sync)."""
-    logits = predict_logits(model, data.images, transform, batch_size=batch_size, amp=amp)
-    loss = F.cross_entropy(logits, data.labels, reduction="sum")
-    correct = (logits.argmax(1) == data.labels).sum()
-    n = max(len(data), 1)
-    return float(loss) / n, float(correct) / n
-
-
-def eval_batch_size(configured: int, train_batch: int) -> int:
-    """Evaluation batch: ``configured``, but always at least twice the training batch.
-
-    Evaluation keeps no activations for backward, so it affords larger batches (fewer launches).
-    """
-    return max(configured, 2 * train_batch)
-
-
-def validate(
-    model: nn.Module, val: ImageSet, transform: BatchTransform, *, batch_size: int, cfg: TrainConfig
-) -> tuple[float, float]:
-    """Validation loss and accuracy measured exactly as ``fit`` measures them (batch, cuDNN, amp)."""
-    with backend_settings(val.images.device):
-        eval_batch = eval_batch_size(cfg.eval_batch_size, batch_size)
-        return evaluate(model, val, transform, batch_size=eval_batch, amp=cfg.amp)
-
-
 @dataclass(frozen=True)
 class _EpochStats:
     loss: float
@@ -359,8 +242,8 @@ def _train_epoch(
     """One epoch of full batches; the first step is timed apart when ``time_first_step``."""
     device = state.device
     state.model.train()
-    _seed_dropout(device, mixed_seed(state.seed, state.epoch + 1, DROPOUT_STREAM))
-    _sync(device)
+    seed_dropout(device, mixed_seed(state.seed, state.epoch + 1, DROPOUT_STREAM))
+    sync(device)
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
@@ -371,12 +254,12 @@ def _train_epoch(
     for step in range(steps):
         timed = time_first_step and step == 0
         if timed:
-            _sync(device)
+            sync(device)
             t_first = time.perf_counter()
         idx = perm[step * batch : (step + 1) * batch]
         x = transform(train.images[idx], train=True, generator=state.generator)
         y = train.labels[idx]
-        with _autocast(device, cfg.amp):
+        with autocast(device, cfg.amp):
             logits = step_model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         state.optimizer.zero_grad(set_to_none=True)
@@ -387,12 +270,12 @@ def _train_epoch(
         loss_sum += loss.detach() * batch
         correct += (logits.detach().argmax(1) == y).sum()
         if timed:  # compilation / cuDNN autotuning: kept out of the steady rate
-            _sync(device)
+            sync(device)
             state.compile_seconds += time.perf_counter() - t_first
             state.compile_images += batch
     seen = steps * batch
     mean_loss, acc = float(loss_sum) / max(seen, 1), float(correct) / max(seen, 1)  # the epoch's one sync
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - t0
     state.epoch += 1
     state.train_seconds += seconds

@@ -49,8 +49,9 @@ from search.engine.evaluate import (
     plot_filters,
     plot_predictions,
 )
+from search.engine.inference import eval_batch_size, predict_logits, validate
 from search.engine.model import ConvNet, count_parameters
-from search.engine.train import EpochMetrics, FitResult, eval_batch_size, fit, predict_logits, validate
+from search.engine.train import EpochMetrics, FitResult, fit
 from search.results.export_folder import export_config, model_card, write_export_folder
 from search.store.artifacts import WeightStore, check_writable, save_atomic
 from search.store.records import FINETUNE_ATTR

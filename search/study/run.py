@@ -129,7 +129,7 @@ class RunOptions:
 
 
 def _device(device: torch.device | str) -> torch.device:
-    from search.engine.train import resolve_device
+    from search.engine.device import resolve_device
 
     return device if isinstance(device, torch.device) else resolve_device(device)
 

@@ -92,11 +92,11 @@ def assign_devices(device: str, n_workers: int, workers_per_gpu: int) -> list[st
 
     Raises:
         InputError: a bad count or too few GPU slots (names the flag).
-        ValueError: a device that is not there (from :func:`search.engine.train.resolve_device`).
+        ValueError: a device that is not there (from :func:`search.engine.device.resolve_device`).
     """
     import torch
 
-    from search.engine.train import resolve_device
+    from search.engine.device import resolve_device
 
     if n_workers < 1:
         raise InputError(f"--workers must be >= 1 (got {n_workers})")

@@ -33,8 +33,9 @@ from search.config import ModelConfig, TrainConfig
 from search.engine.augment import AugmentSpec, BatchTransform
 from search.engine.data import ImageSet
 from search.engine.evaluate import forward_latency_ms
+from search.engine.inference import evaluate, predict_logits
 from search.engine.model import ConvNet
-from search.engine.train import FitState, evaluate, fit, predict_logits
+from search.engine.train import FitState, fit
 from search.results.export import load_export, predict_tensor
 from tests.conftest import cli_env, run_cli, tiny_config, write_config
 

@@ -13,15 +13,15 @@ import torch
 from search.config import DataConfig, ModelConfig, SyntheticConfig, TrainConfig
 from search.engine.augment import BatchTransform, channel_stats
 from search.engine.data import ImageSet, load_splits
+from search.engine.device import resolve_device
+from search.engine.inference import evaluate
 from search.engine.model import ConvNet
 from search.engine.train import (
     EpochMetrics,
     FitState,
     StopKind,
     StopReason,
-    evaluate,
     fit,
-    resolve_device,
     set_fused,
 )
 

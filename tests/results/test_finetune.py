@@ -17,7 +17,7 @@ from search.cli import main
 from search.config import config_from_dict
 from search.engine.data import load_splits
 from search.engine.evaluate import classification_metrics
-from search.engine.train import predict_logits
+from search.engine.inference import predict_logits
 from search.results.export import load_export
 from search.results.finetune import FINETUNE_ATTR, FinetuneSettings, finetune
 from search.study.recipe import rebuild

@@ -1,0 +1,77 @@
+"""Forward passes without training: logits, loss and accuracy of a model over uint8 images, measured
+exactly as :func:`search.engine.train.fit` measures validation (batch, cuDNN settings, autocast)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search.config import TrainConfig
+from search.engine.augment import BatchTransform
+from search.engine.data import ImageSet
+from search.engine.device import autocast, backend_settings
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    transform: BatchTransform,
+    *,
+    batch_size: int = 1024,
+    amp: bool = True,
+) -> torch.Tensor:
+    """Logits (float32, on the images' device) for uint8 images, in eval mode.
+
+    On CUDA a last partial batch is padded to the full batch, so cuDNN sees one shape only.
+    """
+    was_training = model.training
+    model.eval()
+    device = images.device
+    n = images.shape[0]
+    batch_size = max(1, min(batch_size, n))
+    outs = []
+    for start in range(0, n, batch_size):
+        chunk = images[start : start + batch_size]
+        real = chunk.shape[0]
+        if device.type == "cuda" and real < batch_size:
+            chunk = torch.cat([chunk, chunk.new_zeros((batch_size - real, *chunk.shape[1:]))])
+        x = transform(chunk, train=False)
+        with autocast(device, amp):
+            outs.append(model(x).float()[:real])
+    model.train(was_training)
+    return torch.cat(outs) if outs else torch.empty(0, device=device)
+
+
+def evaluate(
+    model: nn.Module,
+    data: ImageSet,
+    transform: BatchTransform,
+    *,
+    batch_size: int = 1024,
+    amp: bool = True,
+) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy over the whole of ``data`` (one host sync)."""
+    logits = predict_logits(model, data.images, transform, batch_size=batch_size, amp=amp)
+    loss = F.cross_entropy(logits, data.labels, reduction="sum")
+    correct = (logits.argmax(1) == data.labels).sum()
+    n = max(len(data), 1)
+    return float(loss) / n, float(correct) / n
+
+
+def eval_batch_size(configured: int, train_batch: int) -> int:
+    """Evaluation batch: ``configured``, but always at least twice the training batch.
+
+    Evaluation keeps no activations for backward, so it affords larger batches (fewer launches).
+    """
+    return max(configured, 2 * train_batch)
+
+
+def validate(
+    model: nn.Module, val: ImageSet, transform: BatchTransform, *, batch_size: int, cfg: TrainConfig
+) -> tuple[float, float]:
+    """Validation loss and accuracy measured exactly as ``fit`` measures them (batch, cuDNN, amp)."""
+    with backend_settings(val.images.device):
+        eval_batch = eval_batch_size(cfg.eval_batch_size, batch_size)
+        return evaluate(model, val, transform, batch_size=eval_batch, amp=cfg.amp)
