@@ -62,9 +62,58 @@ def _check_size(raw: Any, path: str, shown: Any = None) -> None:
         raise ConfigError(path, shown, "nested too deeply", "flatten the config") from exc
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _check_duplicate_keys(root: yaml.Node, path: str) -> None:
+    """Refuse a mapping that names a key twice, at any depth (YAML would keep the last silently).
+
+    Walks the composed node graph once (a node shared by aliases is visited once); keys merged in
+    with ``<<`` may be overridden, as YAML intends. The error names the key's dotted path (under
+    ``path`` for a ``--set`` value) and both lines."""
+    stack: list[tuple[yaml.Node, str]] = [(root, "" if path == "config" else path)]
+    visited: set[int] = set()
+    found: list[tuple[int, ConfigError]] = []  # the first in the file is reported
+    while stack:
+        node, prefix = stack.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, f"{prefix}[{i}]") for i, child in enumerate(node.value))
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        first_line: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                stack.append((value_node, prefix))
+                continue
+            name = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+            line = key_node.start_mark.line + 1
+            key = (key_node.tag, key_node.value)
+            if key in first_line:
+                where = f"line {line}" if first_line[key] == line else f"lines {first_line[key]} and {line}"
+                where = where if path == "config" else f"{where} of the --set value"
+                problem = f"the key is given twice ({where}); YAML would keep only the last"
+                fix = "keep one of them (merge the two blocks)"
+                found.append((line, ConfigError(name, key_node.value, problem, fix)))
+            first_line[key] = line
+            stack.append((value_node, name))
+    if found:
+        raise min(found, key=lambda item: item[0])[1]
+
+
 def _parse_yaml(text: str, path: str, shown: Any) -> Any:
-    """YAML text parsed (PyYAML's safe loader), its expanded size checked."""
-    raw = yaml.safe_load(text)
+    """YAML text parsed (PyYAML's safe loader), duplicate keys refused, its expanded size checked."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicate_keys(node, path)
+        raw = loader.construct_document(node)
+    finally:
+        loader.dispose()
     _check_size(raw, path, shown)
     return raw
 

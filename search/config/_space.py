@@ -296,9 +296,18 @@ def _flat_space(raw: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
     for key, value in raw.items():
         name = f"{prefix}{key}"
         if name not in PARAM_NAMES and isinstance(value, Mapping) and value and not set(value) & SPEC_KEYS:
-            out.update(_flat_space(value, name + "."))
+            inner_space = _flat_space(value, name + ".")
         else:
-            out[name] = value
+            inner_space = {name: value}
+        for param, spec in inner_space.items():
+            if param in out:
+                raise ConfigError(
+                    param,
+                    spec,
+                    "the parameter is given twice (as a dotted key and in nested sections)",
+                    "keep one of them",
+                )
+            out[param] = spec
     return out
 
 
@@ -348,17 +357,24 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     part of the path is a value, not a section."""
     node = raw
     parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
+    i = 0
+    while True:
+        # a key written dotted in the file (a space entry ``train.weight_decay: {...}``) is the
+        # same path as nested sections: the longest such key present is followed
+        j = next((j for j in range(len(parts), i + 1, -1) if ".".join(parts[i:j]) in node), i + 1)
+        part = ".".join(parts[i:j])
+        if j == len(parts):
+            node[part] = value
+            return
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            where = ".".join(parts[: i + 1])
+            where = ".".join(parts[:j])
             raise ConfigError(
                 where, child, "is a value, not a section", f"set {where} itself, e.g. --set {where}=..."
             )
-        node = child
-    node[parts[-1]] = value
+        node, i = child, j
 
 
 def space_corners(cfg: StudyConfig, paths: Sequence[str]) -> Iterator[dict[str, Any]]:
