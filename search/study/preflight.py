@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from search.config import ParamSpec, StudyConfig
 from search.engine.counts import ClassCount, DataCounts, class_split, data_counts, steps_per_epoch
+from search.study.space import space_warnings
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ def preflight(cfg: StudyConfig) -> Preflight:
     counts = data_counts(cfg.data)
     warnings = [_batch_warning(cfg, counts.train), _val_warning(cfg, counts.val)]
     warnings += [_no_val_warning(cfg, counts), _folds_warning(cfg, counts)]
+    warnings += space_warnings(cfg)  # not data, but validate and run log them with these
     return Preflight(cfg, counts, tuple(w for w in warnings if w))
 
 

@@ -25,7 +25,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +35,7 @@ import torch
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from search.config import StudyConfig
+from search.config import ParamSpec, StudyConfig
 from search.engine.threads import use_threads
 from search.store.artifacts import StorageFault, WeightStore
 from search.store.storage import retrying
@@ -43,6 +43,8 @@ from search.study.budgets import is_feasible
 from search.study.failures import FAIL_REASON_ATTR, DeviceFailure, FailureBudget
 from search.study.objective import Objective, TrialInterrupted, check_run_folders
 from search.study.resume import prepare_resume
+from search.study.sampling import grid_point, grid_points_left
+from search.study.space import grid_size
 from search.study.study import (
     FINISHED_STATES,
     RetryStale,
@@ -61,6 +63,7 @@ from search.study.workers import POLL_S, StopRequest, run_parallel, sleep_unless
 log = logging.getLogger(__name__)
 
 TrialCallback = Callable[[FrozenTrial], None]
+Space = Mapping[str, ParamSpec]
 
 
 class Outcome(enum.Enum):
@@ -234,18 +237,27 @@ class SurplusTrial(Exception):  # control flow inside the loop, never shown to a
     """The trial started while the study's total was already taken by finished + running trials."""
 
 
-def _slots(study: optuna.Study, storage: RDBStorage, grace_s: float, retry: RetryStale) -> tuple[int, int]:
-    """Fail (and re-queue) stale RUNNING trials, then (finished trials, live RUNNING trials).
+def _slots(
+    study: optuna.Study, storage: RDBStorage, grace_s: float, retry: RetryStale, grid: Space | None
+) -> tuple[int, int, bool]:
+    """Fail (and re-queue) stale RUNNING trials, then (finished trials, live RUNNING trials,
+    whether the ``grid`` (the grid sampler's space) has no point left for a new trial).
 
-    One snapshot of the study serves all three: failing a stale trial changes neither count
-    (stale trials hold no slot; its retry is WAITING).
+    One snapshot of the study serves all: failing a stale trial changes neither count (stale
+    trials hold no slot; its retry is WAITING, so the grid is not used up while one is stale).
     """
     trials = study.get_trials(deepcopy=False)
     running = running_trials(study, storage, grace_s, trials)
     fail_stale_trials(study, storage, grace_s, retry, running)
     finished = sum(t.state in FINISHED_STATES for t in trials)
     live = sum(not rt.stale for rt in running)
-    return finished, live
+    grid_used_up = (
+        grid is not None
+        and live == len(running)
+        and not any(t.state == TrialState.WAITING for t in trials)
+        and grid_points_left(trials, grid) == 0
+    )
+    return finished, live, grid_used_up
 
 
 def _started_before(a: RunningTrial, b: RunningTrial) -> bool:
@@ -262,12 +274,18 @@ class _Guarded:
     abort (second Ctrl-C) as ``fail_reason`` "interrupted" while the trial can still take it."""
 
     def __init__(
-        self, objective: Callable[[optuna.Trial], float], n_trials: int, storage: RDBStorage, grace_s: float
+        self,
+        objective: Callable[[optuna.Trial], float],
+        n_trials: int,
+        storage: RDBStorage,
+        grace_s: float,
+        grid: Space | None = None,
     ) -> None:
         self.objective = objective
         self.n_trials = n_trials
         self.storage = storage
         self.grace_s = grace_s
+        self.grid = grid  # the grid sampler's space: a point another trial holds is not trained again
         self.current: int | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -280,12 +298,37 @@ class _Guarded:
         ahead += sum(not rt.stale and _started_before(rt, me) for rt in running)
         if ahead >= self.n_trials:
             trial.set_user_attr(FAIL_REASON_ATTR, "surplus")
-            raise SurplusTrial(f"trial {trial.number}: the study's {self.n_trials} trials are taken")
+            raise SurplusTrial(f"trial {trial.number}: the study's {self.n_trials} trials were already taken")
+        if self._point_taken(trials, running, me):
+            trial.set_user_attr(FAIL_REASON_ATTR, "surplus")
+            raise SurplusTrial(f"trial {trial.number}: its grid point is another trial's")
         try:
             return self.objective(trial)
         except KeyboardInterrupt:
             trial.set_user_attr(FAIL_REASON_ATTR, "interrupted")  # before Optuna records the FAIL
             raise
+
+    def _point_taken(
+        self, trials: Sequence[FrozenTrial], running: Sequence[RunningTrial], me: RunningTrial
+    ) -> bool:
+        """With the grid sampler: another trial (finished, or running and started first) holds
+        this trial's grid point (GridSampler re-picks a point when workers race for the last)."""
+        if self.grid is None:
+            return False
+        mine = next(t for t in trials if t.number == me.number)
+        point = grid_point(mine, self.grid)
+        if point is None:
+            return False
+        first = {rt.number for rt in running if not rt.stale and _started_before(rt, me)}
+        return any(
+            t.number != me.number
+            and grid_point(t, self.grid) == point
+            and (
+                t.number in first
+                or (t.state.is_finished() and t.user_attrs.get(FAIL_REASON_ATTR) != "surplus")
+            )
+            for t in trials
+        )
 
 
 class _QuietEndings(logging.Filter):
@@ -323,7 +366,8 @@ def _loop(
     grace = float(cfg.search.grace_period_s)
     retry = RetryStale(cfg.search.max_retry, cfg.checkpoints_dir)
     deadline = None if cfg.search.timeout_s is None else time.monotonic() + cfg.search.timeout_s
-    guarded = _Guarded(objective, n, storage, grace)
+    grid = cfg.search.space if cfg.search.sampler.name == "grid" else None
+    guarded = _Guarded(objective, n, storage, grace, grid)
     optimize_logger = logging.getLogger("optuna.study._optimize")
     if _QUIET not in optimize_logger.filters:
         optimize_logger.addFilter(_QUIET)
@@ -337,8 +381,21 @@ def _loop(
         if deadline is not None and time.monotonic() >= deadline:
             log.info("timeout: not starting more trials")
             return started, False
-        finished, live = retrying("counting trials", lambda: _slots(study, storage, grace, retry))
+        finished, live, grid_used_up = retrying(
+            "counting trials", lambda: _slots(study, storage, grace, retry, grid)
+        )
         if finished >= n:
+            return started, False
+        if grid_used_up:
+            log.warning(
+                "the grid's %d points are all taken: the study ends with %d finished trials, not "
+                "search.n_trials %d (no point is trained twice). Fix: set search.n_trials to %d, "
+                "or widen the space",
+                grid_size(cfg.search.space),
+                finished + live,
+                n,
+                grid_size(cfg.search.space),
+            )
             return started, False
         if finished + live >= n:
             if not waiting_logged:
@@ -353,9 +410,9 @@ def _loop(
                 guarded, n_trials=1, callbacks=[lambda _s, t: on_trial(t), budget], gc_after_trial=False
             )
             started += 1
-        except SurplusTrial:
+        except SurplusTrial as exc:
             started += 1
-            log.info("trial %s: the study's %d trials were already taken; ended as FAIL", guarded.current, n)
+            log.info("%s; ended as FAIL", exc)
         except (TrialInterrupted, KeyboardInterrupt):
             log.warning("trial %s interrupted; recorded as FAIL (reason 'interrupted')", guarded.current)
             _requeue(study, storage, guarded.current, retry)

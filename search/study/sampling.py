@@ -7,17 +7,17 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from search.config import ConfigError, StudyConfig
+from search.config import ConfigError, ParamSpec, StudyConfig
 from search.store.records import ENQUEUED_ATTR
 from search.study.budgets import FINISHED_STATES
-from search.study.space import grid_values, log_midpoint
+from search.study.space import grid_size, grid_values, log_midpoint
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,33 @@ def enqueue_default(study: optuna.Study, cfg: StudyConfig) -> bool:
     shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
     log.info("trial 0: the space's log-midpoint %s (search.enqueue_default)", shown)
     return True
+
+
+# The system attrs optuna.samplers.GridSampler gives each trial it places on its grid: the point's
+# index and the grid it indexes (read through FrozenTrial.system_attrs).
+GRID_ID_ATTR = "grid_id"
+GRID_SPACE_ATTR = "search_space"
+
+
+def grid_point(trial: FrozenTrial, space: Mapping[str, ParamSpec]) -> int | None:
+    """The index of the grid point ``trial`` trains (None: not placed on this space's grid, e.g.
+    an enqueued trial)."""
+    attrs = trial.system_attrs
+    if GRID_ID_ATTR not in attrs or attrs.get(GRID_SPACE_ATTR) != dict(sorted(grid_values(space).items())):
+        return None
+    return int(attrs[GRID_ID_ATTR])
+
+
+def grid_points_left(trials: Sequence[FrozenTrial], space: Mapping[str, ParamSpec]) -> int:
+    """How many points of the grid no trial holds: a finished trial (any state: Optuna's grid
+    never revisits a failed point; a retry is enqueued) or a RUNNING one holds its point.
+
+    The storage is shared, so this holds across processes (workers, a resumed run); a study
+    whose grid is used up ends instead of letting GridSampler re-train points at random."""
+    held = {
+        point for t in trials if t.state != TrialState.WAITING and (point := grid_point(t, space)) is not None
+    }
+    return grid_size(space) - len(held)
 
 
 def _seed32(seed: int) -> int:

@@ -10,11 +10,15 @@ dotted ones into the trial's config.
 
 from __future__ import annotations
 
+import decimal
 import math
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from search.config import INT_PARAMS, PARAM_NAMES, ParamSpec, is_int_range
+
+if TYPE_CHECKING:
+    from search.config import StudyConfig
 
 ParamValue = int | float | str | bool
 
@@ -79,11 +83,68 @@ def params_of(trial_params: Mapping[str, Any], space: Mapping[str, ParamSpec]) -
     return out
 
 
+def _steps(spec: ParamSpec) -> tuple[decimal.Decimal, decimal.Decimal, int]:
+    """A range's low and step as decimals (Optuna counts steps so) and its count of whole steps."""
+    assert spec.low is not None and spec.high is not None
+    low, high = decimal.Decimal(str(spec.low)), decimal.Decimal(str(spec.high))
+    step = decimal.Decimal(str(spec.step if spec.step is not None else 1))
+    return low, step, int((high - low) // step)
+
+
+def range_values(spec: ParamSpec, integer: bool) -> list[int | float]:
+    """A stepped range's values ``low, low + step, ... <= high``: exactly what the samplers draw.
+
+    Optuna lowers ``high`` onto the last step below it when the step does not divide the range
+    (16..60 step 16 samples 16, 32, 48); the values are counted in decimals as Optuna does, so
+    0.1 + 2 * 0.1 is 0.3 and float steps never creep past ``high``."""
+    low, step, n = _steps(spec)
+    if integer:
+        return [int(low + i * step) for i in range(n + 1)]
+    return [float(low + i * step) for i in range(n + 1)]
+
+
+def highest_value(spec: ParamSpec, integer: bool) -> int | float | None:
+    """The largest value a stepped range samples when its step does not divide it (else None)."""
+    if spec.step is None or spec.low is None or spec.high is None:
+        return None
+    low, step, n = _steps(spec)
+    last = int(low + n * step) if integer else float(low + n * step)
+    return None if last == spec.high else last
+
+
+def space_warnings(cfg: StudyConfig) -> list[str]:
+    """What ``validate`` and ``run`` warn about the space: each stepped range whose step does not
+    divide it (every sampler, the grid too, stops at the last step below ``high``), and a grid
+    smaller than ``search.n_trials`` (the run ends when every point is tried once)."""
+    space = cfg.search.space
+    out = []
+    if cfg.search.sampler.name == "grid" and grid_size(space) < cfg.search.n_trials:
+        size = grid_size(space)
+        out.append(
+            f"search.n_trials {cfg.search.n_trials} is more than the grid's {size} points: the run "
+            f"ends after {size} trials (no point is trained twice). Fix: set search.n_trials to {size}"
+        )
+    for name in names(space):
+        spec = space[name]
+        last = highest_value(spec, name in INT_PARAMS or is_int_range(spec))
+        if last is not None:
+            out.append(
+                f"search.space.{name}: step {_num(spec.step)} does not divide {_num(spec.low)}.."
+                f"{_num(spec.high)}, so the highest value tried is {_num(last)}. "
+                f"Fix: set high: {_num(last)}, or a step that divides the range"
+            )
+    return out
+
+
+def _num(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def grid_values(space: Mapping[str, ParamSpec]) -> dict[str, list[ParamValue]]:
     """Every value of each searched parameter, for the grid sampler (fixed parameters left out).
 
     Finite sets only (the config refuses a grid over a continuous range): choices, integer
-    ranges, and ranges with a step.
+    ranges, and ranges with a step (:func:`range_values`: never a value above ``high``).
     """
     grid: dict[str, list[ParamValue]] = {}
     for name in names(space):
@@ -93,11 +154,7 @@ def grid_values(space: Mapping[str, ParamSpec]) -> dict[str, list[ParamValue]]:
         if spec.choices is not None:
             grid[name] = [_cast(name, c) for c in spec.choices]
             continue
-        assert spec.low is not None and spec.high is not None
-        step = spec.step if spec.step is not None else 1
-        n = round((spec.high - spec.low) / step) + 1
-        integer = name in INT_PARAMS or is_int_range(spec)
-        grid[name] = [int(spec.low + i * step) if integer else float(spec.low + i * step) for i in range(n)]
+        grid[name] = [v for v in range_values(spec, name in INT_PARAMS or is_int_range(spec))]
     return grid
 
 
@@ -129,8 +186,8 @@ def log_midpoint(space: Mapping[str, ParamSpec]) -> dict[str, int | float]:
         assert spec.low is not None and spec.high is not None
         low, high = float(spec.low), float(spec.high)
         mid = math.sqrt(low * high)
-        if spec.step is not None:
+        if spec.step is not None:  # onto the step, never past the last value the range samples
             step = float(spec.step)
-            mid = low + round((mid - low) / step) * step
+            mid = low + min(round((mid - low) / step), _steps(spec)[2]) * step
         out[name] = round(mid) if name in INT_PARAMS else mid
     return out
