@@ -11,13 +11,18 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import ConfigError, ParamSpec, StudyConfig
 from search.store.records import ENQUEUED_ATTR
 from search.study.budgets import FINISHED_STATES
-from search.study.space import grid_size, grid_values, log_midpoint
+from search.study.space import grid_size, grid_values, log_midpoint, suggest
 
 log = logging.getLogger(__name__)
 
@@ -83,25 +88,52 @@ class TrialSeeded(_Delegating):
         seed: int,
         first: optuna.samplers.BaseSampler,
         fits: Callable[[dict[str, Any]], bool] | None = None,
+        space: Mapping[str, BaseDistribution] | None = None,
     ) -> None:
         self._make = make
         self._seed = seed
         self._inner = first
         self._fits = fits
+        self._space = dict(space or {})
+        self._drawn: tuple[int, dict[str, Any]] = (-1, {})
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._inner = self._make(_seed32(self._seed + trial.number))
+        self._drawn = (-1, {})
         self._inner.before_trial(study, trial)
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
+        """The sampler's relative proposal, checked whole against max_params: the parameters it
+        leaves to independent sampling (CMA-ES: the choices) are drawn now, checked with it and
+        kept for :meth:`sample_independent`, so the check sees every value the trial trains."""
         params = self._inner.sample_relative(study, trial, search_space)
-        if params and self._fits is not None and not self._fits(params):
+        if not params or self._fits is None:
+            return params
+        drawn = {
+            name: self._inner.sample_independent(study, trial, name, dist)
+            for name, dist in self._space.items()
+            if name not in params
+        }
+        if not self._fits({**params, **drawn}):
             message = "trial %d: the sampler proposed params over max_params; sampled at random"
             log.debug(message, trial.number)
             return {}
+        self._drawn = (trial.number, drawn)
         return params
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        number, drawn = self._drawn
+        if number == trial.number and param_name in drawn:
+            return drawn[param_name]
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
 
 
 class SobolStartup(_Delegating):
@@ -166,11 +198,40 @@ def make_sampler(
     if cfg.search.sampler.name in ("grid", "qmc"):
         return _sampler(cfg, _seed32(cfg.seed))
     first = _sampler(cfg, _seed32(cfg.seed))  # fails here on a missing dependency
-    seeded = TrialSeeded(lambda seed: _sampler(cfg, seed), cfg.seed, first, fits)
+    space = distributions(cfg.search.space) if fits is not None else None
+    seeded = TrialSeeded(lambda seed: _sampler(cfg, seed), cfg.seed, first, fits, space)
     if cfg.search.sampler.startup == "sobol" and cfg.search.sampler.name != "random":
         qmc = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=_seed32(cfg.seed))
         return SobolStartup(seeded, qmc, _startup_trials(cfg))
     return seeded
+
+
+class _Recorder:
+    """A stand-in trial that records the distribution of each parameter :func:`suggest` asks for."""
+
+    def __init__(self) -> None:
+        self.distributions: dict[str, BaseDistribution] = {}
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        self.distributions[name] = CategoricalDistribution(choices)
+        return choices[0]
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        self.distributions[name] = IntDistribution(low, high, log=log, step=step)
+        return low
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        self.distributions[name] = FloatDistribution(low, high, log=log, step=step)
+        return low
+
+
+def distributions(space: Mapping[str, ParamSpec]) -> dict[str, BaseDistribution]:
+    """The Optuna distribution of each searched parameter, exactly as the objective suggests it."""
+    recorder = _Recorder()
+    suggest(recorder, space)
+    return recorder.distributions
 
 
 def enqueue_default(study: optuna.Study, cfg: StudyConfig) -> bool:
