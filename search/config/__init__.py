@@ -36,6 +36,7 @@ from search.config._space import (
     PARAM_NAMES,
     ParamSpec,
     is_int_range,
+    sampled_high,
     searchable_fields,
     space_corners,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "mask_url",
     "replace",
     "resumable_fields",
+    "sampled_high",
     "searchable_fields",
     "space_corners",
     "to_dict",

@@ -5,6 +5,7 @@ itself), and the mixes of values a space can sample (:func:`space_corners`)."""
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import itertools
 import types
 from collections.abc import Iterator, Mapping, Sequence
@@ -377,9 +378,22 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
         node, i = child, j
 
 
+def sampled_high(spec: ParamSpec) -> Any:
+    """The highest value a ``low``/``high`` range samples: ``high``, or the last step below it when
+    the step does not divide the range (Optuna's rule, counted in decimals as Optuna does:
+    ``model.stages: {low: 2, high: 3, step: 2}`` samples 2 only)."""
+    assert spec.low is not None and spec.high is not None
+    if spec.step is None:
+        return spec.high
+    low, high, step = (decimal.Decimal(str(v)) for v in (spec.low, spec.high, spec.step))
+    top = low + (high - low) // step * step
+    return int(top) if type(spec.low) is int else float(top)
+
+
 def space_corners(cfg: StudyConfig, paths: Sequence[str]) -> Iterator[dict[str, Any]]:
     """Every mix of the values the dotted config fields ``paths`` can take in ``cfg``'s space:
-    a searched field's choices, fixed value or a range's two ends; an unsearched one its value in
+    a searched field's choices, fixed value or a range's two ends (the top one :func:`sampled_high`,
+    a value the range can sample); an unsearched one its value in
     ``cfg``. For checks across fields, which each searched value passed alone; a range's ends
     suffice where the check is monotone in the field (momentum 0, the net's depth)."""
     values: list[tuple[Any, ...]] = []
@@ -392,6 +406,6 @@ def space_corners(cfg: StudyConfig, paths: Sequence[str]) -> Iterator[dict[str, 
         elif spec.choices is not None:
             values.append(tuple(spec.choices))
         else:
-            values.append((spec.low, spec.high))
+            values.append(tuple(dict.fromkeys((spec.low, sampled_high(spec)))))
     for mix in itertools.product(*values):
         yield dict(zip(paths, mix, strict=True))

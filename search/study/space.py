@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from search.config import INT_PARAMS, PARAM_NAMES, ParamSpec, is_int_range
+from search.config import INT_PARAMS, PARAM_NAMES, ParamSpec, is_int_range, sampled_high
 
 if TYPE_CHECKING:
     from search.config import StudyConfig
@@ -107,8 +107,8 @@ def highest_value(spec: ParamSpec, integer: bool) -> int | float | None:
     """The largest value a stepped range samples when its step does not divide it (else None)."""
     if spec.step is None or spec.low is None or spec.high is None:
         return None
-    low, step, n = _steps(spec)
-    last = int(low + n * step) if integer else float(low + n * step)
+    last = sampled_high(spec)
+    last = int(last) if integer else float(last)
     return None if last == spec.high else last
 
 
