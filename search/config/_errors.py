@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import reprlib
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -82,8 +82,11 @@ def _unknown_key(root: str, loc: tuple[Any, ...], value: Any) -> ConfigError:
     path = ".".join(p for p in (root, _loc_path(loc[:-1]), str(loc[-1])) if p)
     section = field_at(loc[:-1])
     cls = inner(section.annotation) if section is not None else schema_root()
+    if typing.get_origin(cls) in (Mapping, dict):  # a key inside a mapping's value (a space parameter)
+        cls = inner(typing.get_args(cls)[1])
     names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
-    return ConfigError(path, value, "unknown key", f"remove it or use one of: {', '.join(names)}")
+    fix = f"remove it or use one of: {', '.join(names)}" if names else "remove it"
+    return ConfigError(path, value, "unknown key", fix)
 
 
 def _from_pydantic(exc: ValidationError, root: str = "") -> ConfigError:
@@ -102,8 +105,8 @@ def _from_pydantic(exc: ValidationError, root: str = "") -> ConfigError:
     info = field_at(loc)
     fix = extra(info, "x-fix") or _NO_FIX
     if kind == "literal_error" and info is not None:
-        choices = [str(a) for a in typing.get_args(inner(info.annotation))]
-        listed = ", ".join(choices[:-1]) + f" or {choices[-1]}"
+        choices = [str(a) for a in typing.get_args(inner(info.annotation))] or ["a listed value"]
+        listed = ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
         fix = fix if fix != _NO_FIX else f"use one of: {', '.join(choices)}"
         return ConfigError(path, value, extra(info, "x-problem") or f"must be {listed}", fix)
     if kind in _BOUND_ERRORS and info is not None:

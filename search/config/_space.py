@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import decimal
+import functools
 import itertools
 import types
 from collections.abc import Iterator, Mapping, Sequence
@@ -67,8 +68,21 @@ class ParamSpec:
             raise ConfigError("", raw, "a bare list is ambiguous", f"write {{choices: {short_repr(raw)}}}")
         if isinstance(raw, int | float | str):  # true/false too: a fixed value of a bool field
             return {"value": raw}
+        if raw is None or (isinstance(raw, Mapping) and "value" in raw and raw["value"] is None):
+            raise ConfigError(
+                "",
+                raw,
+                "null is not a parameter spec",
+                "give {choices: [...]}, {low: ..., high: ...} or a value, or remove the entry",
+            )
         if isinstance(raw, Mapping):
             keys = set(raw)
+            unknown = [k for k in raw if k not in SPEC_KEYS]
+            if unknown:
+                names = ", ".join(f.name for f in dataclasses.fields(cls))
+                raise ConfigError(
+                    str(unknown[0]), raw[unknown[0]], "unknown key", f"remove it or use one of: {names}"
+                )
             if "value" in keys and len(keys) > 1:
                 raise ConfigError("", dict(raw), "value fixes the parameter", "give value alone")
             if "choices" in keys and (keys & {"low", "high", "step"} or raw.get("log")):
@@ -87,7 +101,9 @@ class ParamSpec:
             if not self.choices:
                 raise ConfigError("choices", [], "expected a non-empty list", "list at least one value")
             if len(set(self.choices)) != len(self.choices):
-                raise ConfigError("choices", list(self.choices), "duplicate choices", "list each value once")
+                raise ConfigError(
+                    "choices", list(self.choices), _duplicates(self.choices), "list each value once"
+                )
         if self.step is not None and self.step <= 0:
             raise ConfigError("step", self.step, "step must be positive", "use step > 0")
         if self.low is not None and self.high is not None:
@@ -101,6 +117,22 @@ class ParamSpec:
             if self.log and self.step is not None:
                 raise ConfigError("", self.as_yaml(), "log and step are exclusive", "drop one of them")
         return self
+
+
+def _duplicates(written: Sequence[Any], keys: Sequence[Any] | None = None) -> str:
+    """``duplicate choices: 8 is listed twice``, or ``2 and 2.0 are the same value``: the first
+    choice equal to an earlier one (compared by ``keys``, default the values)."""
+    keys = written if keys is None else keys
+    for i, key in enumerate(keys):
+        j = next((j for j in range(i) if keys[j] == key), None)
+        if j is not None:
+            a, b = short_repr(written[j]), short_repr(written[i])
+            return (
+                f"duplicate choices: {a} is listed twice"
+                if a == b
+                else f"duplicate choices: {a} and {b} are the same value"
+            )
+    return "duplicate choices"
 
 
 def _fmt_num(v: float) -> str:
@@ -172,6 +204,7 @@ class _Target:
     literal: bool  # a fixed set of values (choices only)
 
 
+@functools.cache
 def searchable_fields() -> tuple[str, ...]:
     """Every dotted config field that ``search.space`` may name (besides the five short names)."""
 
@@ -267,7 +300,10 @@ def _dotted_spec(path: str, spec: ParamSpec) -> ParamSpec:
         choices = tuple(_field_value(target, f"choices[{i}]", v) for i, v in enumerate(spec.choices))
         if len(set(map(repr, choices))) != len(choices):
             raise ConfigError(
-                f"{path}.choices", list(spec.choices), "duplicate choices", "list each value once"
+                f"{path}.choices",
+                list(spec.choices),
+                _duplicates(spec.choices, [repr(c) for c in choices]),
+                "list each value once",
             )
         return dataclasses.replace(spec, choices=choices)
     if target.literal or target.kind not in (int, float):
@@ -296,7 +332,8 @@ def _flat_space(raw: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in raw.items():
         name = f"{prefix}{key}"
-        if name not in PARAM_NAMES and isinstance(value, Mapping) and value and not set(value) & SPEC_KEYS:
+        section = name not in PARAM_NAMES and name not in searchable_fields()
+        if section and isinstance(value, Mapping) and value and not set(value) & SPEC_KEYS:
             inner_space = _flat_space(value, name + ".")
         else:
             inner_space = {name: value}

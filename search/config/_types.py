@@ -47,6 +47,12 @@ def _value(value: Any) -> bool | int | float | str:
     """A searched value as written: a number (finite), a string or true/false; the field decides."""
     if isinstance(value, bool | str):
         return value
+    if value is None:
+        raise ConfigError(
+            "", None, "null is not a value", "remove it (a field's setting none is the string 'none')"
+        )
+    if not isinstance(value, int | float):
+        raise ConfigError("", value, "expected a number, a string or true/false", "write one value, e.g. 0.5")
     return num(value)
 
 
