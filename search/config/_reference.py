@@ -19,11 +19,35 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "convnet-search study config"
     space = schema["$defs"]["SearchConfig"]["properties"]["space"]
-    space["additionalProperties"] = {  # a fixed value, or a spec
-        "anyOf": [{"type": ["number", "string", "boolean"]}, space["additionalProperties"]]
+    schema["$defs"]["SpaceEntry"] = {  # a fixed value, or a spec
+        "anyOf": [{"type": ["number", "string", "boolean"]}, space.pop("additionalProperties")]
     }
+    space.pop("x-fix", None)
+    space.update(_space_names("", [*PARAM_NAMES, *searchable_fields()]))
     _json_bounds(schema)
     return schema
+
+
+def _space_names(prefix: str, names: list[str]) -> dict[str, Any]:
+    """The keys ``search.space`` takes below ``prefix``, as the loader reads them: each name the
+    tool searches (the five, and every searchable field by its dotted path, e.g.
+    ``train.weight_decay``) and the sections on the way to one written nested (``train:
+    {weight_decay: ...}``, ``data: {augment.hflip: ...}``); any other name is refused."""
+    entry = {"$ref": "#/$defs/SpaceEntry"}
+    below = [n[len(prefix) :] for n in names if n.startswith(prefix)]
+    properties: dict[str, Any] = {}
+    for rest in below:
+        parts = rest.split(".")
+        for i in range(1, len(parts)):
+            section = ".".join(parts[:i])
+            if section not in properties:
+                properties[section] = {
+                    "type": "object",
+                    "minProperties": 1,
+                    **_space_names(f"{prefix}{section}.", names),
+                }
+        properties[rest] = entry
+    return {"properties": dict(sorted(properties.items())), "additionalProperties": False}
 
 
 # pydantic writes a nullable integer's bounds under their Python names (``{"ge": 1, "type":

@@ -12,7 +12,7 @@ import types
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, model_validator
 from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
 
@@ -194,7 +194,6 @@ DEFAULT_SPACE: Mapping[str, ParamSpec] = types.MappingProxyType(
 # ``searchable=REASON``, in sections that are neither. Values are checked by the field itself.
 
 SPEC_KEYS = frozenset(f.name for f in dataclasses.fields(ParamSpec))
-SPACE_KEY_PATTERN = r"^(" + "|".join(PARAM_NAMES) + r"|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+)$"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,7 +385,6 @@ Space = Annotated[
     Mapping[str, ParamSpec],
     BeforeValidator(_space_in),
     AfterValidator(_space_out),
-    Field(json_schema_extra={"propertyNames": {"pattern": SPACE_KEY_PATTERN}}),
 ]
 
 

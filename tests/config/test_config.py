@@ -522,14 +522,13 @@ def test_trial_config_applies_dotted_params_only() -> None:
 
 
 def test_schema_takes_dotted_space_keys() -> None:
-    import re
-
-    space = json_schema()["$defs"]["SearchConfig"]["properties"]["space"]
-    pattern = re.compile(space["propertyNames"]["pattern"])
+    schema = json_schema()
+    space = schema["$defs"]["SearchConfig"]["properties"]["space"]
     for key in (*PARAM_NAMES, *searchable_fields()):
-        assert pattern.fullmatch(key), key
-    assert not pattern.fullmatch("depth") and not pattern.fullmatch("train.")
-    fixed = space["additionalProperties"]["anyOf"][0]
+        assert space["properties"][key] == {"$ref": "#/$defs/SpaceEntry"}, key
+    assert "depth" not in space["properties"] and "train." not in space["properties"]
+    assert space["additionalProperties"] is False
+    fixed = schema["$defs"]["SpaceEntry"]["anyOf"][0]
     assert fixed == {"type": ["number", "string", "boolean"]}  # train.optimizer: sgd is a fixed value
 
 
