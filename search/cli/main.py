@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
 
 from search.cli import (
     app,
@@ -47,6 +50,7 @@ def setup_logging(verbosity: int, *, optuna_logs: bool = True) -> None:
         stream=sys.stderr,
         force=True,
     )
+    warnings.showwarning = _log_library_warning
     if not optuna_logs:
         return
     import optuna
@@ -54,6 +58,27 @@ def setup_logging(verbosity: int, *, optuna_logs: bool = True) -> None:
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
     optuna.logging.set_verbosity(logging.WARNING if verbosity <= 0 else logging.INFO)
+
+
+WARNINGS_LOGGER = "search.warnings"
+
+
+def _log_library_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Python warnings, which only libraries raise here (this package logs its own), as one DEBUG
+    line: the user cannot act on them (Optuna's ExperimentalWarning for QMC, CMA-ES not using
+    constraints, a grid value out of range), and those they can are logged in our words where
+    they arise (``search validate`` and ``search run`` warn about the config)."""
+    text = " ".join(str(message).split()) or category.__name__
+    parts = Path(filename).with_suffix("").parts
+    origin = ".".join(parts[parts.index("site-packages") + 1 :]) if "site-packages" in parts else parts[-1]
+    logging.getLogger(WARNINGS_LOGGER).debug("%s (%s:%d): %s", category.__name__, origin, lineno, text)
 
 
 def package_version() -> str:

@@ -295,9 +295,9 @@ def _sampler(cfg: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
     # with max_params, TrialSeeded replaces an over-budget proposal by independent sampling on
     # purpose: the samplers' warning about it (which blames a dynamic search space) is off then
     warn = cfg.search.constraints.max_params is None
-    if s.name == "cmaes":
+    if s.name == "cmaes":  # its choices are sampled independently by design: validate says so once
         _require("cmaes", "search.sampler.name", s.name)
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=warn, **startup)
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, **startup)
     if s.name == "gp":
         _require("scipy", "search.sampler.name", s.name)
         return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=warn, **startup)

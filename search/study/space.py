@@ -114,10 +114,18 @@ def highest_value(spec: ParamSpec, integer: bool) -> int | float | None:
 
 def space_warnings(cfg: StudyConfig) -> list[str]:
     """What ``validate`` and ``run`` warn about the space: each stepped range whose step does not
-    divide it (every sampler, the grid too, stops at the last step below ``high``), and a grid
-    smaller than ``search.n_trials`` (the run ends when every point is tried once)."""
+    divide it (every sampler, the grid too, stops at the last step below ``high``), a grid
+    smaller than ``search.n_trials`` (the run ends when every point is tried once), and choices
+    under CMA-ES (sampled at random: said once here, not by Optuna in every trial)."""
     space = cfg.search.space
     out = []
+    chosen = [n for n in names(space) if space[n].choices is not None and len(space[n].choices or ()) > 1]
+    if cfg.search.sampler.name == "cmaes" and chosen:
+        out.append(
+            f"search.sampler cmaes models number ranges only: {', '.join(chosen)} (choices) "
+            f"{'is' if len(chosen) == 1 else 'are'} sampled at random in every trial. "
+            f"Fix: give {'it a range' if len(chosen) == 1 else 'them ranges'}, or use the tpe or gp sampler"
+        )
     if cfg.search.sampler.name == "grid" and grid_size(space) < cfg.search.n_trials:
         size = grid_size(space)
         out.append(
