@@ -20,15 +20,33 @@ def mask_url(url: str) -> str:
     return re.sub(r"((?:^|://)[^/:@\s]*:)[^/\s]*@", r"\1***@", url)
 
 
+NAME_RULE = (
+    "use ASCII letters (a-z, A-Z), digits, '.', '_' and '-' only, starting with a letter or digit, "
+    "at most 128 characters, no '..' (it names folders under storage/)"
+)
+
+
+def _name_problem(name: str) -> str:
+    """What makes ``name`` unsafe, in a few words (the first character that is not allowed, ...)."""
+    if not name:
+        return "empty"
+    bad = next((c for c in name if not (c.isascii() and (c.isalnum() or c in "_.-"))), None)
+    if bad is not None:
+        kind = "a letter, but not ASCII" if bad.isalpha() else "not allowed"
+        return f"{bad!r} is {kind}"
+    if not name[0].isalnum():
+        return f"starts with {name[0]!r}"
+    if len(name) > 128:
+        return f"{len(name)} characters, more than 128"
+    return "contains '..'"
+
+
 def check_study_name(name: str, field_path: str = "name") -> str:
-    """``name`` if it is safe as a folder name (no ``..``, no separators); ConfigError otherwise."""
+    """``name`` if it is safe as a folder name (no ``..``, no separators); ConfigError otherwise,
+    naming what is wrong with it (e.g. ``'í' is a letter, but not ASCII``) and :data:`NAME_RULE`."""
     if not (isinstance(name, str) and STUDY_NAME_PATTERN.fullmatch(name) and ".." not in name):
-        raise ConfigError(
-            field_path,
-            name,
-            "not a safe study name",
-            "use letters, digits, '.', '_' and '-' only, no '..' (it names folders under storage/)",
-        )
+        problem = _name_problem(name) if isinstance(name, str) else "not a string"
+        raise ConfigError(field_path, name, f"not a safe study name: {problem}", NAME_RULE)
     return name
 
 

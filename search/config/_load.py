@@ -231,7 +231,18 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
     raw = _read_yaml(p)
     from_file = _sets_data_root(raw, overrides)
     raw = apply_overrides(raw, overrides)
-    cfg = config_from_dict(raw, default_name=p.stem)
+    try:
+        cfg = config_from_dict(raw, default_name=p.stem)
+    except ConfigError as exc:
+        if exc.field != "name" or "name" in raw:
+            raise
+        raise ConfigError(  # the name is the file's: say so, and how to give another
+            exc.field,
+            exc.value,
+            exc.problem,
+            f"{exc.fix}; set name: in the file (or rename it)",
+            detail=f"The study is named after the file {p.name}, which sets no name",
+        ) from None
     return locate_data_root(cfg, p.absolute().parent if from_file else None)
 
 
