@@ -352,6 +352,25 @@ class _QuietEndings(logging.Filter):
 _QUIET = _QuietEndings()
 
 
+def _quiet_optuna() -> None:
+    optimize_logger = logging.getLogger("optuna.study._optimize")
+    if _QUIET not in optimize_logger.filters:
+        optimize_logger.addFilter(_QUIET)
+
+
+def _log_grid_end(cfg: StudyConfig, taken: int) -> None:
+    """The line a grid study ends with when its points are used up before ``search.n_trials``."""
+    size = grid_size(cfg.search.space)
+    log.warning(
+        "the grid's %d points are all taken: the study ends with %d finished trials, not "
+        "search.n_trials %d (no point is trained twice). Fix: set search.n_trials to %d, or widen the space",
+        size,
+        taken,
+        cfg.search.n_trials,
+        size,
+    )
+
+
 def _loop(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float],
@@ -368,9 +387,7 @@ def _loop(
     deadline = None if cfg.search.timeout_s is None else time.monotonic() + cfg.search.timeout_s
     grid = cfg.search.space if cfg.search.sampler.name == "grid" else None
     guarded = _Guarded(objective, n, storage, grace, grid)
-    optimize_logger = logging.getLogger("optuna.study._optimize")
-    if _QUIET not in optimize_logger.filters:
-        optimize_logger.addFilter(_QUIET)
+    _quiet_optuna()
     started = 0
     waiting_logged = False
     while True:
@@ -387,15 +404,7 @@ def _loop(
         if finished >= n:
             return started, False
         if grid_used_up:
-            log.warning(
-                "the grid's %d points are all taken: the study ends with %d finished trials, not "
-                "search.n_trials %d (no point is trained twice). Fix: set search.n_trials to %d, "
-                "or widen the space",
-                grid_size(cfg.search.space),
-                finished + live,
-                n,
-                grid_size(cfg.search.space),
-            )
+            _log_grid_end(cfg, finished + live)
             return started, False
         if finished + live >= n:
             if not waiting_logged:
