@@ -24,6 +24,9 @@ def json_schema() -> dict[str, Any]:
     }
     space.pop("x-fix", None)
     space.update(_space_names("", [*PARAM_NAMES, *searchable_fields()]))
+    space["type"] = ["object", "null"]  # null: the default space
+    choices = schema["$defs"]["ParamSpec"]["properties"]["choices"]["anyOf"][0]
+    choices.update(minItems=1, uniqueItems=True)  # as the tool checks them
     _json_bounds(schema)
     return schema
 

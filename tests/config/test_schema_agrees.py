@@ -29,6 +29,8 @@ SPACES: list[tuple[str, dict[str, Any], bool]] = [
     ("unknown-spec-key", {"c1": {"choices": [8], "foo": 1}}, False),
     ("null-choice", {"train.optimizer": {"choices": ["adam", None]}}, False),
     ("empty-section", {"train": {}}, False),
+    ("empty-choices", {"c1": {"choices": []}}, False),
+    ("duplicate-choices", {"c1": {"choices": [8, 8.0]}}, False),
 ]
 
 
@@ -53,6 +55,14 @@ def test_schema_and_validate_agree_on_search_spaces(
     proc = run_cli("validate", "tiny.yaml", cwd=workdir)
     assert (proc.returncode == 0) is ok, proc.stderr
     assert _schema_accepts(schema, cfg) is ok
+
+
+def test_schema_and_validate_agree_on_a_null_space(workdir: Path, schema: dict[str, Any]) -> None:
+    cfg = tiny_config()
+    cfg["search"] = {**cfg["search"], "space": None}  # the default space
+    write_config(workdir / "tiny.yaml", cfg)
+    run_cli("validate", "tiny.yaml", cwd=workdir, check=0)
+    assert _schema_accepts(schema, cfg)
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "study_configs").glob("*.yaml")), ids=lambda p: p.name)
