@@ -25,6 +25,10 @@ N_PARAMS_ATTR = "n_params"  # the model's trainable parameters
 DEVICE_ATTR = "device"  # e.g. "cpu", "cuda:0 (GPU 2)"
 HOST_ATTR = "host"
 PID_ATTR = "pid"
+FAMILY_ATTR = "family"  # the net's family: "convnet/<model.block>" or the torchvision arch ("resnet18")
+UNUSED_PARAMS_ATTR = "unused_params"  # searched params the trial's arch ignores, e.g. ["c1", "c2", "l1"]
+INIT_FROM_LOADED_ATTR = "init_from_loaded"  # model.init_from: tensors loaded from the file
+INIT_FROM_SKIPPED_ATTR = "init_from_skipped"  # tensors left freshly initialised (no name/shape match)
 # budgets (search.constraints)
 LATENCY_ATTR = "latency_ms"  # median batch-1 forward pass (only with max_latency_ms)
 CONSTRAINT_ATTR = "constraint"  # of an over-budget trial: which budget, by how much

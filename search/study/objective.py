@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import torch
 from optuna.trial import TrialState
+from torch import nn
 
-from search.config import ConfigError, PrunerConfig, StudyConfig, space_corners, trial_config
+from search.config import ConfigError, PrunerConfig, StudyConfig, space_corners, trial_config, unused_params
+from search.engine.arch import family
 from search.engine.augment import BatchTransform
 from search.engine.data import folders_written, load_splits
 from search.engine.evaluate import forward_latency_ms
-from search.engine.model import ConvNet, check_input_size, count_parameters
+from search.engine.model import check_input_size, count_parameters
 from search.engine.train import EpochMetrics, FitResult, FitState, StopKind, fit
 from search.store.artifacts import CheckpointStore, StorageFault, WeightStore, check_writable
 from search.store.records import (
@@ -34,6 +36,7 @@ from search.store.records import (
     DEVICE_ATTR,
     EPOCHS_RUN_ATTR,
     FAIL_REASON_ATTR,
+    FAMILY_ATTR,
     HOST_ATTR,
     IMAGES_PER_S_ATTR,
     LATENCY_ATTR,
@@ -45,6 +48,7 @@ from search.store.records import (
     RETRY_HISTORY_SYSTEM_ATTR,
     STOP_REASON_ATTR,
     TRAIN_SECONDS_ATTR,
+    UNUSED_PARAMS_ATTR,
     WEIGHTS_ATTR,
 )
 from search.study.budgets import budget_constraints, over_budget
@@ -228,7 +232,7 @@ class Objective:
         cfg, params = recipe.cfg, dict(recipe.params)
         torch.manual_seed(cfg.seed + trial.number)
         model = recipe.model()
-        self._check_budgets(trial, model, self._record_start(trial, model))
+        self._check_budgets(trial, model, self._record_start(trial, recipe, model))
         checkpoints = CheckpointStore.for_study(cfg.checkpoints_dir, trial.study)
         earlier = retry_history(trial)
         resume = self._resume_state(trial, checkpoints, earlier, params)
@@ -313,17 +317,21 @@ class Objective:
 
         return on_epoch, on_checkpoint
 
-    def _record_start(self, trial: optuna.Trial, model: ConvNet) -> int:
-        """Where and what the trial trains (``search status`` shows host, pid and device); returns
-        the model's parameter count."""
+    def _record_start(self, trial: optuna.Trial, recipe: TrialRecipe, model: nn.Module) -> int:
+        """Where and what the trial trains (``search status`` shows host, pid and device; the
+        family, and the searched params its arch ignores); returns the model's parameter count."""
         n_params = count_parameters(model)
         trial.set_user_attr(N_PARAMS_ATTR, n_params)
+        trial.set_user_attr(FAMILY_ATTR, family(recipe.cfg.model))
+        unused = unused_params(recipe.cfg.model, self.cfg.search.space)
+        if unused:
+            trial.set_user_attr(UNUSED_PARAMS_ATTR, unused)
         trial.set_user_attr(DEVICE_ATTR, device_label(self.device))
         trial.set_user_attr(HOST_ATTR, socket.gethostname())
         trial.set_user_attr(PID_ATTR, os.getpid())
         return n_params
 
-    def _check_budgets(self, trial: optuna.Trial, model: ConvNet, n_params: int) -> None:
+    def _check_budgets(self, trial: optuna.Trial, model: nn.Module, n_params: int) -> None:
         """With ``search.constraints``: store the trial's constraint values; over budget: PRUNED now.
 
         Over budget, the trial costs no training: it raises TrialPruned before any epoch, with
