@@ -133,12 +133,14 @@ def _check_block_mixes(cfg: StudyConfig) -> None:
     inception stage gets at least one channel per branch (c1, c2 >= 4)."""
     paths = (*_BLOCK_PATHS, "c1", "c2")
     space = cfg.search.space
-    searched = [p for p in paths if p in space and not space[p].fixed]
+    searched = [p for p in _BLOCK_PATHS if p in space and not space[p].fixed]
     for mix in space_corners(cfg, paths):
         block, residual, batchnorm, kernel, padding, c1, c2 = mix.values()
         block = "residual" if block == "plain" and residual else block
         problem = block_problem(block, residual, batchnorm, kernel, padding)
-        if problem is None and block == "inception" and min(c1, c2) < INCEPTION_MIN_WIDTH:
+        widths = problem is None and block == "inception" and min(c1, c2) < INCEPTION_MIN_WIDTH
+        if widths:
+            searched += [p for p in WIDTHS[:2] if not space[p].fixed]
             problem = (
                 "c1" if c1 <= c2 else "c2",
                 min(c1, c2),
@@ -176,22 +178,29 @@ def _check_arch(cfg: StudyConfig) -> None:
                 "would train the same net under different names",
                 f"fix it to one value (e.g. {name}: {_example(name)}), or search model.arch with convnet",
             )
+
+
+def check_arch_options(cfg: StudyConfig) -> None:
+    """With a fixed torchvision ``model.arch``, a model section that sets a ConvNet option it
+    ignores is refused (the user's config only: a trial's config, with the arch it sampled, keeps
+    the study's options).
+
+    Raises:
+        ConfigError: naming the option.
+    """
+    archs = {mix["model.arch"] for mix in space_corners(cfg, ("model.arch",))}
+    if "convnet" in archs:
+        return
+    arch = sorted(archs)[0]
     default = type(cfg.model)()
     for name in CONVNET_ONLY:
-        if name != "block" and getattr(cfg.model, name) != getattr(default, name):
+        if getattr(cfg.model, name) != getattr(default, name):
             raise ConfigError(
                 f"model.{name}",
                 getattr(cfg.model, name),
                 f"model.arch {arch} has its own blocks and head and ignores model.{name}",
                 f"drop model.{name}, or use model.arch: convnet",
             )
-    if cfg.model.block != "plain":
-        raise ConfigError(
-            "model.block",
-            cfg.model.block,
-            f"model.arch {arch} has its own blocks and ignores model.block",
-            "drop model.block, or use model.arch: convnet",
-        )
 
 
 def _example(name: str) -> Any:

@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import annotated_types
-from pydantic import model_validator
+from pydantic import ValidationInfo, model_validator
 from pydantic.dataclasses import dataclass
 
 from search.config._checks import block_problem, nesterov_without_momentum
-from search.config._errors import ConfigError
+from search.config._errors import ALONE, ConfigError
 from search.config._fields import DATA_FIXED, SECTION, SPEED, field
 from search.config._types import (
     ArchName,
@@ -252,7 +252,9 @@ class ModelConfig:
 
     @model_validator(mode="before")
     @classmethod
-    def _residual_is_a_block(cls, raw: Any) -> Any:
+    def _residual_is_a_block(cls, raw: Any, info: ValidationInfo) -> Any:
+        if info.context and info.context.get(ALONE):
+            return raw
         if (
             isinstance(raw, Mapping)
             and raw.get("residual") is True
@@ -267,9 +269,11 @@ class ModelConfig:
         return raw
 
     @model_validator(mode="after")
-    def _block_options(self) -> ModelConfig:
+    def _block_options(self, info: ValidationInfo) -> ModelConfig:
         if self.residual and self.block == "plain":  # ModelConfig(residual=True) from code
             object.__setattr__(self, "block", "residual")
+        if info.context and info.context.get(ALONE):
+            return self
         problem = block_problem(self.block, self.residual, self.batchnorm, self.kernel_size, self.padding)
         if problem is not None:
             raise ConfigError(*problem)

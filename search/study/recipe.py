@@ -24,7 +24,15 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from search.config import ConfigError, ModelConfig, StudyConfig, trial_config
+from search.config import (
+    DEFAULT_SPACE,
+    ConfigError,
+    ModelConfig,
+    ParamSpec,
+    SearchConfig,
+    StudyConfig,
+    trial_config,
+)
 from search.engine.arch import build_model
 from search.engine.augment import BatchTransform, channel_stats
 from search.engine.data import Splits
@@ -142,9 +150,12 @@ class TrialRecipe:
     @classmethod
     def of_net(cls, model: ModelConfig, widths: Sequence[int], data: DataFacts) -> TrialRecipe:
         """The recipe of a net known only by its model options, widths and data (an export folder):
-        the default config with that model section; nothing to train with but ``widths``."""
-        c1, c2, l1 = (int(v) for v in widths)
-        return cls(dataclasses.replace(StudyConfig(), model=model), {"c1": c1, "c2": c2, "l1": l1}, data)
+        the default config with that model section and those widths fixed; nothing to train with
+        but ``widths``."""
+        fixed = dict(zip(("c1", "c2", "l1"), (int(v) for v in widths), strict=True))
+        space = {**DEFAULT_SPACE, **{k: ParamSpec(value=v) for k, v in fixed.items()}}
+        search = dataclasses.replace(SearchConfig(), space=space)
+        return cls(dataclasses.replace(StudyConfig(), model=model, search=search), fixed, data)
 
     @property
     def widths(self) -> Widths:

@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from search.config import ConfigError, ModelConfig, config_from_dict
+from search.config import ConfigError, ModelConfig, check_inputs, config_from_dict
 from search.engine.arch import SMALL_INPUT, TORCHVISION, build_model, family
 from search.engine.blocks import DepthwiseStage, InceptionStage
 from search.engine.model import count_parameters, min_input_size
@@ -162,8 +162,10 @@ def test_resnet18_with_its_widths_searched_is_refused() -> None:
                 "search": {"space": {**fixed, "model.block": {"choices": ["plain", "residual"]}}},
             }
         )
-    with pytest.raises(ConfigError, match=r"ignores model\.stages"):
-        config_from_dict({"model": {"arch": "resnet18", "stages": 3}, "search": {"space": fixed}})
+    with pytest.raises(ConfigError, match=r"ignores model\.stages"):  # the user's config (validate, run)
+        check_inputs(
+            config_from_dict({"model": {"arch": "resnet18", "stages": 3}, "search": {"space": fixed}})
+        )
     assert (
         config_from_dict({"model": {"arch": "resnet18"}, "search": {"space": fixed}}).model.arch == "resnet18"
     )
