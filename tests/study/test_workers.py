@@ -22,9 +22,9 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import ConfigError, ModelConfig, TrainConfig, config_from_dict, to_dict
+from search.engine.arch import build_model
 from search.engine.augment import AugmentSpec, BatchTransform
 from search.engine.data import ImageSet
-from search.engine.arch import build_model
 from search.engine.train import fit
 from search.study.objective import device_label
 from search.study.study import CONFIG_ATTR, RetryStale, make_storage, running_trials
