@@ -29,7 +29,13 @@ from search.engine.arch import family, family_title
 from search.engine.augment import BatchTransform
 from search.engine.data import DataError, printable_name, read_image
 from search.store.artifacts import UnreadableFile, load_tensors, tensor_bytes
-from search.store.records import BEST_EPOCH_ATTR, EPOCHS_RUN_ATTR
+from search.store.records import (
+    BEST_EPOCH_ATTR,
+    EPOCHS_RUN_ATTR,
+    FAMILY_ATTR,
+    INIT_FROM_LOADED_ATTR,
+    INIT_FROM_SKIPPED_ATTR,
+)
 from search.study.recipe import DataFacts, RecipeError, TrialRecipe, load_weights_into
 
 EXPORT_FORMAT = 1
@@ -61,6 +67,8 @@ def export_config(study_name: str, trial: FrozenTrial, recipe: TrialRecipe) -> d
         "config": to_dict(cfg),  # the trial's full study config
         "val_accuracy": trial.value,
         "best_epoch": trial.user_attrs.get(BEST_EPOCH_ATTR),
+        "family": trial.user_attrs.get(FAMILY_ATTR, family(cfg.model)),
+        "init_from": _init_from(cfg.model.init_from, trial.user_attrs),
         "epochs_run": trial.user_attrs.get(EPOCHS_RUN_ATTR),
         "dataset": {
             "name": cfg.data.dataset,
@@ -155,7 +163,7 @@ def model_card(config: Mapping[str, Any], n_params: int, folder: str = ".") -> s
 | | |
 | --- | --- |
 | family | {_family(m)} |
-| architecture | {architecture(m, config["in_shape"])} |
+{_init_row(config.get("init_from"))}| architecture | {architecture(m, config["in_shape"])} |
 | dropout | {m["dropout"]} (off in eval mode) |
 | parameters | {n_params:,} |
 | validation accuracy | {config["val_accuracy"]:.4f} |
@@ -178,6 +186,27 @@ probs = model(transform(images_uint8_nchw, train=False)).softmax(1)
 Or from the command line: `search predict {folder} IMAGE...`.
 The weights alone are a plain state_dict: `torch.load("{WEIGHTS_FILE}", weights_only=True)`.
 """
+
+
+def _init_from(path: str | None, attrs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """config.json's ``init_from``: the file the trial started from and how much of it loaded."""
+    if path is None:
+        return None
+    return {
+        "path": path,
+        "loaded": attrs.get(INIT_FROM_LOADED_ATTR),
+        "skipped": attrs.get(INIT_FROM_SKIPPED_ATTR),
+    }
+
+
+def _init_row(init: Any) -> str:
+    """The card's ``initialised from`` row (empty for a net trained from scratch)."""
+    if not isinstance(init, Mapping):
+        return ""
+    return (
+        f"| initialised from | {init['path']} ({init['loaded']} tensors loaded, {init['skipped']} "
+        "freshly initialised) |\n"
+    )
 
 
 def _family(m: Mapping[str, Any]) -> str:

@@ -12,7 +12,8 @@ from __future__ import annotations
 # --------------------------------------------------------------------------- study user attrs
 
 CONFIG_ATTR = "config"  # the study config it was created with (``search run``), as a dict
-DATA_ATTR = "data"  # the data facts: in_shape, classes, mean, std, n_train, n_val
+DATA_ATTR = "data"  # the data facts: in_shape, classes, mean, std, n_train, n_val (+ INIT_FROM_SHA256_KEY)
+INIT_FROM_SHA256_KEY = "init_from_sha256"  # in DATA_ATTR: the content hash of model.init_from's file
 CHECKPOINT_KEY_ATTR = "checkpoint_key"  # folder name of the study's checkpoints (not its name)
 CONFIRM_ATTR = "confirm"  # the summary of the last complete ``search confirm`` (winner, verdict)
 CONFIRM_RUN_PREFIX = "confirm_run:"  # + "<trial>:seed<i>" / "<trial>:fold<i>of<F>": one re-training

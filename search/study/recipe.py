@@ -37,6 +37,7 @@ from search.engine.arch import build_model
 from search.engine.augment import BatchTransform, channel_stats
 from search.engine.data import Splits
 from search.engine.model import Widths
+from search.engine.weights import InitCounts, load_matching, no_match_error, read_init_state
 from search.errors import InputError
 from search.store.artifacts import UnreadableFile, WeightStore
 from search.store.records import DATA_ATTR, WEIGHTS_ATTR
@@ -174,6 +175,25 @@ class TrialRecipe:
         small for it)."""
         c1, c2, l1 = self.widths
         return build_model(self.cfg.model, c1, c2, l1, self.data.in_shape, self.data.n_classes)
+
+    def initial_model(
+        self, state: Mapping[str, torch.Tensor] | None = None
+    ) -> tuple[nn.Module, InitCounts | None]:
+        """A fresh net as a trial starts training it: with ``model.init_from``, the file's matching
+        tensors loaded (``state``: the file already read) and how many; else ``(model(), None)``.
+
+        Raises:
+            InitFromError: the file cannot be read, or none of its tensors fits this net.
+        """
+        model = self.model()
+        path = self.cfg.model.init_from
+        if path is None:
+            return model, None
+        state = state if state is not None else read_init_state(path)
+        counts = load_matching(model, state)
+        if counts.loaded == 0:
+            raise no_match_error(path, model, state)
+        return model, counts
 
     def transform(self) -> BatchTransform:
         """The training transform: the trial's augmentation and memory format, the data's normalisation."""
