@@ -223,6 +223,8 @@ class Objective:
         earlier = retry_history(trial)
         resume = self._resume_state(trial, checkpoints, earlier, params)
         board = self._trial_log(trial, params, resume)
+        if board is not None:
+            board.graph(model, self.in_shape)
         on_epoch, on_checkpoint = self._callbacks(trial, cfg, params, checkpoints, board)
         keep_checkpoint = False
         ended, value = "FAIL", None  # how the trial ended, for its TensorBoard hparams
