@@ -154,3 +154,17 @@ def test_budgets_know_each_familys_size_before_training(tmp_path: Path) -> None:
             assert t.user_attrs["constraint"] == f"n_params {sizes[block]} > max_params {limit}"
         else:
             assert t.state == TrialState.COMPLETE
+
+
+def test_the_bundled_families_study_crosses_the_four_blocks_with_resnet18() -> None:
+    from search.config import check_inputs, load_config
+    from search.study.space import grid_size
+    from tests.conftest import REPO
+
+    cfg = load_config(REPO / "study_configs" / "families.yaml")
+    check_inputs(cfg)  # what validate and run check first
+    space = cfg.search.space
+    assert space["model.block"].choices == tuple(BLOCKS)
+    assert space["model.arch"].choices == ("convnet", "resnet18")
+    assert cfg.search.sampler.name == "grid" and grid_size(space) == cfg.search.n_trials == 8
+    assert cfg.data.dataset == "imagefolder" and Path(cfg.data.root).name == "cifar10-sample"
