@@ -37,7 +37,7 @@ from search.engine.arch import build_model
 from search.engine.augment import BatchTransform, channel_stats
 from search.engine.data import Splits
 from search.engine.model import Widths
-from search.engine.weights import InitCounts, load_matching, no_match_error, read_init_state
+from search.engine.weights import InitCounts, load_matching, read_init_state
 from search.errors import InputError
 from search.store.artifacts import UnreadableFile, WeightStore
 from search.store.records import DATA_ATTR, WEIGHTS_ATTR
@@ -181,19 +181,17 @@ class TrialRecipe:
     ) -> tuple[nn.Module, InitCounts | None]:
         """A fresh net as a trial starts training it: with ``model.init_from``, the file's matching
         tensors loaded (``state``: the file already read) and how many; else ``(model(), None)``.
+        A sampled family the file does not fit at all (checked before the study: it fits some
+        net of the space) starts fresh, ``loaded`` 0.
 
         Raises:
-            InitFromError: the file cannot be read, or none of its tensors fits this net.
+            InitFromError: the file cannot be read (when ``state`` is not given).
         """
         model = self.model()
         path = self.cfg.model.init_from
         if path is None:
             return model, None
-        state = state if state is not None else read_init_state(path)
-        counts = load_matching(model, state)
-        if counts.loaded == 0:
-            raise no_match_error(path, model, state)
-        return model, counts
+        return model, load_matching(model, state if state is not None else read_init_state(path))
 
     def transform(self) -> BatchTransform:
         """The training transform: the trial's augmentation and memory format, the data's normalisation."""
