@@ -2,8 +2,8 @@
 
 The file is read once with ``torch.load(weights_only=True)`` (:func:`read_init_state`), so a file
 carrying pickled code is refused, never run. It may be a plain state_dict (an export's
-``best.pt``, the artifact store's weights, ``torch.save(model.state_dict(), PATH)`` of e.g.
-torchvision weights) or a dict that wraps one under ``model`` / ``state_dict`` /
+``best.pt``, or the export folder itself; the artifact store's weights;
+``torch.save(model.state_dict(), PATH)`` of e.g. torchvision weights) or a dict that wraps one under ``model`` / ``state_dict`` /
 ``model_state_dict`` (a resume checkpoint, many training scripts' files). :func:`load_matching`
 loads the tensors whose names and shapes match the net's and leaves the rest freshly initialised
 (a classifier for another class count, a stem for other channels), and says how many of each.
@@ -24,6 +24,7 @@ from torch import nn
 from search.errors import InputError
 from search.store.files import UnreadableFile, load_tensors
 
+EXPORT_WEIGHTS = "best.pt"  # an export folder's weights: the folder may be given instead
 WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")  # where wrapped files keep the state_dict
 FIX = (
     "give a file saved with torch.save(model.state_dict(), PATH) (e.g. an export's best.pt), or set "
@@ -44,10 +45,16 @@ class InitCounts:
     skipped: int
 
 
+def init_file(path: str | Path) -> Path:
+    """The file ``model.init_from`` names: the path itself, or an export folder's ``best.pt``."""
+    folder_weights = Path(path) / EXPORT_WEIGHTS
+    return folder_weights if Path(path).is_dir() and folder_weights.is_file() else Path(path)
+
+
 def file_sha256(path: str | Path) -> str:
     """The file's SHA-256 (hex): the init file's identity in the study's experiment."""
     digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
+    with init_file(path).open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -67,7 +74,7 @@ def read_init_state(path: str | Path) -> dict[str, torch.Tensor]:
     """
     where = f"model.init_from: {path}"
     try:
-        obj = load_tensors(Path(path))
+        obj = load_tensors(init_file(path))
     except UnreadableFile as exc:
         raise InitFromError(f"{where} cannot be used: {exc}. Fix: {FIX}") from exc
     except OSError as exc:

@@ -177,3 +177,23 @@ def test_every_torchvision_arch_is_a_config_choice() -> None:
     from search.config._types import ArchName
 
     assert set(typing.get_args(ArchName)) == {"convnet", *TORCHVISION}
+
+
+@pytest.mark.parametrize("block", ["plain", "residual", "depthwise"])
+@pytest.mark.parametrize(("kernel_size", "padding"), [(1, 0), (5, 2), (7, 1)])
+def test_kernel_size_padding_and_dropout_combine_with_every_block_but_inception(
+    block: str, kernel_size: int, padding: int
+) -> None:
+    cfg = ModelConfig(
+        block=block,  # type: ignore[arg-type]
+        kernel_size=kernel_size,  # type: ignore[arg-type]
+        padding=padding,  # type: ignore[arg-type]
+        batchnorm=True,
+        dropout=(0.2, 0.4),
+    )
+    model = build_model(cfg, 4, 8, 8, (3, 32, 32), 3)
+    assert {
+        m.kernel_size for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)
+    } <= {(kernel_size, kernel_size)}
+    assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] == [0.2, 0.4]
+    _step(model, 32)

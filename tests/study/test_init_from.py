@@ -42,6 +42,7 @@ def test_a_4_class_export_starts_a_5_class_study_head_skipped(
     assert main(["export", "four", "--out", "four-export"]) == 0
     exported = workdir / "four-export" / "best.pt"
     state = read_init_state(exported)
+    assert read_init_state(workdir / "four-export").keys() == state.keys()  # the folder: its best.pt
     config = _config(workdir, "five", 5, init_from=str(exported))
     assert main(["validate", str(config)]) == 0
     assert main(["run", str(config), "--device", "cpu"]) == 0
