@@ -242,10 +242,10 @@ class ModelConfig:
     )
     init_from: Str | None = field(
         default=None,
-        doc="a state_dict file (plain tensors, e.g. an export's best.pt or the export folder, or saved "
-        "torchvision weights) every trial starts from: tensors whose names and shapes match are loaded, the rest stay freshly "
-        "initialised. Its content is part of the experiment (a changed file is a config difference on "
-        "resume)",
+        doc="a state_dict file (plain tensors: an export's best.pt or the export folder, saved "
+        "torchvision weights) every trial starts from: tensors whose names and shapes match are "
+        "loaded, the rest stay freshly initialised. Its content is part of the experiment (a changed "
+        "file is a config difference on resume)",
         fix="give a .pt file of tensors, or null",
         searchable="it is a file read once before the study starts",
     )
