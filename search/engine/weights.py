@@ -4,10 +4,10 @@ The file is read once with ``torch.load(weights_only=True)`` (:func:`read_init_s
 carrying pickled code is refused, never run. It may be a plain state_dict (an export's
 ``best.pt``, or the export folder itself; the artifact store's weights;
 ``torch.save(model.state_dict(), PATH)`` of e.g. torchvision weights) or a dict that wraps one
-under ``model`` / ``state_dict`` / ``model_state_dict`` (a resume checkpoint, many training scripts' files). :func:`load_matching`
-loads the tensors whose names and shapes match the net's and leaves the rest freshly initialised
-(a classifier for another class count, a stem for other channels), and says how many of each.
-Its content hash (:func:`file_sha256`) is part of the study's experiment. Does not import optuna.
+under ``model`` / ``state_dict`` / ``model_state_dict`` (a resume checkpoint, many training
+scripts' files). :func:`load_matching` loads the tensors whose names and shapes match the net's
+and leaves the rest freshly initialised (a classifier for another class count, a stem for other
+channels), and says how many of each. Its content hash (:func:`file_sha256`) is part of the study's experiment. Does not import optuna.
 """
 
 from __future__ import annotations
