@@ -7,7 +7,8 @@ carrying pickled code is refused, never run. It may be a plain state_dict (an ex
 under ``model`` / ``state_dict`` / ``model_state_dict`` (a resume checkpoint, many training
 scripts' files). :func:`load_matching` loads the tensors whose names and shapes match the net's
 and leaves the rest freshly initialised (a classifier for another class count, a stem for other
-channels), and says how many of each. Its content hash (:func:`file_sha256`) is part of the study's experiment. Does not import optuna.
+channels), and says how many of each. Its content hash (:func:`file_sha256`) is part of the
+study's experiment. Does not import optuna.
 """
 
 from __future__ import annotations
