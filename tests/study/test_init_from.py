@@ -118,3 +118,22 @@ def test_the_export_records_where_the_trials_started(workdir: Path) -> None:
     assert exported["init_from"] == {"path": str(workdir / "e" / "best.pt"), "loaded": loaded, "skipped": 0}
     card = (workdir / "e2" / "README.md").read_text()
     assert f"| initialised from | {workdir / 'e' / 'best.pt'} ({loaded} tensors loaded, 0 freshly" in card
+
+
+def test_a_sampled_family_the_file_does_not_fit_starts_fresh(tmp_path: Path) -> None:
+    from search.config import config_from_dict
+    from search.study.recipe import DataFacts, TrialRecipe
+
+    path = tmp_path / "convnet.pt"
+    torch.save(build_model(ModelConfig(), 4, 8, 16, (1, 8, 8), 3).state_dict(), path)
+    space = {"model.arch": {"choices": ["convnet", "resnet18"]}}
+    cfg = config_from_dict({"model": {"init_from": str(path)}, "search": {"space": space}})
+    data = DataFacts((1, 8, 8), ("a", "b", "c"), (0.5,), (0.5,))
+    widths = {"c1": 4, "c2": 8, "l1": 16}
+    _, convnet = TrialRecipe.of(cfg, {**widths, "model.arch": "convnet"}, data).initial_model()
+    model, resnet = TrialRecipe.of(cfg, {**widths, "model.arch": "resnet18"}, data).initial_model()
+    assert convnet is not None and (convnet.loaded, convnet.skipped) == (
+        len(torch.load(path, weights_only=True)),
+        0,
+    )
+    assert resnet is not None and (resnet.loaded, resnet.skipped) == (0, len(model.state_dict()))
