@@ -265,3 +265,20 @@ def test_search_efficiency_quick(tmp_path: Path) -> None:
     assert png_size(plot)[1] > 0 and out[-2] == f"plot: {plot}"
     assert re.fullmatch(r"goals, defaults, digits: grid best within 0\.5x .*: (yes|no) \(.*\)", out[-1])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the studies went to a temporary folder
+
+
+def test_families_quick(tmp_path: Path) -> None:
+    out = lines(run_bench("families.py", "--quick", cwd=tmp_path))
+    assert out[0].startswith("machine: ") and out[1].startswith("before: load average")
+    assert out[-1].startswith("after: load average")
+    rows = table_rows(out)
+    assert [r[0] for r in rows[1:]] == [
+        "convnet/plain",
+        "convnet/residual",
+        "convnet/depthwise",
+        "convnet/inception",
+        "resnet18, small-input stem",
+    ]
+    params = {r[0]: int(r[2].replace(",", "")) for r in rows[1:]}
+    assert params["convnet/depthwise"] < params["convnet/plain"] < params["resnet18, small-input stem"]
+    assert all(r[1] == "16" and float(r[3]) > 0 and float(r[4]) > 0 for r in rows[1:])

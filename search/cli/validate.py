@@ -19,6 +19,10 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     check_inputs(cfg)  # what can be checked without reading data (the same check `run` makes)
+    if cfg.model.init_from is not None:  # readable, plain tensors (run also checks they fit the net)
+        from search.engine.weights import read_init_state
+
+        read_init_state(cfg.model.init_from)
     from search.study.preflight import preflight
     from search.study.space import grid_size
 

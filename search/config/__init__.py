@@ -15,7 +15,7 @@ input checks), ``_load`` (YAML, overrides, copies), ``_reference`` (JSON Schema,
 Other code imports only from ``search.config``.
 """
 
-from search.config._checks import check_study_name, mask_url
+from search.config._checks import check_study_name, mask_url, unused_params
 from search.config._errors import ConfigError, build
 from search.config._fields import default_of, resumable_fields
 from search.config._inputs import check_inputs, locate_data_root
@@ -85,5 +85,6 @@ __all__ = [
     "space_corners",
     "to_dict",
     "trial_config",
+    "unused_params",
     "with_overrides",
 ]

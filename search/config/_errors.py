@@ -126,13 +126,18 @@ def _from_pydantic(exc: ValidationError, root: str = "") -> ConfigError:
     return ConfigError(path, value, problem, fix)
 
 
-def build(cls: type[Any], raw: Any, root: str = "") -> Any:
+ALONE = "alone"  # validation context of build(alone=True): field checks only
+
+
+def build(cls: type[Any], raw: Any, root: str = "", *, alone: bool = False) -> Any:
     """Validate ``raw`` as config section ``cls``.
 
     Args:
         cls: a config class (:class:`StudyConfig` or one of its sections).
         raw: its plain mapping (None: all defaults).
         root: the section's dotted path, prefixed to the field a ConfigError names.
+        alone: one searched value checked with the other fields at their defaults: checks across
+            fields are skipped (``check_space_mixes`` checks the space's real mixes).
 
     Returns:
         The validated, frozen ``cls`` instance.
@@ -141,7 +146,8 @@ def build(cls: type[Any], raw: Any, root: str = "") -> Any:
         ConfigError: the first problem, as one line naming ``root``.field, the value and the fix.
     """
     try:
-        return adapter(cls).validate_python({} if raw is None else raw)
+        context = {ALONE: True} if alone else None
+        return adapter(cls).validate_python({} if raw is None else raw, context=context)
     except ValidationError as exc:
         raise _from_pydantic(exc, root) from None
     except RecursionError as exc:

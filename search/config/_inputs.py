@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from search.config._checks import check_arch_options
 from search.config._errors import ConfigError
 from search.config._study import StudyConfig
 
@@ -69,6 +70,7 @@ def check_inputs(cfg: StudyConfig) -> None:
         ConfigError: an imagefolder's data.root is not a folder; for a relative root the message
             names every place it was looked for.
     """
+    check_arch_options(cfg)
     if cfg.data.dataset == "imagefolder" and not Path(cfg.data.root).is_dir():
         looked = getattr(cfg, _LOOKED_IN, None) or _places(cfg.data.root, None)
         where = " and ".join(str(place.resolve()) for place in looked)

@@ -3,16 +3,28 @@ synthetic images), the model and the training loop."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 import annotated_types
-from pydantic import model_validator
+from pydantic import ValidationInfo, model_validator
 from pydantic.dataclasses import dataclass
 
-from search.config._checks import nesterov_without_momentum
-from search.config._errors import ConfigError
+from search.config._checks import block_problem, nesterov_without_momentum
+from search.config._errors import ALONE, ConfigError
 from search.config._fields import DATA_FIXED, SECTION, SPEED, field
-from search.config._types import Bool, Dataset, Float, Int, LrScheduleName, OptimizerName, Str, list_of
+from search.config._types import (
+    ArchName,
+    BlockName,
+    Bool,
+    Dataset,
+    Float,
+    Int,
+    LrScheduleName,
+    OptimizerName,
+    Str,
+    list_of,
+)
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -209,9 +221,63 @@ class ModelConfig:
     batchnorm: Bool = field(default=False, doc="BatchNorm2d after each conv", fix="write true or false")
     residual: Bool = field(
         default=False,
-        doc="each stage a residual block: its two convs plus a 1x1 projection shortcut",
+        doc="each stage a residual block: its two convs plus a 1x1 projection shortcut (the same as "
+        "block: residual, which it sets)",
         fix="write true or false",
     )
+    block: BlockName = field(
+        default="plain",
+        doc="what each stage is: plain (two convs), residual (plus a 1x1 projection shortcut), "
+        "depthwise (MobileNet v1: depthwise k x k + pointwise 1x1, each with BatchNorm and ReLU; needs "
+        "batchnorm: true), inception (GoogLeNet v1: 1x1; 1x1-3x3; 1x1-5x5; pool-1x1, concatenated to the "
+        "stage width; needs kernel_size 3 and padding 1). c1, c2 and l1 keep their meaning",
+        problem="unknown block",
+    )
+    arch: ArchName = field(
+        default="convnet",
+        doc="the net: convnet (this section's options, widths c1/c2/l1) or resnet18 (torchvision's "
+        "ResNet-18 from scratch, its own widths; 3x3 stride-1 stem without max pool for images up to "
+        "64 px). resnet18 ignores c1, c2, l1 and the other options here",
+        problem="unknown architecture",
+    )
+    init_from: Str | None = field(
+        default=None,
+        doc="a state_dict file (plain tensors: an export's best.pt or the export folder, saved "
+        "torchvision weights) every trial starts from: tensors whose names and shapes match are "
+        "loaded, the rest stay freshly initialised. Its content is part of the experiment (a changed "
+        "file is a config difference on resume)",
+        fix="give a .pt file of tensors, or null",
+        searchable="it is a file read once before the study starts",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _residual_is_a_block(cls, raw: Any, info: ValidationInfo) -> Any:
+        if info.context and info.context.get(ALONE):
+            return raw
+        if (
+            isinstance(raw, Mapping)
+            and raw.get("residual") is True
+            and raw.get("block", "residual") != "residual"
+        ):
+            raise ConfigError(
+                "block",
+                raw["block"],
+                "contradicts residual: true (which means block: residual)",
+                "drop model.residual, or write block: residual",
+            )
+        return raw
+
+    @model_validator(mode="after")
+    def _block_options(self, info: ValidationInfo) -> ModelConfig:
+        if self.residual and self.block == "plain":  # ModelConfig(residual=True) from code
+            object.__setattr__(self, "block", "residual")
+        if info.context and info.context.get(ALONE):
+            return self
+        problem = block_problem(self.block, self.residual, self.batchnorm, self.kernel_size, self.padding)
+        if problem is not None:
+            raise ConfigError(*problem)
+        return self
 
 
 @dataclass(frozen=True, config=SECTION)

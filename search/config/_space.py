@@ -278,7 +278,7 @@ def _field_value(target: _Target, sub: str, value: Any) -> Any:
     raw: dict[str, Any] = {}
     set_dotted(raw, target.path, value)
     try:
-        built = build(schema_root(), raw)  # the other fields at their defaults; the space the default one
+        built = build(schema_root(), raw, alone=True)  # the other fields at their defaults
     except ConfigError as exc:
         raise ConfigError(".".join(p for p in (target.path, sub) if p), value, exc.problem, exc.fix) from None
     return read_dotted(built, target.path)

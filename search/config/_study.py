@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, model_validator
+from pydantic import BeforeValidator, ValidationInfo, model_validator
 from pydantic.dataclasses import dataclass
 
 from search.config._checks import check_space_mixes, check_study_name, mask_url
-from search.config._errors import ConfigError
+from search.config._errors import ALONE, ConfigError
 from search.config._fields import BOOKKEEPING, SECTION, field
 from search.config._sections import DataConfig, ModelConfig, TrainConfig
 from search.config._space import DEFAULT_SPACE, Space, is_int_range
@@ -264,6 +264,7 @@ class StudyConfig:
     )
 
     @model_validator(mode="after")
-    def _space_keeps_train_valid(self) -> StudyConfig:
-        check_space_mixes(self)
+    def _space_keeps_train_valid(self, info: ValidationInfo) -> StudyConfig:
+        if not (info.context and info.context.get(ALONE)):  # a searched value checked alone
+            check_space_mixes(self)
         return self

@@ -17,9 +17,14 @@ SamplerName = Literal["tpe", "random", "grid", "cmaes", "qmc", "gp"]
 OptimizerName = Literal["adam", "adamw", "sgd"]
 LrScheduleName = Literal["constant", "cosine", "onecycle"]
 PrunerName = Literal["median", "percentile", "successive_halving", "hyperband", "none"]
+BlockName = Literal["plain", "residual", "depthwise", "inception"]
+# the configurable ConvNet, then torchvision classifiers (each one entry in engine/arch.py's table)
+ArchName = Literal["convnet", "resnet18"]
 DATASETS: tuple[str, ...] = typing.get_args(Dataset)
 SAMPLERS: tuple[str, ...] = typing.get_args(SamplerName)
 PRUNERS: tuple[str, ...] = typing.get_args(PrunerName)
+BLOCKS: tuple[str, ...] = typing.get_args(BlockName)
+ARCHS: tuple[str, ...] = typing.get_args(ArchName)
 
 
 def _int_in(value: Any) -> Any:

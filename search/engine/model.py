@@ -3,8 +3,10 @@
 Stage i has two ``kernel_size`` convs (ReLU after each, BatchNorm2d before the ReLU with
 ``batchnorm``), then optional 2x2 pooling, then dropout: ``dropout[0]`` after every stage but the
 last, ``dropout[1]`` after the last. The last stage's second conv has stride 2. Widths are c1, c2,
-then doubling (c2·2, c2·4, …). With ``residual`` each stage is a block whose output is
-ReLU(convs(x) + 1x1 projection(x)), the shortcut sampled at the pixels the convs centre on. The
+then doubling (c2·2, c2·4, …). ``block`` picks what a stage is (:mod:`search.engine.blocks`):
+plain convs; residual (ReLU(convs(x) + 1x1 projection(x)), the shortcut sampled at the pixels the
+convs centre on); depthwise-separable (MobileNet v1); an Inception module (GoogLeNet v1). Every
+block has the plain stage's geometry, so sizes and minimum inputs are the same for all. The
 head is flatten (or global average pooling with ``head="global_avg"``) → BatchNorm1d →
 Linear(→l1) → ReLU → Linear(→n_classes).
 
@@ -21,10 +23,16 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from search.config import ConfigError, ModelConfig
+from search.engine.blocks import (
+    DepthwiseStage,
+    GlobalAvgPool,
+    InceptionStage,
+    ResidualStage,
+    plain_layers,
+)
 from search.errors import InputError
 
 KERNEL = 3
@@ -119,52 +127,6 @@ class InputTooSmallError(InputError):
     """The input images are smaller than the net's minimum for its options."""
 
 
-class GlobalAvgPool(nn.Module):
-    """[N, C, H, W] → [N, C]: the mean over each channel's pixels."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=(2, 3))
-
-
-class ResidualStage(nn.Module):
-    """ReLU(body(x) + projection(x)): body is the stage's two convs; the 1x1 projection sees the
-    input pixels the body's outputs centre on (so any padding, kernel and stride line up)."""
-
-    def __init__(
-        self,
-        c_in: int,
-        c_out: int,
-        kernel: int,
-        padding: int,
-        stride: int,
-        batchnorm: bool,
-        out_hw: tuple[int, int],
-    ) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel, padding=padding)]
-        layers += [nn.BatchNorm2d(c_out)] if batchnorm else []
-        layers += [nn.ReLU(inplace=True), nn.Conv2d(c_out, c_out, kernel, padding=padding, stride=stride)]
-        layers += [nn.BatchNorm2d(c_out)] if batchnorm else []
-        self.body = nn.Sequential(*layers)
-        self.shortcut = nn.Sequential(
-            nn.Conv2d(c_in, c_out, 1, bias=not batchnorm), *([nn.BatchNorm2d(c_out)] if batchnorm else [])
-        )
-        # body output j is centred on input pixel j*stride + shift (shift < 0: the convs pad wider
-        # than they reach, so the shortcut pads its input with zeros too)
-        shift = kernel - 1 - 2 * padding
-        self.pad = max(0, -shift)
-        self.start = shift + self.pad
-        self.stride = stride
-        self.out_hw = out_hw
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_in = F.pad(x, (self.pad,) * 4) if self.pad else x
-        (h, w), s, a = self.out_hw, self.stride, self.start
-        sampled = x_in[:, :, a : a + (h - 1) * s + 1 : s, a : a + (w - 1) * s + 1 : s]
-        out: torch.Tensor = F.relu(self.body(x) + self.shortcut(sampled))
-        return out
-
-
 class Widths(NamedTuple):
     """The searched widths of a net: the first two stages' channels and the hidden layer's units."""
 
@@ -221,8 +183,8 @@ class ConvNet(nn.Module):
 def _feature_layers(
     cfg: ModelConfig, channels: int, widths: Sequence[int], hw: tuple[int, int]
 ) -> tuple[list[nn.Module], tuple[int, int]]:
-    """The stages' modules, in order, and the spatial size they leave (module names as ever, so
-    old weights load)."""
+    """The stages' modules (``cfg.block``'s, see :mod:`search.engine.blocks`), in order, and the
+    spatial size they leave (plain: module names as ever, so old weights load)."""
     layers: list[nn.Module] = []
     c_in, k, pad = channels, cfg.kernel_size, cfg.padding
     for i, c_out in enumerate(widths):
@@ -232,13 +194,14 @@ def _feature_layers(
             _conv_out(_conv_out(hw[0], k, pad, 1), k, pad, stride),
             _conv_out(_conv_out(hw[1], k, pad, 1), k, pad, stride),
         )
-        if cfg.residual:
+        if cfg.block == "residual":
             layers.append(ResidualStage(c_in, c_out, k, pad, stride, cfg.batchnorm, hw))
+        elif cfg.block == "depthwise":
+            layers.append(DepthwiseStage(c_in, c_out, k, pad, stride, first=i == 0))
+        elif cfg.block == "inception":
+            layers.append(InceptionStage(c_in, c_out, stride, cfg.batchnorm))
         else:
-            for conv_in, conv_stride in ((c_in, 1), (c_out, stride)):
-                layers.append(nn.Conv2d(conv_in, c_out, k, padding=pad, stride=conv_stride))
-                layers += [nn.BatchNorm2d(c_out)] if cfg.batchnorm else []
-                layers.append(nn.ReLU(inplace=True))
+            layers += plain_layers(c_in, c_out, k, pad, stride, cfg.batchnorm)
         if cfg.pool != "none":
             layers.append(nn.MaxPool2d(2) if cfg.pool == "max" else nn.AvgPool2d(2))
             hw = (hw[0] // 2, hw[1] // 2)

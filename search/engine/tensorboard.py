@@ -3,8 +3,9 @@
 Optional (extra ``[tensorboard]``): this module is imported only when ``train.tensorboard`` is
 on, ``search run --tensorboard`` / ``search finetune --tensorboard`` ask for it, or for
 ``search tensorboard``. Each trial writes one run, ``<tensorboard_dir>/<study>/trial-<n>/``:
-per epoch (the step is the epoch number) ``loss/train``, ``loss/val``, ``accuracy/train``,
-``accuracy/val``, ``lr`` and ``images_per_s``, and when it ends, however it ends (complete,
+its net's graph (traced once, as it starts), per epoch (the step is the epoch number)
+``loss/train``, ``loss/val``, ``accuracy/train``, ``accuracy/val``, ``lr`` and ``images_per_s``,
+and when it ends, however it ends (complete,
 pruned, failed, interrupted), its hparams: the trial's params, its state and final metrics
 (``hparam/*``). A trial that resumes an earlier attempt's checkpoint first writes that attempt's
 epochs from the checkpoint's history, so its curve starts at epoch 1 and continues where the
@@ -17,7 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,6 +115,24 @@ class RunLog:
         self.best_val_acc = max(self.best_val_acc, float(metrics.val_acc))
         self.last = metrics
         self.epochs = max(self.epochs, step)
+
+    def graph(self, model: Any, in_shape: Sequence[int]) -> None:
+        """The net's graph (TensorBoard's Graphs tab), traced on two all-zero images in eval mode
+        (no BatchNorm statistic changes, no random numbers drawn); a net that cannot be traced
+        is logged and left out."""
+        import torch
+
+        was_training = model.training
+        device = next(model.parameters()).device
+        try:
+            model.eval()
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # add_graph traces with torch.jit
+                self.writer.add_graph(model, torch.zeros((2, *in_shape), device=device))
+        except (RuntimeError, ValueError, TypeError) as exc:  # tracing is best-effort
+            log.warning("no TensorBoard graph of this net: %s", str(exc).splitlines()[0][:200])
+        finally:
+            model.train(was_training)
 
     def history(self, epochs: Iterable[Any]) -> None:
         """Write epochs run before (a resumed attempt's checkpointed history)."""

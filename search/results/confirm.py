@@ -186,7 +186,7 @@ def _train_once(
     """Train one fresh model as the study's objective does; (value, best_epoch, epochs_run, reason)."""
     recipe = recipe.with_data(data.facts)
     torch.manual_seed(seed)
-    model = recipe.model()
+    model, _ = recipe.initial_model()  # model.init_from: the trial started from that file too
     log.debug("confirm model: %d parameters", count_parameters(model))
 
     def on_epoch(epoch: int, _metrics: Any) -> None:

@@ -22,13 +22,20 @@ from typing import Any
 
 import torch
 from optuna.trial import FrozenTrial
+from torch import nn
 
-from search.config import ModelConfig, build, to_dict
+from search.config import ConfigError, ModelConfig, build, to_dict
+from search.engine.arch import family, family_title
 from search.engine.augment import BatchTransform
 from search.engine.data import DataError, printable_name, read_image
-from search.engine.model import ConvNet
 from search.store.artifacts import UnreadableFile, load_tensors, tensor_bytes
-from search.store.records import BEST_EPOCH_ATTR, EPOCHS_RUN_ATTR
+from search.store.records import (
+    BEST_EPOCH_ATTR,
+    EPOCHS_RUN_ATTR,
+    FAMILY_ATTR,
+    INIT_FROM_LOADED_ATTR,
+    INIT_FROM_SKIPPED_ATTR,
+)
 from search.study.recipe import DataFacts, RecipeError, TrialRecipe, load_weights_into
 
 EXPORT_FORMAT = 1
@@ -60,6 +67,8 @@ def export_config(study_name: str, trial: FrozenTrial, recipe: TrialRecipe) -> d
         "config": to_dict(cfg),  # the trial's full study config
         "val_accuracy": trial.value,
         "best_epoch": trial.user_attrs.get(BEST_EPOCH_ATTR),
+        "family": trial.user_attrs.get(FAMILY_ATTR, family(cfg.model)),
+        "init_from": _init_from(cfg.model.init_from, trial.user_attrs),
         "epochs_run": trial.user_attrs.get(EPOCHS_RUN_ATTR),
         "dataset": {
             "name": cfg.data.dataset,
@@ -72,12 +81,16 @@ def export_config(study_name: str, trial: FrozenTrial, recipe: TrialRecipe) -> d
     }
 
 
-def architecture(m: Mapping[str, Any]) -> str:
-    """One line describing an export's ``model`` entry (options missing in old exports: defaults)."""
+def architecture(m: Mapping[str, Any], in_shape: Sequence[int] = (3, 32, 32)) -> str:
+    """One line describing an export's ``model`` entry (options missing in old exports: defaults)
+    for images of ``in_shape`` (a torchvision arch's stem depends on their size)."""
     g = {**{f.name: f.default for f in dataclasses.fields(ModelConfig)}, **m}
+    if g["arch"] != "convnet":
+        return family_title(ModelConfig(arch=g["arch"]), in_shape)
+    blocks = "" if g["block"] in ("plain", "residual") else f", {g['block']} blocks"
     text = (
         f"ConvNet c1={g['c1']} c2={g['c2']} l1={g['l1']}, padding {g['padding']}, {g['stages']} stages, "
-        f"kernel {g['kernel_size']}, pool {g['pool']}, head {g['head']}"
+        f"kernel {g['kernel_size']}, pool {g['pool']}, head {g['head']}{blocks}"
     )
     return text + "".join(f", {k}" for k in ("batchnorm", "residual") if g[k])
 
@@ -107,8 +120,8 @@ def recipe_of_config(config: Mapping[str, Any], where: str = CONFIG_FILE) -> Tri
     return TrialRecipe.of_net(options, widths, DataFacts((c, h, w), tuple(map(str, classes)), mean, std))
 
 
-def build_from_config(config: Mapping[str, Any]) -> ConvNet:
-    """A fresh (untrained) ConvNet with the architecture recorded in an export's config."""
+def build_from_config(config: Mapping[str, Any]) -> nn.Module:
+    """A fresh (untrained) net with the architecture recorded in an export's config."""
     recipe = recipe_of_config(config)
     try:
         return recipe.model()
@@ -149,7 +162,8 @@ def model_card(config: Mapping[str, Any], n_params: int, folder: str = ".") -> s
 
 | | |
 | --- | --- |
-| architecture | {architecture(m)} |
+| family | {_family(m)} |
+{_init_row(config.get("init_from"))}| architecture | {architecture(m, config["in_shape"])} |
 | dropout | {m["dropout"]} (off in eval mode) |
 | parameters | {n_params:,} |
 | validation accuracy | {config["val_accuracy"]:.4f} |
@@ -172,6 +186,35 @@ probs = model(transform(images_uint8_nchw, train=False)).softmax(1)
 Or from the command line: `search predict {folder} IMAGE...`.
 The weights alone are a plain state_dict: `torch.load("{WEIGHTS_FILE}", weights_only=True)`.
 """
+
+
+def _init_from(path: str | None, attrs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """config.json's ``init_from``: the file the trial started from and how much of it loaded."""
+    if path is None:
+        return None
+    return {
+        "path": path,
+        "loaded": attrs.get(INIT_FROM_LOADED_ATTR),
+        "skipped": attrs.get(INIT_FROM_SKIPPED_ATTR),
+    }
+
+
+def _init_row(init: Any) -> str:
+    """The card's ``initialised from`` row (empty for a net trained from scratch)."""
+    if not isinstance(init, Mapping):
+        return ""
+    return (
+        f"| initialised from | {init['path']} ({init['loaded']} tensors loaded, {init['skipped']} "
+        "freshly initialised) |\n"
+    )
+
+
+def _family(m: Mapping[str, Any]) -> str:
+    """The card's family: ``convnet/<block>`` or the arch (old exports: their plain/residual net)."""
+    try:
+        return family(build(ModelConfig, {k: v for k, v in m.items() if k not in WIDTHS}, "model"))
+    except ConfigError:
+        return "?"
 
 
 def _finetune_section(ft: Mapping[str, Any]) -> str:
@@ -273,7 +316,7 @@ def read_export_config(folder: str | Path) -> dict[str, Any]:
 
 def load_export(
     folder: str | Path, device: str | torch.device = "cpu"
-) -> tuple[ConvNet, BatchTransform, dict[str, Any]]:
+) -> tuple[nn.Module, BatchTransform, dict[str, Any]]:
     """The exported model (eval mode, on ``device``), its input transform and its config."""
     config = read_export_config(folder)
     weights = Path(folder) / WEIGHTS_FILE
@@ -316,7 +359,7 @@ def load_images(paths: Sequence[str | Path], config: Mapping[str, Any]) -> torch
 
 
 @torch.no_grad()
-def predict_tensor(model: ConvNet, transform: BatchTransform, images: torch.Tensor) -> torch.Tensor:
+def predict_tensor(model: nn.Module, transform: BatchTransform, images: torch.Tensor) -> torch.Tensor:
     """Class probabilities [N, n_classes] for uint8 images."""
     model.eval()
     device = next(model.parameters()).device

@@ -37,8 +37,10 @@ import optuna
 import pandas as pd
 import torch
 from optuna.artifacts import upload_artifact
+from torch import nn
 
 from search.config import ConfigError, FinetuneConfig, StudyConfig, TrainConfig, with_overrides
+from search.engine.arch import first_conv
 from search.engine.augment import BatchTransform
 from search.engine.data import ImageSet, Splits, load_splits, printable_name
 from search.engine.evaluate import (
@@ -50,7 +52,7 @@ from search.engine.evaluate import (
     plot_predictions,
 )
 from search.engine.inference import eval_batch_size, predict_logits, validate
-from search.engine.model import ConvNet, count_parameters
+from search.engine.model import count_parameters
 from search.engine.train import EpochMetrics, FitResult, fit
 from search.results.export_folder import export_config, model_card, write_export_folder
 from search.store.artifacts import WeightStore, check_writable, save_atomic
@@ -202,7 +204,7 @@ def _tune(
 
 
 def _fit(
-    model: ConvNet,
+    model: nn.Module,
     train: ImageSet,
     val: ImageSet,
     recipe: TrialRecipe,
@@ -345,7 +347,7 @@ def _board(
 def _write_test_files(
     folder: Path,
     study_name: str,
-    model: ConvNet,
+    model: nn.Module,
     metrics: TestMetrics,
     test: ImageSet,
     predicted: tuple[torch.Tensor, torch.Tensor],
@@ -359,13 +361,13 @@ def _write_test_files(
     pd.DataFrame(metrics.per_class).to_csv(folder / "per_class.csv", index=False)
     plot_confusion(metrics, folder / "confusion.png", f"{study_name}: test accuracy {metrics.accuracy:.3f}")
     plot_predictions(test.images, test.labels, pred, conf, classes, folder / "predictions.png", seed=seed)
-    plot_filters(model.first_conv.weight, folder / "filters.png")
+    plot_filters(first_conv(model).weight, folder / "filters.png")
 
 
 def _start_accuracy(
     study: optuna.Study,
     trial: optuna.trial.FrozenTrial,
-    model: ConvNet,
+    model: nn.Module,
     val: ImageSet,
     transform: BatchTransform,
     cfg: StudyConfig,

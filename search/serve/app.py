@@ -147,7 +147,7 @@ class Predictor:
             )
         return (
             f"### {c.get('study', '?')}: trial {c.get('trial', '?')}{' (fine-tuned)' if ft else ''}\n\n"
-            f"{architecture(m)} on **{d.get('name', '?')}** "
+            f"{architecture(m, c['in_shape'])} on **{d.get('name', '?')}** "
             f"({len(c['classes'])} classes, input {shape}, colour mode {c.get('color_mode', '?')}); "
             f"validation accuracy **{acc_text}**{tested}."
         )

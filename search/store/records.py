@@ -12,7 +12,8 @@ from __future__ import annotations
 # --------------------------------------------------------------------------- study user attrs
 
 CONFIG_ATTR = "config"  # the study config it was created with (``search run``), as a dict
-DATA_ATTR = "data"  # the data facts: in_shape, classes, mean, std, n_train, n_val
+DATA_ATTR = "data"  # the data facts: in_shape, classes, mean, std, n_train, n_val (+ INIT_FROM_SHA256_KEY)
+INIT_FROM_SHA256_KEY = "init_from_sha256"  # in DATA_ATTR: the content hash of model.init_from's file
 CHECKPOINT_KEY_ATTR = "checkpoint_key"  # folder name of the study's checkpoints (not its name)
 CONFIRM_ATTR = "confirm"  # the summary of the last complete ``search confirm`` (winner, verdict)
 CONFIRM_RUN_PREFIX = "confirm_run:"  # + "<trial>:seed<i>" / "<trial>:fold<i>of<F>": one re-training
@@ -25,6 +26,10 @@ N_PARAMS_ATTR = "n_params"  # the model's trainable parameters
 DEVICE_ATTR = "device"  # e.g. "cpu", "cuda:0 (GPU 2)"
 HOST_ATTR = "host"
 PID_ATTR = "pid"
+FAMILY_ATTR = "family"  # the net's family: "convnet/<model.block>" or the torchvision arch ("resnet18")
+UNUSED_PARAMS_ATTR = "unused_params"  # searched params the trial's arch ignores, e.g. ["c1", "c2", "l1"]
+INIT_FROM_LOADED_ATTR = "init_from_loaded"  # model.init_from: tensors loaded from the file
+INIT_FROM_SKIPPED_ATTR = "init_from_skipped"  # tensors left freshly initialised (no name/shape match)
 # budgets (search.constraints)
 LATENCY_ATTR = "latency_ms"  # median batch-1 forward pass (only with max_latency_ms)
 CONSTRAINT_ATTR = "constraint"  # of an over-budget trial: which budget, by how much

@@ -19,12 +19,19 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import torch
 from optuna.trial import TrialState
+from torch import nn
 
-from search.config import ConfigError, PrunerConfig, StudyConfig, space_corners, trial_config
+from search.config import (
+    ConfigError,
+    PrunerConfig,
+    StudyConfig,
+    unused_params,
+)
+from search.engine.arch import family
 from search.engine.augment import BatchTransform
 from search.engine.data import folders_written, load_splits
 from search.engine.evaluate import forward_latency_ms
-from search.engine.model import ConvNet, check_input_size, count_parameters
+from search.engine.model import count_parameters
 from search.engine.train import EpochMetrics, FitResult, FitState, StopKind, fit
 from search.store.artifacts import CheckpointStore, StorageFault, WeightStore, check_writable
 from search.store.records import (
@@ -34,8 +41,12 @@ from search.store.records import (
     DEVICE_ATTR,
     EPOCHS_RUN_ATTR,
     FAIL_REASON_ATTR,
+    FAMILY_ATTR,
     HOST_ATTR,
     IMAGES_PER_S_ATTR,
+    INIT_FROM_LOADED_ATTR,
+    INIT_FROM_SHA256_KEY,
+    INIT_FROM_SKIPPED_ATTR,
     LATENCY_ATTR,
     N_PARAMS_ATTR,
     PID_ATTR,
@@ -45,10 +56,12 @@ from search.store.records import (
     RETRY_HISTORY_SYSTEM_ATTR,
     STOP_REASON_ATTR,
     TRAIN_SECONDS_ATTR,
+    UNUSED_PARAMS_ATTR,
     WEIGHTS_ATTR,
 )
 from search.study.budgets import budget_constraints, over_budget
 from search.study.failures import DeviceFailure, describe_failure, free_memory, is_device_fatal
+from search.study.fits import check_space_fits, read_init_from
 from search.study.recipe import TrialRecipe, data_facts
 from search.study.space import params_of, suggest
 
@@ -69,35 +82,6 @@ def retry_history(trial: optuna.Trial) -> list[int]:
         if t.number == trial.number:
             return [int(n) for n in t.system_attrs.get(RETRY_HISTORY_SYSTEM_ATTR, [])]
     return []
-
-
-# the model options that decide the smallest input the net accepts
-_GEOMETRY = ("model.stages", "model.pool", "model.padding", "model.kernel_size")
-
-
-def check_space_fits(cfg: StudyConfig, in_shape: tuple[int, int, int]) -> None:
-    """ConfigError unless every net the space can sample accepts ``in_shape``.
-
-    Checks every mix of the searched model options that change the net's geometry (finite
-    choices; a ``model.stages`` range by its two ends: more stages never need smaller images), so
-    ``model.stages: {choices: [2, 3, 4]}`` too deep for 8x8 digits is refused before any study
-    exists instead of failing its trials one by one. With none of them searched, the study's own
-    model settings are checked.
-    """
-    searched = [k for k in _GEOMETRY if k in cfg.search.space]
-    if not searched:
-        check_input_size(cfg.model, in_shape)
-        return
-    for mix in space_corners(cfg, _GEOMETRY):
-        try:
-            check_input_size(trial_config(cfg, mix).model, in_shape)
-        except ConfigError as exc:
-            raise ConfigError(
-                f"search.space.{searched[0]}",
-                ", ".join(f"{k}={mix[k]}" for k in searched),
-                f"a net this space can sample does not fit: {exc.problem}",
-                f"narrow {', '.join(searched)} in search.space to nets that fit, or use larger images",
-            ) from None
 
 
 def device_label(device: torch.device) -> str:
@@ -161,12 +145,15 @@ class Objective:
         self.in_shape = self.data.in_shape
         self.n_classes = self.data.n_classes
         self.transform = TrialRecipe(cfg, {}, self.data).transform()  # the study's; trials reuse it
+        self.init_state, self.init_sha256 = read_init_from(cfg, self.data)
         self.train = splits.train.to(device)
         self.val = splits.val.to(device)
 
     def data_attrs(self) -> dict[str, Any]:
-        """What the study records about its data (to rebuild the model and its input later)."""
-        return self.data.to_attr()
+        """What the study records about its data (to rebuild the model and its input later), and
+        the content hash of ``model.init_from`` (a changed file is another experiment on resume)."""
+        extra = {} if self.init_sha256 is None else {INIT_FROM_SHA256_KEY: self.init_sha256}
+        return {**self.data.to_attr(), **extra}
 
     def recipe(self, params: dict[str, Any]) -> TrialRecipe:
         """The recipe of the trial with ``params`` (the study's config with its dotted ones applied)."""
@@ -227,12 +214,17 @@ class Objective:
         recipe = self.recipe(suggest(trial, self.cfg.search.space))
         cfg, params = recipe.cfg, dict(recipe.params)
         torch.manual_seed(cfg.seed + trial.number)
-        model = recipe.model()
-        self._check_budgets(trial, model, self._record_start(trial, model))
+        model, init = recipe.initial_model(self.init_state)
+        self._check_budgets(trial, model, self._record_start(trial, recipe, model))
+        if init is not None:
+            trial.set_user_attr(INIT_FROM_LOADED_ATTR, init.loaded)
+            trial.set_user_attr(INIT_FROM_SKIPPED_ATTR, init.skipped)
         checkpoints = CheckpointStore.for_study(cfg.checkpoints_dir, trial.study)
         earlier = retry_history(trial)
         resume = self._resume_state(trial, checkpoints, earlier, params)
         board = self._trial_log(trial, params, resume)
+        if board is not None:
+            board.graph(model, self.in_shape)
         on_epoch, on_checkpoint = self._callbacks(trial, cfg, params, checkpoints, board)
         keep_checkpoint = False
         ended, value = "FAIL", None  # how the trial ended, for its TensorBoard hparams
@@ -313,17 +305,21 @@ class Objective:
 
         return on_epoch, on_checkpoint
 
-    def _record_start(self, trial: optuna.Trial, model: ConvNet) -> int:
-        """Where and what the trial trains (``search status`` shows host, pid and device); returns
-        the model's parameter count."""
+    def _record_start(self, trial: optuna.Trial, recipe: TrialRecipe, model: nn.Module) -> int:
+        """Where and what the trial trains (``search status`` shows host, pid and device; the
+        family, and the searched params its arch ignores); returns the model's parameter count."""
         n_params = count_parameters(model)
         trial.set_user_attr(N_PARAMS_ATTR, n_params)
+        trial.set_user_attr(FAMILY_ATTR, family(recipe.cfg.model))
+        unused = unused_params(recipe.cfg.model, self.cfg.search.space)
+        if unused:
+            trial.set_user_attr(UNUSED_PARAMS_ATTR, unused)
         trial.set_user_attr(DEVICE_ATTR, device_label(self.device))
         trial.set_user_attr(HOST_ATTR, socket.gethostname())
         trial.set_user_attr(PID_ATTR, os.getpid())
         return n_params
 
-    def _check_budgets(self, trial: optuna.Trial, model: ConvNet, n_params: int) -> None:
+    def _check_budgets(self, trial: optuna.Trial, model: nn.Module, n_params: int) -> None:
         """With ``search.constraints``: store the trial's constraint values; over budget: PRUNED now.
 
         Over budget, the trial costs no training: it raises TrialPruned before any epoch, with

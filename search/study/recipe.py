@@ -3,11 +3,12 @@
 A trial is three things: its study's config with its dotted params applied (``trial_config``),
 its params (the five short names and the dotted ones, by Optuna name) and the facts of the data
 it trained on (input shape, classes, normalisation: the study's user attr ``data``). From those,
-:class:`TrialRecipe` builds its net (``build_convnet``) and its transforms. Everyone who builds a
-trial's net goes through it: the objective (a new trial), ``confirm`` (the same trial, new seeds
-or folds), ``finetune`` and ``export`` (a finished trial, with :func:`load_trial`: its recipe and
-its best-epoch weights from the artifact store), and ``predict`` and the app (an export folder:
-:meth:`TrialRecipe.of_net`). A trial or export that cannot be rebuilt raises :class:`RecipeError`.
+:class:`TrialRecipe` builds its net (``build_model``: any ``model.arch`` and ``model.block``) and
+its transforms. Everyone who builds a trial's net goes through it: the objective (a new trial),
+``confirm`` (the same trial, new seeds or folds), ``finetune`` and ``export`` (a finished trial,
+with :func:`load_trial`: its recipe and its best-epoch weights from the artifact store), and
+``predict`` and the app (an export folder: :meth:`TrialRecipe.of_net`). A trial or export that
+cannot be rebuilt raises :class:`RecipeError`.
 """
 
 from __future__ import annotations
@@ -21,11 +22,22 @@ from typing import Any
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
+from torch import nn
 
-from search.config import ConfigError, ModelConfig, StudyConfig, trial_config
+from search.config import (
+    DEFAULT_SPACE,
+    ConfigError,
+    ModelConfig,
+    ParamSpec,
+    SearchConfig,
+    StudyConfig,
+    trial_config,
+)
+from search.engine.arch import build_model
 from search.engine.augment import BatchTransform, channel_stats
 from search.engine.data import Splits
-from search.engine.model import ConvNet, Widths, build_convnet
+from search.engine.model import Widths
+from search.engine.weights import InitCounts, load_matching, read_init_state
 from search.errors import InputError
 from search.store.artifacts import UnreadableFile, WeightStore
 from search.store.records import DATA_ATTR, WEIGHTS_ATTR
@@ -139,9 +151,12 @@ class TrialRecipe:
     @classmethod
     def of_net(cls, model: ModelConfig, widths: Sequence[int], data: DataFacts) -> TrialRecipe:
         """The recipe of a net known only by its model options, widths and data (an export folder):
-        the default config with that model section; nothing to train with but ``widths``."""
-        c1, c2, l1 = (int(v) for v in widths)
-        return cls(dataclasses.replace(StudyConfig(), model=model), {"c1": c1, "c2": c2, "l1": l1}, data)
+        the default config with that model section and those widths fixed; nothing to train with
+        but ``widths``."""
+        fixed = dict(zip(("c1", "c2", "l1"), (int(v) for v in widths), strict=True))
+        space = {**DEFAULT_SPACE, **{k: ParamSpec(value=v) for k, v in fixed.items()}}
+        search = dataclasses.replace(SearchConfig(), space=space)
+        return cls(dataclasses.replace(StudyConfig(), model=model, search=search), fixed, data)
 
     @property
     def widths(self) -> Widths:
@@ -155,10 +170,28 @@ class TrialRecipe:
     def batch_size(self) -> int:
         return int(self.params["batch_size"])
 
-    def model(self) -> ConvNet:
-        """A fresh net (ConfigError, naming the option, when the input is too small for it)."""
+    def model(self) -> nn.Module:
+        """A fresh net of the trial's family (ConfigError, naming the option, when the input is too
+        small for it)."""
         c1, c2, l1 = self.widths
-        return build_convnet(self.cfg.model, c1, c2, l1, self.data.in_shape, self.data.n_classes)
+        return build_model(self.cfg.model, c1, c2, l1, self.data.in_shape, self.data.n_classes)
+
+    def initial_model(
+        self, state: Mapping[str, torch.Tensor] | None = None
+    ) -> tuple[nn.Module, InitCounts | None]:
+        """A fresh net as a trial starts training it: with ``model.init_from``, the file's matching
+        tensors loaded (``state``: the file already read) and how many; else ``(model(), None)``.
+        A sampled family the file does not fit at all (checked before the study: it fits some
+        net of the space) starts fresh, ``loaded`` 0.
+
+        Raises:
+            InitFromError: the file cannot be read (when ``state`` is not given).
+        """
+        model = self.model()
+        path = self.cfg.model.init_from
+        if path is None:
+            return model, None
+        return model, load_matching(model, state if state is not None else read_init_state(path))
 
     def transform(self) -> BatchTransform:
         """The training transform: the trial's augmentation and memory format, the data's normalisation."""
@@ -240,7 +273,7 @@ def trial_weights(study: optuna.Study, trial: FrozenTrial, cfg: StudyConfig) -> 
         ) from exc
 
 
-def load_weights_into(model: ConvNet, state: Any, path: Path | str) -> None:
+def load_weights_into(model: nn.Module, state: Any, path: Path | str) -> None:
     """``model.load_state_dict(state)``; RecipeError naming ``path`` when they do not fit."""
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise RecipeError(f"{path} is not a state_dict of tensors. Fix: export the study again")
@@ -259,7 +292,7 @@ class RebuiltTrial:
 
     trial: FrozenTrial
     recipe: TrialRecipe
-    model: ConvNet  # on the CPU, in training mode, as built
+    model: nn.Module  # on the CPU, in training mode, as built
     weights_path: Path  # where the weights came from (the artifact store's file)
 
 

@@ -29,7 +29,7 @@ from search.config import (
 )
 from search.errors import InputError
 from search.store.artifacts import ensure_checkpoint_key
-from search.store.records import CONFIG_ATTR, DATA_ATTR
+from search.store.records import CONFIG_ATTR, DATA_ATTR, INIT_FROM_SHA256_KEY
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 # config's fields (``x-resumable``), never listed here.
 RESUMABLE_FIELDS = resumable_fields()
 # Data facts that must match: what the stored weights and trial values were computed on.
-DATA_FIELDS = ("in_shape", "classes")
+DATA_FIELDS = ("in_shape", "classes", INIT_FROM_SHA256_KEY)  # and model.init_from's content
 
 
 class ResumeConflict(InputError):
@@ -89,7 +89,7 @@ def data_diff(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     return [
         f"data {key}: stored {json.dumps(stored.get(key))}, now {json.dumps(new.get(key))}"
         for key in DATA_FIELDS
-        if key in stored and stored.get(key) != new.get(key)
+        if (key in stored or key in new) and stored.get(key) != new.get(key)
     ]
 
 

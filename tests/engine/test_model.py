@@ -91,7 +91,19 @@ def test_build_convnet_passes_every_model_option() -> None:
     cfg = ModelConfig(padding=2, dropout=(0.2, 0.3), stages=3, kernel_size=5, pool="avg", head="global_avg")
     model = build_convnet(cfg, 4, 8, 8, (3, 32, 32), 3)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    assert options == {"padding", "dropout", "stages", "kernel_size", "pool", "head", "batchnorm", "residual"}
+    assert options == {
+        "padding",
+        "dropout",
+        "stages",
+        "kernel_size",
+        "pool",
+        "head",
+        "batchnorm",
+        "residual",
+        "block",  # tests/engine/test_blocks.py
+        "arch",  # tests/engine/test_blocks.py
+        "init_from",  # tests/engine/test_weights.py
+    }
     assert [(c.out_channels, c.kernel_size, c.padding, c.stride) for c in convs] == [
         (4, (5, 5), (2, 2), (1, 1)),
         (4, (5, 5), (2, 2), (1, 1)),

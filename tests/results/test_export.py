@@ -64,7 +64,11 @@ def test_export_cli_writes_weights_config_and_card(digits: tuple[Path, optuna.St
         "head": "flatten",
         "batchnorm": False,
         "residual": False,
+        "block": "plain",
+        "arch": "convnet",
+        "init_from": None,
     }
+    assert config["family"] == "convnet/plain" and config["init_from"] is None
     assert config["in_shape"] == [1, 8, 8] and config["color_mode"] == "L"
     assert config["classes"] == [str(i) for i in range(10)] and config["n_classes"] == 10
     data = study.user_attrs["data"]

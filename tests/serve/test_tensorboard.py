@@ -252,3 +252,36 @@ def test_other_addresses_warn() -> None:
     assert server_warning("127.0.0.1", 6006) is None
     warning = server_warning("0.0.0.0", 6006)
     assert warning is not None and "ssh -L 6006:127.0.0.1:6006" in warning
+
+
+@pytest.mark.parametrize(
+    ("model", "node"),
+    [
+        ({"block": "plain"}, "Conv2d"),
+        ({"block": "residual"}, "ResidualStage"),
+        ({"block": "depthwise", "batchnorm": True}, "SeparableConv"),
+        ({"block": "inception"}, "InceptionStage"),
+        ({"arch": "resnet18"}, "BasicBlock"),
+    ],
+)
+def test_every_family_writes_its_graph(tmp_path: Path, model: dict[str, Any], node: str) -> None:
+    from tests.studies import build_study, study_config
+
+    raw = study_config(tmp_path, train={"epochs": 1, "patience": 1, "tensorboard": True})
+    raw["tensorboard_dir"] = str(tmp_path / "tb")
+    raw["data"] = {
+        **raw["data"],
+        "dataset": "synthetic",
+        "synthetic": {"shape": [1, 8, 8], "n_classes": 3, "n_samples": 60},
+    }
+    raw["model"] = {**raw["model"], **model}
+    raw["search"] = {
+        **raw["search"],
+        "n_trials": 1,
+        "space": {"c1": 4, "c2": 8, "l1": 8, "lr": 0.01, "batch_size": 16},
+    }
+    study = build_study(raw)
+    acc = EventAccumulator(str(tmp_path / "tb" / study.study_name / "trial-0"))
+    acc.Reload()
+    names = [n.name for n in acc.Graph().node]
+    assert any(node in name for name in names), names[:20]

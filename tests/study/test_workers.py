@@ -22,9 +22,9 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import ConfigError, ModelConfig, TrainConfig, config_from_dict, to_dict
+from search.engine.arch import build_model
 from search.engine.augment import AugmentSpec, BatchTransform
 from search.engine.data import ImageSet
-from search.engine.model import ConvNet
 from search.engine.train import fit
 from search.study.objective import device_label
 from search.study.study import CONFIG_ATTR, RetryStale, make_storage, running_trials
@@ -92,7 +92,17 @@ def _finished(trials: list[FrozenTrial]) -> int:
 # --------------------------------------------------------------------------- units
 
 
-def test_fit_resumed_from_a_checkpoint_ends_where_an_uninterrupted_run_ends() -> None:
+FAMILIES = {  # every architecture family, tiny: model.block for the ConvNet, and ResNet-18
+    "plain": ModelConfig(padding=1, dropout=(0.0, 0.0)),
+    "residual": ModelConfig(block="residual", batchnorm=True),
+    "depthwise": ModelConfig(block="depthwise", batchnorm=True),
+    "inception": ModelConfig(block="inception", batchnorm=True),
+    "resnet18": ModelConfig(arch="resnet18"),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_fit_resumed_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(family: str) -> None:
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (96, 1, 8, 8), dtype=torch.uint8, generator=gen)
     labels = torch.randint(0, 3, (96,), generator=gen)
@@ -100,9 +110,9 @@ def test_fit_resumed_from_a_checkpoint_ends_where_an_uninterrupted_run_ends() ->
     transform = BatchTransform([0.5], [0.5], AugmentSpec(hflip=True))
     cfg = TrainConfig(epochs=3, patience=3, amp=False, channels_last=False)
 
-    def model() -> ConvNet:
+    def model() -> torch.nn.Module:
         torch.manual_seed(1)
-        return ConvNet(ModelConfig(padding=1, dropout=(0.0, 0.0)), (4, 8, 16), (1, 8, 8), 3)
+        return build_model(FAMILIES[family], 4, 8, 16, (1, 8, 8), 3)
 
     states: list[dict[str, Any]] = []
     full = fit(
