@@ -27,6 +27,7 @@ from search.cli import (
     validate,
     worker,
 )
+from search.cli.common import check_storage_flags
 from search.errors import EXIT_INTERRUPTED, SearchError
 
 DISTRIBUTION = "convnet-search"  # the name in pyproject.toml; `search --version` reads its metadata
@@ -90,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(-1 if args.quiet else args.verbose, optuna_logs=args.command not in NO_OPTUNA)
     try:
+        check_storage_flags(args)
         code: int = args.func(args)
     except SearchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -19,6 +19,9 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     check_inputs(cfg)  # what can be checked without reading data (the same check `run` makes)
+    from search.store.urls import check_storage
+
+    check_storage(cfg.storage, "storage", create=True)  # the check `run` makes before it opens it
     from search.study.preflight import preflight
     from search.study.space import grid_size
 

@@ -12,7 +12,7 @@ from pydantic.dataclasses import dataclass
 from search.config._checks import nesterov_without_momentum
 from search.config._errors import ConfigError
 from search.config._fields import DATA_FIXED, SECTION, SPEED, field
-from search.config._types import Bool, Dataset, Float, Int, LrScheduleName, OptimizerName, Str, list_of
+from search.config._types import Bool, Dataset, Float, Int, LrScheduleName, OptimizerName, PathStr, list_of
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -108,7 +108,7 @@ class DataConfig:
     dataset: Dataset = field(
         default="digits", doc="the dataset", problem="unknown dataset", searchable=DATA_FIXED
     )
-    root: Str = field(
+    root: PathStr = field(
         default="storage/data",
         doc="dataset folder: an imagefolder's class folders (one sub-folder of images per class), or "
         "where mnist / fashion_mnist / cifar10 are downloaded (digits and synthetic do not read it). "
@@ -119,7 +119,7 @@ class DataConfig:
         fix="give a folder",
         searchable=DATA_FIXED,
     )
-    cache_dir: Str = field(
+    cache_dir: PathStr = field(
         default="storage/data/cache", doc="decoded-tensor cache", fix="give a folder", resumable=True
     )
     val_fraction: Float = field(
@@ -285,6 +285,7 @@ class TrainConfig:
         doc="torch CPU threads per process (null: free cores (usable less busy) // local workers)",
         fix="use e.g. 2, or null for free cores // local workers",
         ge=1,
+        le=4096,  # search.engine.threads.MAX_THREADS; over the usable cores: lowered to them, with a warning
         resumable=True,
     )
 

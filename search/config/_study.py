@@ -13,7 +13,7 @@ from search.config._errors import ConfigError
 from search.config._fields import BOOKKEEPING, SECTION, field
 from search.config._sections import DataConfig, ModelConfig, TrainConfig
 from search.config._space import DEFAULT_SPACE, Space, is_int_range
-from search.config._types import Bool, Float, Int, PrunerName, SamplerName, Str
+from search.config._types import Bool, Float, Int, PathStr, PrunerName, SamplerName, Str
 
 MAX_SEED = 2**32 - 1  # numpy's seed range; samplers reduce seed + offset modulo 2**32
 
@@ -64,6 +64,7 @@ class ConstraintsConfig:
         doc="most trainable parameters a trial's model may have (null: no limit)",
         fix="use e.g. 1000000, or null for no limit",
         ge=1,
+        le=10**12,
     )
     max_latency_ms: Float | None = field(
         default=None,
@@ -125,10 +126,18 @@ class SearchConfig:
         resumable=True,
     )
     heartbeat_interval_s: Int = field(
-        default=20, doc="a running trial's worker writes a heartbeat this often", fix="use e.g. 20", ge=1
+        default=20,
+        doc="a running trial's worker writes a heartbeat this often",
+        fix="use e.g. 20",
+        ge=1,
+        le=10**9,
     )
     grace_period_s: Int = field(
-        default=60, doc="no heartbeat for this long: the trial is stale and retried", fix="use e.g. 60", ge=1
+        default=60,
+        doc="no heartbeat for this long: the trial is stale and retried",
+        fix="use e.g. 60",
+        ge=1,
+        le=10**9,
     )
     max_retry: Int = field(
         default=3, doc="how often one trial is re-queued after a killed worker", fix="use e.g. 3", ge=0
@@ -179,12 +188,13 @@ def _name_in(value: Any) -> Any:
 
 
 def _storage_in(value: Any) -> Any:
-    if isinstance(value, str) and "://" not in value:
+    if isinstance(value, str) and "://" not in value:  # the rest: search.store.urls.check_storage
         raise ConfigError(
             "",
             mask_url(value),
-            "not a database URL",
-            "use sqlite:///storage/studies.db or postgresql+psycopg://user:pw@host/db",
+            "not a database URL but a plain file path" if value else "not a database URL",
+            f"use sqlite:///{value or 'storage/studies.db'} (SQLite: sqlite:/// then the path) "
+            "or postgresql+psycopg://user:pw@host/db",
         )
     return value
 
@@ -237,16 +247,16 @@ class StudyConfig:
         fix="use sqlite:///storage/studies.db",
         resumable=True,
     )
-    artifacts_dir: Str = field(
+    artifacts_dir: PathStr = field(
         default="storage/artifacts", doc="the best trials' weights", fix="give a folder", resumable=True
     )
-    checkpoints_dir: Str = field(
+    checkpoints_dir: PathStr = field(
         default="storage/checkpoints",
         doc="per-epoch checkpoints of running trials (resume)",
         fix="give a folder",
         searchable=BOOKKEEPING,
     )
-    tensorboard_dir: Str = field(
+    tensorboard_dir: PathStr = field(
         default="storage/tensorboard",
         doc="TensorBoard runs, <study>/trial-<n>/, when train.tensorboard is on",
         fix="give a folder",

@@ -20,11 +20,11 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from search.config import ConfigError, PrunerConfig, StudyConfig, space_corners, trial_config
+from search.config import ConfigError, PrunerConfig, StudyConfig
 from search.engine.augment import BatchTransform
 from search.engine.data import folders_written, load_splits
 from search.engine.evaluate import forward_latency_ms
-from search.engine.model import ConvNet, check_input_size, count_parameters
+from search.engine.model import ConvNet, count_parameters
 from search.engine.train import EpochMetrics, FitResult, FitState, StopKind, fit
 from search.store.artifacts import CheckpointStore, StorageFault, WeightStore, check_writable
 from search.store.records import (
@@ -49,6 +49,7 @@ from search.store.records import (
 )
 from search.study.budgets import budget_constraints, over_budget
 from search.study.failures import DeviceFailure, describe_failure, free_memory, is_device_fatal
+from search.study.preflight import check_space_fits
 from search.study.recipe import TrialRecipe, data_facts
 from search.study.space import params_of, suggest
 
@@ -69,35 +70,6 @@ def retry_history(trial: optuna.Trial) -> list[int]:
         if t.number == trial.number:
             return [int(n) for n in t.system_attrs.get(RETRY_HISTORY_SYSTEM_ATTR, [])]
     return []
-
-
-# the model options that decide the smallest input the net accepts
-_GEOMETRY = ("model.stages", "model.pool", "model.padding", "model.kernel_size")
-
-
-def check_space_fits(cfg: StudyConfig, in_shape: tuple[int, int, int]) -> None:
-    """ConfigError unless every net the space can sample accepts ``in_shape``.
-
-    Checks every mix of the searched model options that change the net's geometry (finite
-    choices; a ``model.stages`` range by its two ends: more stages never need smaller images), so
-    ``model.stages: {choices: [2, 3, 4]}`` too deep for 8x8 digits is refused before any study
-    exists instead of failing its trials one by one. With none of them searched, the study's own
-    model settings are checked.
-    """
-    searched = [k for k in _GEOMETRY if k in cfg.search.space]
-    if not searched:
-        check_input_size(cfg.model, in_shape)
-        return
-    for mix in space_corners(cfg, _GEOMETRY):
-        try:
-            check_input_size(trial_config(cfg, mix).model, in_shape)
-        except ConfigError as exc:
-            raise ConfigError(
-                f"search.space.{searched[0]}",
-                ", ".join(f"{k}={mix[k]}" for k in searched),
-                f"a net this space can sample does not fit: {exc.problem}",
-                f"narrow {', '.join(searched)} in search.space to nets that fit, or use larger images",
-            ) from None
 
 
 def device_label(device: torch.device) -> str:
