@@ -14,6 +14,8 @@ from search.config._errors import ConfigError
 from search.config._fields import DATA_FIXED, SECTION, SPEED, field
 from search.config._types import Bool, Dataset, Float, Int, LrScheduleName, OptimizerName, PathStr, list_of
 
+MAX_THREADS = 4096  # search.engine.threads.MAX_THREADS: a typo beyond it, refused
+
 
 @dataclass(frozen=True, config=SECTION)
 class AugmentConfig:
@@ -285,9 +287,20 @@ class TrainConfig:
         doc="torch CPU threads per process (null: free cores (usable less busy) // local workers)",
         fix="use e.g. 2, or null for free cores // local workers",
         ge=1,
-        le=4096,  # search.engine.threads.MAX_THREADS; over the usable cores: lowered to them, with a warning
         resumable=True,
     )
+
+    @model_validator(mode="after")
+    def _threads_a_machine_has(self) -> TrainConfig:
+        # over the usable cores: lowered to them at run time, with a warning (search.engine.threads)
+        if self.threads is not None and self.threads > MAX_THREADS:
+            raise ConfigError(
+                "threads",
+                self.threads,
+                f"must be at most {MAX_THREADS} (more than any machine's cores)",
+                "use e.g. 2, or null for free cores // local workers",
+            )
+        return self
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> TrainConfig:

@@ -51,6 +51,9 @@ class PrunerConfig:
     )
 
 
+MAX_PERIOD_S = 10**9  # heartbeats and grace periods: Optuna's timers overflow far above this
+
+
 @dataclass(frozen=True, config=SECTION)
 class ConstraintsConfig:
     """Budgets the model of a trial must fit: a trial over one is recorded PRUNED before training.
@@ -64,7 +67,6 @@ class ConstraintsConfig:
         doc="most trainable parameters a trial's model may have (null: no limit)",
         fix="use e.g. 1000000, or null for no limit",
         ge=1,
-        le=10**12,
     )
     max_latency_ms: Float | None = field(
         default=None,
@@ -126,18 +128,10 @@ class SearchConfig:
         resumable=True,
     )
     heartbeat_interval_s: Int = field(
-        default=20,
-        doc="a running trial's worker writes a heartbeat this often",
-        fix="use e.g. 20",
-        ge=1,
-        le=10**9,
+        default=20, doc="a running trial's worker writes a heartbeat this often", fix="use e.g. 20", ge=1
     )
     grace_period_s: Int = field(
-        default=60,
-        doc="no heartbeat for this long: the trial is stale and retried",
-        fix="use e.g. 60",
-        ge=1,
-        le=10**9,
+        default=60, doc="no heartbeat for this long: the trial is stale and retried", fix="use e.g. 60", ge=1
     )
     max_retry: Int = field(
         default=3, doc="how often one trial is re-queued after a killed worker", fix="use e.g. 3", ge=0
@@ -149,6 +143,11 @@ class SearchConfig:
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchConfig:
+        for key in ("heartbeat_interval_s", "grace_period_s"):  # Optuna's timers take no more
+            if getattr(self, key) > MAX_PERIOD_S:
+                raise ConfigError(
+                    key, getattr(self, key), f"must be at most {MAX_PERIOD_S} (about 31 years)", "use e.g. 60"
+                )
         if self.grace_period_s <= self.heartbeat_interval_s:
             raise ConfigError(
                 "grace_period_s",

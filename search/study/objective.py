@@ -22,11 +22,11 @@ from optuna.trial import TrialState
 
 from search.config import ConfigError, PrunerConfig, StudyConfig
 from search.engine.augment import BatchTransform
-from search.engine.data import folders_written, load_splits
+from search.engine.data import load_splits
 from search.engine.evaluate import forward_latency_ms
 from search.engine.model import ConvNet, count_parameters
 from search.engine.train import EpochMetrics, FitResult, FitState, StopKind, fit
-from search.store.artifacts import CheckpointStore, StorageFault, WeightStore, check_writable
+from search.store.artifacts import CheckpointStore, StorageFault, WeightStore
 from search.store.records import (
     BEST_EPOCH_ATTR,
     COMPILE_SECONDS_ATTR,
@@ -83,15 +83,6 @@ def device_label(device: torch.device) -> str:
     gpus = [v.strip() for v in visible.split(",") if v.strip()]
     index = device.index or 0
     return f"{device} (GPU {gpus[index]})" if index < len(gpus) else str(device)
-
-
-def check_run_folders(cfg: StudyConfig) -> None:
-    """UnwritableFolder for any folder a run writes (weights, checkpoints, data cache) that cannot
-    be written; run before the first trial, it creates nothing."""
-    folders: dict[str, str] = {"checkpoints_dir": cfg.checkpoints_dir}
-    if cfg.search.keep_top_k > 0:
-        folders["artifacts_dir"] = cfg.artifacts_dir
-    check_writable({**folders, **folders_written(cfg.data)})
 
 
 FitFn = Callable[..., FitResult]  # ``train.fit``'s signature: the training loop a trial runs

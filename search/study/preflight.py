@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from search.config import ConfigError, ParamSpec, StudyConfig, space_corners, trial_config
+from search.engine.cache_key import folders_written
 from search.engine.counts import (
     ClassCount,
     DataCounts,
@@ -31,6 +32,7 @@ from search.engine.counts import (
     steps_per_epoch,
 )
 from search.engine.geometry import check_input_size
+from search.store.folders import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,15 @@ def check_space_fits(cfg: StudyConfig, in_shape: Sequence[int]) -> None:
                 f"a net this space can sample does not fit: {exc.problem}",
                 f"narrow {', '.join(searched)} in search.space to nets that fit, or use larger images",
             ) from None
+
+
+def check_run_folders(cfg: StudyConfig) -> None:
+    """UnwritableFolder for any folder a run writes (weights, checkpoints, data cache) that cannot
+    be written; run before the first trial (and by ``search validate``), it creates nothing."""
+    folders: dict[str, str] = {"checkpoints_dir": cfg.checkpoints_dir}
+    if cfg.search.keep_top_k > 0:
+        folders["artifacts_dir"] = cfg.artifacts_dir
+    check_writable({**folders, **folders_written(cfg.data)})
 
 
 def sampled_batch_sizes(spec: ParamSpec) -> list[int]:
