@@ -53,21 +53,6 @@ def add_study_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="storage URL")
 
 
-STORAGE_FLAGS = {"storage": "--storage", "warm_start_storage": "--warm-start-storage"}
-WRITES_STORAGE = {"run": ("storage",)}  # the commands that create their --storage; the rest only read
-
-
-def check_storage_flags(args: argparse.Namespace) -> None:
-    """Every storage URL flag of the command checked before anything runs (exit 2 naming the flag)."""
-    from search.store.urls import check_storage
-
-    for attr, flag in STORAGE_FLAGS.items():
-        value = getattr(args, attr, None)
-        if value is not None:
-            create = attr in WRITES_STORAGE.get(getattr(args, "command", ""), ())
-            check_storage(value, flag, create=create)
-
-
 def _quote(value: Any) -> str:
     return json.dumps(value)  # JSON is YAML: strings stay strings
 
