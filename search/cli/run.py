@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         from search.study.warmstart import plan_warm_start
 
         source_storage = args.warm_start_storage or cfg.storage
+        check_storage(source_storage, "--warm-start-storage", create=False)  # default: this one
         top = WARM_START_TOP if args.warm_start_top is None else args.warm_start_top
         warm = plan_warm_start(cfg, args.warm_start, source_storage, top)
     options = RunOptions(

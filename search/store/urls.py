@@ -45,8 +45,11 @@ class StorageURL:
 
 
 def give(what: str) -> str:
-    """How a fix names the value: ``pass --storage`` for a flag, ``set storage:`` for a config key."""
-    return f"pass {what}" if what.startswith("-") else f"set {what}:"
+    """How a fix names the value: ``pass --storage`` for a flag, ``set SEARCH_WORKER_STORAGE to`` for an
+    environment variable, ``set storage:`` for a config key."""
+    if what.startswith("-"):
+        return f"pass {what}"
+    return f"set {what} to" if what.isupper() else f"set {what}:"
 
 
 def _fail(what: str, url: str, problem: str, fix: str) -> StorageError:

@@ -172,3 +172,16 @@ def test_same_database_by_host_port_and_name() -> None:
     assert not same_database("postgresql://db/x", "postgresql://db:5433/x")
     assert not same_database("postgresql://db/x", "postgresql://db/y")
     assert not same_database("sqlite:///a.db", "sqlite:///b.db")
+
+
+def test_a_storage_url_from_the_environment_is_named_by_its_variable(
+    here: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEARCH_WORKER_STORAGE", "studies.db")
+    err = _cli(capsys, "worker", "--study-name", "tiny", code=2)
+    assert "error: SEARCH_WORKER_STORAGE: not a database URL but a plain file path" in err
+    assert "Fix: set SEARCH_WORKER_STORAGE to sqlite:///studies.db" in err
+    monkeypatch.setenv("SEARCH_DASHBOARD_STORAGE", "sqlite:///missing.db")
+    err = _cli(capsys, "dashboard", "--port", "0", code=2)
+    assert "error: SEARCH_DASHBOARD_STORAGE: no study storage at missing.db" in err
+    assert not Path("missing.db").exists()
