@@ -27,6 +27,7 @@ from search.cli import (
     validate,
     worker,
 )
+from search.cli.common import DEFAULT_STORAGE
 from search.errors import EXIT_INTERRUPTED, SearchError
 
 DISTRIBUTION = "convnet-search"  # the name in pyproject.toml; `search --version` reads its metadata
@@ -47,7 +48,7 @@ def check_storage_flags(args: argparse.Namespace) -> None:
 
     for attr, flag in STORAGE_FLAGS.items():
         value = getattr(args, attr, None)
-        if value is not None:
+        if value is not None and value != DEFAULT_STORAGE:  # a default is checked when it is opened
             create = attr in WRITES_STORAGE.get(getattr(args, "command", ""), ())
             check_storage(value, flag, create=create)
 

@@ -192,7 +192,7 @@ def _storage_in(value: Any) -> Any:
             "",
             mask_url(value),
             "not a database URL but a plain file path" if value else "not a database URL",
-            f"use sqlite:///{value or 'storage/studies.db'} (SQLite: sqlite:/// then the path) "
+            f"use sqlite:///{mask_url(value) or 'storage/studies.db'} (SQLite: sqlite:/// then the path) "
             "or postgresql+psycopg://user:pw@host/db",
         )
     return value

@@ -25,6 +25,7 @@ from search.errors import InputError
 
 SQLITE_TIMEOUT_S = 60
 OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
+SQLITE_FILE = "sqlite:///"
 URL_FORMS = "sqlite:///path/to/studies.db or postgresql+psycopg://user:pw@host/db"
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 
@@ -68,8 +69,24 @@ def parse_storage_url(url: str, what: str = "--storage") -> StorageURL:
             what,
             url,
             "not a database URL but a plain file path",
-            f"{give(what)} sqlite:///{url} (SQLite: sqlite:/// then the path)",
+            f"{give(what)} sqlite:///{mask_url(url)} (SQLite: sqlite:/// then the path)",
         )
+    if url.startswith(SQLITE_FILE) and "?" not in url:  # the common case, as SQLAlchemy reads it
+        database = url[len(SQLITE_FILE) :]  # (without importing it: `search validate` stays fast)
+    else:
+        server = _parse_with_sqlalchemy(url, what)
+        if isinstance(server, StorageURL):
+            return server
+        database = server
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return StorageURL(url, "sqlite", None, ("sqlite", url))
+    path = Path(database)
+    _check_length(what, url, path)
+    return StorageURL(url, "sqlite", path, ("sqlite", os.path.realpath(path)))
+
+
+def _parse_with_sqlalchemy(url: str, what: str) -> StorageURL | str:
+    """A server database's StorageURL, or an SQLite URL's database part (SQLAlchemy's parser)."""
     import sqlalchemy.engine
     import sqlalchemy.exc
 
@@ -82,16 +99,11 @@ def parse_storage_url(url: str, what: str = "--storage") -> StorageURL:
         raise _fail(what, url, f"no database of kind {scheme!r}", f"use {URL_FORMS}") from None
     except (sqlalchemy.exc.ArgumentError, ValueError, TypeError) as exc:
         raise _fail(what, url, f"not a database URL ({exc})", f"use {URL_FORMS}") from None
-    if backend != "sqlite":
-        port = parsed.port or DEFAULT_PORTS.get(backend)
-        host = (parsed.host or "localhost").lower()
-        return StorageURL(url, backend, None, (backend, host, port, parsed.database))
-    database = parsed.database or ""
-    if database in ("", ":memory:") or database.startswith("file:"):
-        return StorageURL(url, backend, None, (backend, url))
-    path = Path(database)
-    _check_length(what, url, path)
-    return StorageURL(url, backend, path, (backend, os.path.realpath(path)))
+    if backend == "sqlite":
+        return parsed.database or ""
+    port = parsed.port or DEFAULT_PORTS.get(backend)
+    host = (parsed.host or "localhost").lower()
+    return StorageURL(url, backend, None, (backend, host, port, parsed.database))
 
 
 def _check_length(what: str, url: str, path: Path) -> None:
