@@ -87,6 +87,10 @@ def threads_flag(args: argparse.Namespace) -> int | None:
             f"--threads: must be >= 1 (got {flag}). "
             "Fix: use e.g. --threads 1, or leave it out for free cores // local workers"
         )
+    if flag is not None:
+        from search.engine.threads import check_threads
+
+        check_threads(flag, "--threads")
     return flag
 
 

@@ -35,6 +35,10 @@ def run(args: argparse.Namespace) -> int:
     from search.study.study import mask_url
 
     storage = args.storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+    if not args.storage and os.environ.get(STORAGE_ENV):  # --storage itself was checked by main
+        from search.store.urls import check_storage
+
+        check_storage(storage, STORAGE_ENV, create=False)
     dashboard = open_dashboard(storage, host=args.host, port=args.port, artifact_dir=args.artifact_dir)
     print(dashboard.url, flush=True)
     log.info("serving optuna-dashboard on %s (Ctrl-C to stop)", mask_url(storage))

@@ -30,6 +30,7 @@ from search.cli import (
     validate,
     worker,
 )
+from search.cli.common import DEFAULT_STORAGE
 from search.errors import EXIT_INTERRUPTED, SearchError
 
 DISTRIBUTION = "convnet-search"  # the name in pyproject.toml; `search --version` reads its metadata
@@ -38,6 +39,21 @@ COMMANDS = (
     *(report, export, predict, confirm, finetune, tensorboard, app),
 )
 NO_OPTUNA = ("validate", "schema")  # commands that never import optuna (start-up time)
+
+
+STORAGE_FLAGS = {"storage": "--storage", "warm_start_storage": "--warm-start-storage"}
+WRITES_STORAGE = {"run": ("storage",)}  # the commands that create their --storage; the rest only read
+
+
+def check_storage_flags(args: argparse.Namespace) -> None:
+    """Every storage URL flag of the command checked before anything runs (exit 2 naming the flag)."""
+    from search.store.urls import check_storage  # no optuna: validate and --help stay light
+
+    for attr, flag in STORAGE_FLAGS.items():
+        value = getattr(args, attr, None)
+        if value is not None and value != DEFAULT_STORAGE:  # a default is checked when it is opened
+            create = attr in WRITES_STORAGE.get(getattr(args, "command", ""), ())
+            check_storage(value, flag, create=create)
 
 
 def setup_logging(verbosity: int, *, optuna_logs: bool = True) -> None:
@@ -115,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(-1 if args.quiet else args.verbose, optuna_logs=args.command not in NO_OPTUNA)
     try:
+        check_storage_flags(args)
         code: int = args.func(args)
     except SearchError as exc:
         print(f"error: {exc}", file=sys.stderr)

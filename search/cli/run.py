@@ -16,7 +16,10 @@ from search.cli.common import (
     threads_flag,
 )
 from search.config import check_inputs, mask_url
-from search.errors import EXIT_OK
+from search.errors import EXIT_OK, InputError
+from search.store.urls import check_storage
+
+WARM_START_TOP = 5
 
 
 def add_parser(sub: Any) -> None:
@@ -55,9 +58,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--warm-start-storage", metavar="URL", help="the --warm-start study's storage (default: this one)"
     )
-    p.add_argument(
-        "--warm-start-top", type=int, default=5, metavar="N", help="how many of its best trials (default 5)"
-    )
+    p.add_argument("--warm-start-top", type=int, metavar="N", help="how many of its best trials (default 5)")
     p.add_argument(
         "--workers-per-gpu", type=int, default=1, help="how many workers may share one GPU (default 1)"
     )
@@ -74,9 +75,26 @@ def _worker_devices(args: argparse.Namespace) -> list[str]:
     return assign_devices(args.device, args.workers, args.workers_per_gpu)
 
 
+def _check_warm_start_flags(args: argparse.Namespace) -> None:
+    """``--warm-start-storage`` / ``--warm-start-top`` only go with ``--warm-start`` (exit 2 otherwise:
+    a run the user meant to warm-start must not quietly start cold)."""
+    if args.warm_start is not None:
+        return
+    given = {"--warm-start-storage": args.warm_start_storage, "--warm-start-top": args.warm_start_top}
+    for flag, value in given.items():
+        if value is not None:
+            raise InputError(
+                f"{flag}: given without --warm-start (got {value!r}), so nothing would be warm-started. "
+                f"Fix: add --warm-start STUDY (the study to start from), or leave {flag} out"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_warm_start_flags(args)
     cfg = config_from_args(args)
     check_inputs(cfg)
+    if args.storage is None:  # the config's storage (the --storage flag was checked by main)
+        check_storage(cfg.storage, "storage", create=True)
     from search.cli.progress import Progress, next_steps, print_outcome, print_warm_start
     from search.study.preflight import preflight
     from search.study.run import RunOptions, run_study
@@ -93,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
         from search.study.warmstart import plan_warm_start
 
         source_storage = args.warm_start_storage or cfg.storage
-        warm = plan_warm_start(cfg, args.warm_start, source_storage, args.warm_start_top)
+        check_storage(source_storage, "--warm-start-storage", create=False)  # default: this one
+        top = WARM_START_TOP if args.warm_start_top is None else args.warm_start_top
+        warm = plan_warm_start(cfg, args.warm_start, source_storage, top)
     options = RunOptions(
         device=on,
         workers=devices,

@@ -23,10 +23,14 @@ def run(args: argparse.Namespace) -> int:
         from search.engine.weights import read_init_state
 
         read_init_state(cfg.model.init_from)
-    from search.study.preflight import preflight
+    from search.store.urls import check_storage
+
+    check_storage(cfg.storage, "storage", create=True)  # the check `run` makes before it opens it
+    from search.study.preflight import check_run_folders, preflight
     from search.study.space import grid_size
 
     data = preflight(cfg)  # counts (nothing decoded); DataError for what `run` would refuse
+    check_run_folders(cfg)  # the folders `run` writes, checked as `run` checks them (nothing created)
     size = f", grid of {grid_size(cfg.search.space)}" if cfg.search.sampler.name == "grid" else ""
     print(
         f"ok: study {cfg.name!r} on {cfg.data.dataset}, {cfg.search.n_trials} trials, "

@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     url = args.storage or os.environ.get(STORAGE_ENV)
     if not url:
         raise InputError(f"--storage: missing (got nothing). Fix: pass --storage URL or set {STORAGE_ENV}")
-    study = load_study(args.study_name, make_storage(url, create=False, heartbeat=False))
+    what = "--storage" if args.storage else STORAGE_ENV  # the one the URL came from
+    study = load_study(args.study_name, make_storage(url, what=what, create=False, heartbeat=False))
     cfg = with_overrides(worker_config(study, args.n_trials, args.timeout_s), {"storage": url})
     on = device(args.device)
     log.info("worker pid %d on %s joins study %s", os.getpid(), on, cfg.name)

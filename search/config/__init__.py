@@ -47,7 +47,7 @@ from search.config._study import (
     SearchConfig,
     StudyConfig,
 )
-from search.config._types import SAMPLERS
+from search.config._types import SAMPLERS, path_too_long
 
 __all__ = [
     "DEFAULT_SPACE",
@@ -78,6 +78,7 @@ __all__ = [
     "load_config",
     "locate_data_root",
     "mask_url",
+    "path_too_long",
     "replace",
     "resumable_fields",
     "sampled_high",

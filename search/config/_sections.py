@@ -22,9 +22,12 @@ from search.config._types import (
     Int,
     LrScheduleName,
     OptimizerName,
+    PathStr,
     Str,
     list_of,
 )
+
+MAX_THREADS = 4096  # search.engine.threads.MAX_THREADS: a typo beyond it, refused
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -120,7 +123,7 @@ class DataConfig:
     dataset: Dataset = field(
         default="digits", doc="the dataset", problem="unknown dataset", searchable=DATA_FIXED
     )
-    root: Str = field(
+    root: PathStr = field(
         default="storage/data",
         doc="dataset folder: an imagefolder's class folders (one sub-folder of images per class), or "
         "where mnist / fashion_mnist / cifar10 are downloaded (digits and synthetic do not read it). "
@@ -131,7 +134,7 @@ class DataConfig:
         fix="give a folder",
         searchable=DATA_FIXED,
     )
-    cache_dir: Str = field(
+    cache_dir: PathStr = field(
         default="storage/data/cache", doc="decoded-tensor cache", fix="give a folder", resumable=True
     )
     val_fraction: Float = field(
@@ -353,6 +356,18 @@ class TrainConfig:
         ge=1,
         resumable=True,
     )
+
+    @model_validator(mode="after")
+    def _threads_a_machine_has(self) -> TrainConfig:
+        # over the usable cores: lowered to them at run time, with a warning (search.engine.threads)
+        if self.threads is not None and self.threads > MAX_THREADS:
+            raise ConfigError(
+                "threads",
+                self.threads,
+                f"must be at most {MAX_THREADS} (more than any machine's cores)",
+                "use e.g. 2, or null for free cores // local workers",
+            )
+        return self
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> TrainConfig:

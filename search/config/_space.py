@@ -18,7 +18,7 @@ from pydantic.fields import FieldInfo
 
 from search.config._errors import ConfigError, build, short_repr
 from search.config._fields import SECTION, field, inner, scalar_kind, schema_root, why_not_searchable
-from search.config._types import Bool, Num, Value, num
+from search.config._types import MAX_INT, Bool, Num, Value, num
 
 if TYPE_CHECKING:
     from search.config._study import StudyConfig
@@ -159,6 +159,10 @@ def _typed_spec(name: str, spec: ParamSpec) -> ParamSpec:
             if name in INT_PARAMS:
                 if isinstance(number, float) and not number.is_integer():
                     raise ConfigError(sub, number, "expected an integer", f"write {name}: 3")
+                if abs(number) > MAX_INT:  # one rule for every integer the config takes
+                    raise ConfigError(
+                        sub, number, f"too large: at most {MAX_INT} (2**53)", f"write {name}: 3"
+                    )
                 out.append(int(number))
             else:
                 try:

@@ -13,7 +13,7 @@ from search.config._errors import ALONE, ConfigError
 from search.config._fields import BOOKKEEPING, SECTION, field
 from search.config._sections import DataConfig, ModelConfig, TrainConfig
 from search.config._space import DEFAULT_SPACE, Space, is_int_range
-from search.config._types import Bool, Float, Int, PrunerName, SamplerName, Str
+from search.config._types import Bool, Float, Int, PathStr, PrunerName, SamplerName, Str
 
 MAX_SEED = 2**32 - 1  # numpy's seed range; samplers reduce seed + offset modulo 2**32
 
@@ -49,6 +49,9 @@ class PrunerConfig:
     reduction_factor: Int = field(
         default=3, doc="successive halving / hyperband reduction factor", fix="use 3", ge=2
     )
+
+
+MAX_PERIOD_S = 10**9  # heartbeats and grace periods: Optuna's timers overflow far above this
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -140,6 +143,11 @@ class SearchConfig:
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchConfig:
+        for key in ("heartbeat_interval_s", "grace_period_s"):  # Optuna's timers take no more
+            if getattr(self, key) > MAX_PERIOD_S:
+                raise ConfigError(
+                    key, getattr(self, key), f"must be at most {MAX_PERIOD_S} (about 31 years)", "use e.g. 60"
+                )
         if self.grace_period_s <= self.heartbeat_interval_s:
             raise ConfigError(
                 "grace_period_s",
@@ -179,12 +187,13 @@ def _name_in(value: Any) -> Any:
 
 
 def _storage_in(value: Any) -> Any:
-    if isinstance(value, str) and "://" not in value:
+    if isinstance(value, str) and "://" not in value:  # the rest: search.store.urls.check_storage
         raise ConfigError(
             "",
             mask_url(value),
-            "not a database URL",
-            "use sqlite:///storage/studies.db or postgresql+psycopg://user:pw@host/db",
+            "not a database URL but a plain file path" if value else "not a database URL",
+            f"use sqlite:///{mask_url(value) or 'storage/studies.db'} (SQLite: sqlite:/// then the path) "
+            "or postgresql+psycopg://user:pw@host/db",
         )
     return value
 
@@ -237,16 +246,16 @@ class StudyConfig:
         fix="use sqlite:///storage/studies.db",
         resumable=True,
     )
-    artifacts_dir: Str = field(
+    artifacts_dir: PathStr = field(
         default="storage/artifacts", doc="the best trials' weights", fix="give a folder", resumable=True
     )
-    checkpoints_dir: Str = field(
+    checkpoints_dir: PathStr = field(
         default="storage/checkpoints",
         doc="per-epoch checkpoints of running trials (resume)",
         fix="give a folder",
         searchable=BOOKKEEPING,
     )
-    tensorboard_dir: Str = field(
+    tensorboard_dir: PathStr = field(
         default="storage/tensorboard",
         doc="TensorBoard runs, <study>/trial-<n>/, when train.tensorboard is on",
         fix="give a folder",

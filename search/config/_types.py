@@ -8,7 +8,7 @@ import re
 import typing
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, PlainValidator, Strict, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator, Strict, WithJsonSchema
 
 from search.config._errors import ConfigError
 
@@ -27,8 +27,18 @@ BLOCKS: tuple[str, ...] = typing.get_args(BlockName)
 ARCHS: tuple[str, ...] = typing.get_args(ArchName)
 
 
+MAX_INT = 2**53  # the largest integer a float holds exactly: the run turns some into floats
+
+
 def _int_in(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _int_fits(value: int) -> int:
+    """After the field's own bounds: an integer the run can use (the field's bounds say more)."""
+    if abs(value) > MAX_INT:
+        raise ConfigError("", value, f"too large: at most {MAX_INT} (2**53)", "use a smaller number")
+    return value
 
 
 def _number_in(value: Any) -> Any:
@@ -62,7 +72,7 @@ def _value(value: Any) -> bool | int | float | str:
 
 
 _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-Int = Annotated[int, Strict(), BeforeValidator(_int_in)]
+Int = Annotated[int, Strict(), BeforeValidator(_int_in), AfterValidator(_int_fits)]
 Num = Annotated[float, PlainValidator(num), WithJsonSchema({"type": "number"})]
 Value = Annotated[
     bool | int | float | str,
@@ -72,6 +82,33 @@ Value = Annotated[
 Float = Annotated[float, Field(allow_inf_nan=False), BeforeValidator(_number_in)]
 Bool = Annotated[bool, Strict()]
 Str = Annotated[str, Strict()]
+
+
+NAME_MAX = 255  # bytes in one path component (ext4, xfs, btrfs, APFS)
+PATH_MAX = 4095  # bytes in a whole path (Linux)
+
+
+def path_too_long(path: str) -> str:
+    """Why the system cannot have a file at ``path`` ("" when it can): a name over 255 bytes, a whole
+    path over 4095, a NUL byte; the OS would say ``File name too long`` only at the first write."""
+    if "\0" in path:
+        return "a path cannot hold a NUL byte"
+    names = [len(part.encode("utf-8", "surrogateescape")) for part in path.split("/")]
+    whole = len(path.encode("utf-8", "surrogateescape"))
+    if max(names, default=0) > NAME_MAX:
+        return f"a name in the path is too long ({max(names)} bytes; at most {NAME_MAX})"
+    if whole > PATH_MAX:
+        return f"the path is too long ({whole} bytes; at most {PATH_MAX})"
+    return ""
+
+
+def _path_in(value: Any) -> Any:
+    if isinstance(value, str) and (problem := path_too_long(value)):
+        raise ConfigError("", value, problem, "use a shorter path")
+    return value
+
+
+PathStr = Annotated[str, Strict(), BeforeValidator(_path_in)]  # a file or folder the run writes or reads
 
 
 def list_of(n: int) -> Any:

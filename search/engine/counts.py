@@ -45,6 +45,54 @@ BUILTIN: dict[str, tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...] | Non
 }
 
 
+BUILTIN_HW = {"digits": (8, 8), "mnist": (28, 28), "fashion_mnist": (28, 28), "cifar10": (32, 32)}
+
+
+def input_hw(cfg: DataConfig) -> tuple[int, int] | None:
+    """(height, width) of the images the net will see, without decoding any: a built-in dataset's
+    own, synthetic's shape, ``data.image_size``, else an imagefolder's first image's header (None
+    when it cannot be read: the run then names the file). Imports no image library."""
+    if cfg.dataset in BUILTIN_HW:
+        return BUILTIN_HW[cfg.dataset]
+    if cfg.dataset == "synthetic":
+        return cfg.synthetic.shape[1], cfg.synthetic.shape[2]
+    if cfg.image_size is not None:
+        return cfg.image_size, cfg.image_size
+    try:
+        first = image_files(class_dirs(Path(cfg.root))[0])[0]
+        with first.open("rb") as f:
+            return header_hw(f.read(1 << 16))
+    except (OSError, IndexError):
+        return None
+
+
+def header_hw(head: bytes) -> tuple[int, int] | None:
+    """(height, width) from the first bytes of a PNG, GIF, BMP or JPEG file (None for other kinds
+    or a header that does not say); no image library is loaded."""
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return int.from_bytes(head[8:10], "little"), int.from_bytes(head[6:8], "little")
+    if head[:2] == b"BM" and len(head) >= 26:
+        return abs(int.from_bytes(head[22:26], "little", signed=True)), int.from_bytes(head[18:22], "little")
+    if head[:2] == b"\xff\xd8":
+        return _jpeg_hw(head)
+    return None
+
+
+def _jpeg_hw(head: bytes) -> tuple[int, int] | None:
+    """A JPEG's size from its first start-of-frame marker (SOF0-SOF15 but DHT, JPG and DAC)."""
+    i = 2
+    while i + 9 < len(head):
+        if head[i] != 0xFF:
+            return None
+        marker = head[i + 1]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(head[i + 5 : i + 7], "big"), int.from_bytes(head[i + 7 : i + 9], "big")
+        i += 2 + int.from_bytes(head[i + 2 : i + 4], "big")
+    return None
+
+
 # --------------------------------------------------------------------------- image folders
 
 

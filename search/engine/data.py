@@ -10,9 +10,7 @@ is the official one where the dataset has it (MNIST, Fashion-MNIST, CIFAR-10), o
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from typing import Any
 import torch
 
 from search.config import DataConfig
+from search.engine.cache_key import cache_path, folders_written
 from search.engine.counts import DataError, printable_name, take_count
 from search.engine.counts import check_folder as _check_folder
 from search.engine.counts import class_dirs as _class_dirs
@@ -30,9 +29,8 @@ from search.store.files import UnreadableFile, load_tensors, save_atomic
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DataError", "printable_name"]  # they live in search.engine.counts (no torch there); re-exported
-
-CACHE_VERSION = 3  # 2: non-UTF-8 class folder names are stored escaped; 3: EXIF orientation applied
+# they live in search.engine.counts and cache_key (no torch there); re-exported
+__all__ = ["DataError", "cache_path", "folders_written", "printable_name"]
 
 
 @dataclass(frozen=True)
@@ -147,38 +145,6 @@ def load_splits(cfg: DataConfig, seed: int, *, with_test: bool = False) -> Split
 
 
 # --------------------------------------------------------------------------- cache
-
-
-def _fingerprint(cfg: DataConfig) -> dict[str, Any]:
-    key: dict[str, Any] = {"dataset": cfg.dataset, "version": CACHE_VERSION}
-    if cfg.dataset == "imagefolder":
-        root = Path(cfg.root).resolve()
-        files = sorted(
-            (str(p.relative_to(root)), p.stat().st_size, int(p.stat().st_mtime))
-            for p in root.rglob("*")
-            if p.is_file()
-        )
-        key.update(root=str(root), files=files, image_size=cfg.image_size)
-    elif cfg.dataset == "synthetic":
-        s = cfg.synthetic
-        key.update(shape=list(s.shape), n_classes=s.n_classes, n_samples=s.n_samples)
-    return key
-
-
-def cache_path(cfg: DataConfig) -> Path:
-    """Where the decoded tensors of this dataset are cached."""
-    digest = hashlib.sha256(json.dumps(_fingerprint(cfg)).encode()).hexdigest()[:12]
-    return Path(cfg.cache_dir) / f"{cfg.dataset}-{digest}.pt"
-
-
-def folders_written(cfg: DataConfig) -> dict[str, str]:
-    """The data folders loading ``cfg`` writes (config field -> folder): the cache folder, unless
-    a cache of this dataset is already there."""
-    try:
-        cached = cache_path(cfg).is_file()
-    except OSError:
-        cached = False
-    return {} if cached else {"data.cache_dir": cfg.cache_dir}
 
 
 def _load_cached(cfg: DataConfig) -> _Decoded:

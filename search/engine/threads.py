@@ -17,20 +17,26 @@ unless the user chose: ``--threads N`` on the command line, then ``OMP_NUM_THREA
 environment, then the config's ``train.threads``. The decision is applied once per process
 (:func:`apply`), before training, and passed on to child processes (:func:`child_env`).
 
-This module imports only the standard library (and torch, inside :func:`apply`).
+A count over the usable cores is lowered to them with a warning naming the value used; one over
+:data:`MAX_THREADS` (a typo) is an input error. This module imports only the standard library (and
+torch, inside :func:`apply`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from search.errors import InputError
+
 log = logging.getLogger(__name__)
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+MAX_THREADS = 4096  # more than any machine's cores: a typo, refused (exit 2) rather than clamped
 WAIT_POLICY = "PASSIVE"  # OpenMP threads sleep at barriers instead of spinning (libgomp's default)
 
 
@@ -58,6 +64,16 @@ class ThreadPolicy:
     workers: int
     source: str  # "auto", "--threads", "OMP_NUM_THREADS" or "train.threads"
     busy: int = 0  # cores other processes kept busy when the policy was decided ("auto" only)
+    asked: int | None = None  # the user's value when it was more than the usable cores (clamped)
+
+    def clamp_warning(self) -> str:
+        """One line when the user's thread count was lowered to the usable cores ("" otherwise)."""
+        if self.asked is None:
+            return ""
+        return (
+            f"{self.source} {self.asked} is more threads than the {self.cores} usable "
+            f"core{'s' if self.cores != 1 else ''} of this machine; using {self.threads}"
+        )
 
     def describe(self) -> str:
         """``torch threads: 2 (2 usable cores, 1 worker)``, naming the user's choice when there was one."""
@@ -109,6 +125,30 @@ def _env_threads(environ: Mapping[str, str]) -> int | None:
     return value if value >= 1 else None
 
 
+_THREAD_FIX = {"OMP_NUM_THREADS": "unset OMP_NUM_THREADS or "}
+
+
+def check_threads(value: int, source: str) -> int:
+    """``value`` unless it is an absurd thread count (over :data:`MAX_THREADS`): InputError naming
+    ``source`` (``--threads``, ``OMP_NUM_THREADS``, ``train.threads``) then, never a crash."""
+    if value > MAX_THREADS:
+        shown = str(value) if value < 10**30 else f"{str(value)[:12]}... ({len(str(value))} digits)"
+        raise InputError(
+            f"{source}: {shown} threads is not a thread count a machine can run (at most "
+            f"{MAX_THREADS}; this one has {usable_cores()} usable cores). Fix: {_THREAD_FIX.get(source, '')}"
+            "use e.g. 2, or leave it out for free cores // local workers"
+        )
+    return value
+
+
+def _clamped(policy: ThreadPolicy) -> ThreadPolicy:
+    """The user's choice, lowered to the usable cores when it asks for more (with ``asked`` set)."""
+    check_threads(policy.threads, policy.source)
+    if policy.source == "auto" or policy.threads <= policy.cores:
+        return policy
+    return dataclasses.replace(policy, threads=policy.cores, asked=policy.threads)
+
+
 def thread_policy(
     workers: int = 1,
     *,
@@ -120,7 +160,8 @@ def thread_policy(
 
     Precedence: ``flag`` (``--threads``), ``OMP_NUM_THREADS`` in ``environ`` (default
     ``os.environ``), ``configured`` (``train.threads``), then (usable cores - busy cores) //
-    workers, at least 1.
+    workers, at least 1. A chosen count over the usable cores is lowered to them (:meth:`ThreadPolicy.
+    clamp_warning` says so); one over :data:`MAX_THREADS` is an InputError.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1 (got {workers})")
@@ -130,11 +171,11 @@ def thread_policy(
     if flag is not None:
         if flag < 1:
             raise ValueError(f"--threads must be >= 1 (got {flag})")
-        return ThreadPolicy(flag, cores, workers, "--threads")
+        return _clamped(ThreadPolicy(flag, cores, workers, "--threads"))
     if from_env is not None:
-        return ThreadPolicy(from_env, cores, workers, "OMP_NUM_THREADS")
+        return _clamped(ThreadPolicy(from_env, cores, workers, "OMP_NUM_THREADS"))
     if configured is not None:
-        return ThreadPolicy(configured, cores, workers, "train.threads")
+        return _clamped(ThreadPolicy(configured, cores, workers, "train.threads"))
     busy = min(busy_cores(), cores - 1)
     return ThreadPolicy(max(1, (cores - busy) // workers), cores, workers, "auto", busy)
 
@@ -143,6 +184,8 @@ def apply(policy: ThreadPolicy) -> ThreadPolicy:
     """Set this process's torch threads to the policy's and log the decision (INFO); returns it."""
     import torch
 
+    if policy.asked is not None:
+        log.warning("%s", policy.clamp_warning())
     if torch.get_num_threads() != policy.threads:
         torch.set_num_threads(policy.threads)
     log.info("%s", policy.describe())

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ class ConfirmSettings:
     top: int
     seeds: int
     folds: int
+    folds_from: str = "confirm.folds"  # what set folds: the config field or --folds (its errors name it)
 
     @property
     def mode(self) -> str:
@@ -84,7 +85,7 @@ def settings(cfg: StudyConfig, top: int | None, seeds: int | None, folds: int | 
         if given.get(key) is None:
             raise
         raise ConfigError(f"--{key}", exc.value, exc.problem, exc.fix) from None
-    return ConfirmSettings(top=c.top, seeds=c.seeds, folds=c.folds)
+    return ConfirmSettings(c.top, c.seeds, c.folds, "--folds" if folds is not None else "confirm.folds")
 
 
 def run_seed(cfg: StudyConfig, trial: int, index: int) -> int:
@@ -160,6 +161,41 @@ class _Data:
     facts: DataFacts  # the training part's normalisation, as the study computed its own
 
 
+MIN_FOLD_IMAGES = 30  # a fold validating on fewer: its accuracy moves by over 3 points an image
+
+
+def check_folds(s: ConfirmSettings, labels: torch.Tensor, classes: Sequence[str]) -> None:
+    """ConfigError (naming ``--folds`` or ``confirm.folds``) when a class has fewer train+val
+    images than folds: some folds would validate without it, and the mean +- std over folds of a
+    few images each is noise, for F x top trainings. A warning with the numbers when each fold
+    validates on fewer than :data:`MIN_FOLD_IMAGES` images."""
+    counts = torch.bincount(labels, minlength=len(classes))
+    smallest = int(counts.argmin())
+    least = int(counts[smallest])
+    if s.folds > least:
+        raise ConfigError(
+            s.folds_from,
+            s.folds,
+            f"more folds than the {least} train+val image(s) of class {classes[smallest]!r}: "
+            f"{s.folds - least} of the {s.folds} folds would validate without it, on folds of "
+            f"{len(labels) // s.folds}-{-(-len(labels) // s.folds)} images",
+            (f"use {s.folds_from} {least} or fewer, or 0 for new seeds on the study's split")
+            if least >= 2
+            else f"use {s.folds_from} 0 (new seeds on the study's split)",
+        )
+    if len(labels) // s.folds < MIN_FOLD_IMAGES:
+        log.warning(
+            "%s %d: each fold validates on only %d-%d of the %d train+val images, so one image moves a "
+            "fold's accuracy by %.1f points; fewer folds give steadier figures",
+            s.folds_from,
+            s.folds,
+            len(labels) // s.folds,
+            -(-len(labels) // s.folds),
+            len(labels),
+            100 / max(1, len(labels) // s.folds),
+        )
+
+
 def _datasets(cfg: StudyConfig, s: ConfirmSettings, device: torch.device) -> list[_Data]:
     """One train/val pair per run index (seeds: the study's split every time; folds: fold i as val)."""
     splits = load_splits(cfg.data, cfg.seed, with_test=False)  # the test split is never loaded
@@ -167,8 +203,7 @@ def _datasets(cfg: StudyConfig, s: ConfirmSettings, device: torch.device) -> lis
         return [_Data(splits.train.to(device), splits.val.to(device), data_facts(cfg, splits))]
     images = torch.cat([splits.train.images, splits.val.images])
     labels = torch.cat([splits.train.labels, splits.val.labels])
-    if s.folds > len(labels):
-        raise ConfigError("--folds", s.folds, f"more folds than the {len(labels)} images", "use e.g. 5")
+    check_folds(s, labels, splits.classes)
     out = []
     for val_idx in stratified_folds(labels, s.folds, cfg.seed + FOLD_SEED_OFFSET):
         mask = torch.ones(len(labels), dtype=torch.bool)

@@ -314,11 +314,58 @@ def read_export_config(folder: str | Path) -> dict[str, Any]:
     return config
 
 
+REQUIRED_KEYS = ("model", "in_shape", "n_classes", "classes", "normalize")
+
+
+def check_export_config(config: Mapping[str, Any], where: str) -> None:
+    """ExportError naming ``where`` and the key unless config.json has what predicting needs: the
+    keys of :data:`REQUIRED_KEYS`, ``in_shape`` [C (1 or 3), H, W], ``n_classes`` >= 2 and as many
+    ``classes`` (the names predict prints)."""
+    fix = "Fix: export the study again (`search export STUDY`)"
+    missing = [key for key in REQUIRED_KEYS if key not in config]
+    if missing:
+        raise ExportError(f"{where}: key {missing[0]!r} is missing. {fix}")
+    shape, n, classes = config["in_shape"], config["n_classes"], config["classes"]
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)
+        and shape[0] in (1, 3)
+    ):
+        raise ExportError(
+            f"{where}: key 'in_shape' is not [channels (1 or 3), height, width] (got {shape!r}). {fix}"
+        )
+    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 2):
+        raise ExportError(f"{where}: key 'n_classes' is not a count of 2 or more (got {n!r}). {fix}")
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise ExportError(f"{where}: key 'classes' is not a list of class names. {fix}")
+    if len(classes) != n:
+        raise ExportError(
+            f"{where}: key 'classes' names {len(classes)} classes but n_classes is {n} "
+            f"(the model's outputs). {fix}"
+        )
+
+
+def _check_outputs(model: nn.Module, state: Any, n_classes: int, where: str, weights: Path) -> None:
+    """ExportError naming config.json's ``n_classes`` when the weights' last layer has another
+    number of outputs (so predict never prints a class the weights do not have)."""
+    last = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)][-1]
+    tensor = state.get(f"{last}.weight") if isinstance(state, dict) else None
+    if isinstance(tensor, torch.Tensor) and tensor.ndim == 2 and tensor.shape[0] != n_classes:
+        raise ExportError(
+            f"{where}: key 'n_classes' is {n_classes} but the weights in {weights} give "
+            f"{tensor.shape[0]} outputs. Fix: export the study again (`search export STUDY`)"
+        )
+
+
 def load_export(
     folder: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, BatchTransform, dict[str, Any]]:
-    """The exported model (eval mode, on ``device``), its input transform and its config."""
+    """The exported model (eval mode, on ``device``), its input transform and its config
+    (ExportError naming the file and the key when config.json lacks what predicting needs, or the
+    weights do not fit it)."""
     config = read_export_config(folder)
+    check_export_config(config, f"{Path(folder) / CONFIG_FILE}")
     weights = Path(folder) / WEIGHTS_FILE
     try:
         state = load_tensors(weights)
@@ -329,6 +376,7 @@ def load_export(
     where = f"{folder}/{CONFIG_FILE}"
     recipe = recipe_of_config(config, where)
     model = build_from_config(config)
+    _check_outputs(model, state, config["n_classes"], where, weights)
     load_weights_into(model, state, weights)
     model.to(device).eval()
     try:

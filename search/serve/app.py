@@ -8,7 +8,8 @@ and shows the top-3 classes with their probabilities for
   them), cropped to the stroke, centred in a square with the dataset's margin, box-averaged down
   to the model's input size and stretched to the full 0..255 range (digits: 8x8, values 0..16
   scaled to 0..255);
-- an uploaded image, read exactly as ``search predict`` reads a file (colour mode, resize).
+- an uploaded image, read exactly as ``search predict`` reads a file (colour mode, resize); a file
+  that is not an image, or one too large to decode safely, gets predict's message in the page.
 
 Loopback by default (a warning for other addresses), never a share link, and no network at
 launch: gradio's analytics are off and the page uses system fonts only. This module logs; it
@@ -97,6 +98,14 @@ def drawing_to_input(image: np.ndarray, config: dict[str, Any]) -> np.ndarray | 
 # --------------------------------------------------------------------------- the page
 
 
+def page_error(message: str) -> Exception:
+    """The error a handler raises to show ``message`` in the page: gradio's ``Error``, without the
+    traceback gradio would otherwise print on the server's terminal."""
+    import gradio as gr
+
+    return gr.Error(message, print_exception=False)
+
+
 @dataclass
 class Predictor:
     """An exported model and what the page says about it."""
@@ -129,9 +138,17 @@ class Predictor:
         return self.top(torch.from_numpy(arr)[None])
 
     def predict_upload(self, path: str | None) -> dict[str, float]:
+        """Top-3 for an uploaded file, read as ``search predict`` reads it. A file that is not an
+        image, an empty one or one too large to decode safely: a message in the page
+        (``gr.Error``), one log line on the server, no traceback."""
         if not path:
             return {}
-        return self.top(load_images([path], self.config))
+        try:
+            images = load_images([path], self.config)
+        except ExportError as exc:
+            log.info("upload refused: %s", exc)
+            raise page_error(str(exc)) from None
+        return self.top(images)
 
     def description(self) -> str:
         c = self.config
@@ -199,7 +216,10 @@ def build_blocks(predictor: Predictor) -> Any:
                     )
                     pad.change(predictor.predict_drawing, pad, drawn, api_visibility="private")
             with gr.Column():
-                upload = gr.Image(type="filepath", label="Or upload an image")
+                # a file, not gr.Image: gradio would decode it before the handler (a text file, an empty
+                # one or a decompression bomb: "Could not preprocess" and a traceback); no file_types:
+                # gradio's own refusal prints a traceback too. The handler reads it as predict does.
+                upload = gr.File(type="filepath", label="Or upload an image")
                 uploaded = gr.Label(num_top_classes=TOP_K, label="Top 3 for the image")
                 upload.change(predictor.predict_upload, upload, uploaded, api_name="predict_image")
     return blocks

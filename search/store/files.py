@@ -4,7 +4,8 @@
 outlives a failed save; a full or unwritable folder raises :class:`StorageFault`);
 ``load_tensors`` reads a torch file with ``weights_only=True`` and turns every way such a file can
 be broken into :class:`UnreadableFile`; ``check_writable`` refuses folders a run cannot write
-before it starts. Knows nothing of Optuna, so data and train can use it.
+before it starts (it lives in :mod:`search.store.folders`, torch-free, re-exported here). Knows
+nothing of Optuna, so data and train can use it.
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ import io
 import logging
 import os
 import pickle
-import tempfile
 import zipfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from search.errors import InputError, RunFailure
+from search.store.folders import UnwritableFolder, check_writable, unwritable_reason
 
 log = logging.getLogger(__name__)
+
+__all__ = ["UnwritableFolder", "check_writable", "unwritable_reason"]  # from folders, re-exported
 
 # What torch.load raises on a truncated, corrupt or foreign file (probed on random bytes, cut-off
 # and bit-flipped checkpoints, text, empty files, pickled code): each means "unreadable".
@@ -133,49 +135,3 @@ def write_atomic(path: str | Path, data: bytes, tmp: str | Path | None = None) -
 def save_atomic(obj: Any, path: str | Path, tmp: str | Path | None = None) -> Path:
     """``torch.save(obj)`` to ``path`` atomically (see :func:`write_atomic`)."""
     return write_atomic(path, tensor_bytes(obj), tmp)
-
-
-# --------------------------------------------------------------------------- writable folders
-
-
-def unwritable_reason(folder: str | Path) -> str | None:
-    """Why files cannot be written under ``folder`` (None when they can). Creates nothing.
-
-    A missing folder is fine when its nearest existing parent is a writable folder (the run
-    creates it). Tried with a probe file, so it is also right for root and read-only mounts.
-    """
-    path = Path(folder)
-    probe_dir = path
-    while not probe_dir.exists():
-        if probe_dir.is_symlink():
-            return f"{probe_dir} is a broken link"
-        if probe_dir.parent == probe_dir:
-            return f"none of the folders above {path} exists"
-        probe_dir = probe_dir.parent
-    if not probe_dir.is_dir():
-        return f"{probe_dir} is a file, not a folder"
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=probe_dir)
-    except OSError as exc:
-        return f"{probe_dir} is not writable ({exc.strerror or exc})"
-    os.close(fd)
-    os.unlink(probe)
-    return None
-
-
-class UnwritableFolder(InputError):
-    """A folder a command must write to cannot be written: ``FIELD: problem (got PATH). Fix: HINT``."""
-
-
-def check_writable(folders: Mapping[str, str | Path]) -> None:
-    """UnwritableFolder for the first of ``folders`` (config field -> folder) that cannot be written.
-
-    Run before any work (a trial trains for minutes before it saves anything), it creates nothing.
-    """
-    for field, folder in folders.items():
-        reason = unwritable_reason(folder)
-        if reason is not None:
-            raise UnwritableFolder(
-                f"{field}: files are written here but {reason} (got {str(folder)!r}). Fix: make it a "
-                f"writable folder, or point {field} at one (e.g. --set {field}=/path/to/folder)"
-            )

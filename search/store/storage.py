@@ -27,23 +27,27 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
 from search.config import SearchConfig, default_of, mask_url
-from search.errors import InputError
 from search.store.records import CONFIG_ATTR, DATA_ATTR
+from search.store.urls import SQLITE_TIMEOUT_S, StorageError, check_storage, give, same_database
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S: int = default_of(SearchConfig, "heartbeat_interval_s")
 GRACE_PERIOD_S: int = default_of(SearchConfig, "grace_period_s")
 MAX_RETRY: int = default_of(SearchConfig, "max_retry")
-SQLITE_TIMEOUT_S = 60
 
 
-class StorageError(InputError):
-    """A storage URL that cannot be opened, or a study that is not there."""
-
-
-# mask_url lives in config (the lowest floor); the attribute names in records: re-exported
-__all__ = ["CONFIG_ATTR", "DATA_ATTR", "StorageError", "mask_url"]
+# mask_url lives in config (the lowest floor); the attribute names in records, the URL checks in
+# urls: re-exported
+__all__ = [
+    "CONFIG_ATTR",
+    "DATA_ATTR",
+    "SQLITE_TIMEOUT_S",
+    "StorageError",
+    "check_storage",
+    "mask_url",
+    "same_database",
+]
 
 
 def scrub(text: str, url: str) -> str:
@@ -67,6 +71,7 @@ def sqlite_path(url: str) -> Path | None:
 def make_storage(
     url: str,
     *,
+    what: str = "--storage",
     create: bool = True,
     heartbeat: bool = True,
     heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
@@ -79,11 +84,12 @@ def make_storage(
     With ``heartbeat``, running trials record a heartbeat every ``heartbeat_interval_s``; one
     silent for ``grace_period_s`` is failed by the next worker that starts a trial and re-queued
     (at most ``max_retry`` times per original trial) by ``stale_callback`` (default: Optuna's
-    ``RetryHeartbeatStaleTrialCallback``).
+    ``RetryHeartbeatStaleTrialCallback``). ``url`` is checked first by
+    :func:`search.store.urls.check_storage`; its errors name ``what`` (the flag or config key).
     """
-    db = sqlite_path(url)
-    if db is not None:
-        _sqlite_folder(db, create=create)
+    db = check_storage(url, what, create=create).path
+    if db is not None and create:
+        _make_folder(db, what)
     kwargs: dict[str, Any] = {}
     if heartbeat:
         kwargs = dict(heartbeat_interval=heartbeat_interval_s, grace_period=grace_period_s)
@@ -95,7 +101,7 @@ def make_storage(
     with _creation_lock(db):
         engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if db is not None:
-            _check_sqlite_file(db, writable=create)
+            check_storage(url, what, create=create)  # again, under the lock: another process may have made it
             _sqlite_wal(db)
             engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
         try:
@@ -103,27 +109,23 @@ def make_storage(
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as exc:
-            raise StorageError(scrub(f"cannot open storage {mask_url(url)}: {exc}", url)) from exc
+            raise StorageError(
+                scrub(f"{what}: cannot open storage {mask_url(url)}: {exc}", url)
+                + ". Fix: check the URL, that the database server is up and its driver installed"
+            ) from exc
     if db is not None:
         _sqlite_fast_commits(storage.engine)
     return storage
 
 
-def _sqlite_folder(db: Path, *, create: bool) -> None:
-    """StorageError unless ``db`` exists or (with ``create``) its folder exists or can be made."""
-    if db.exists():
-        return
-    if not create:
-        raise StorageError(
-            f"no study storage at {db}. Fix: run `search run CONFIG` first, "
-            "or pass --storage with the right URL"
-        )
+def _make_folder(db: Path, what: str) -> None:
+    """Create ``db``'s folder (checked by :func:`check_storage` first)."""
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StorageError(
-            f"cannot create the storage folder {db.parent} ({exc.strerror or exc}). "
-            "Fix: pass --storage with a sqlite:/// path in a writable folder"
+            f"{what}: cannot create the storage folder {db.parent} ({exc.strerror or exc}). "
+            f"Fix: {give(what)} a sqlite:/// path in a writable folder"
         ) from exc
 
 
@@ -160,36 +162,6 @@ def _sqlite_fast_commits(engine: sqlalchemy.engine.Engine) -> None:
 
     sqlalchemy.event.listen(engine, "connect", on_connect)
     engine.dispose()  # connections opened before the listener reconnect with it
-
-
-OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
-
-
-def _check_sqlite_file(db: Path, *, writable: bool) -> None:
-    """StorageError unless ``db`` is absent, empty, or an SQLite file holding Optuna's tables;
-    with ``writable``, also unless its folder (and the file) can be written."""
-    fix = "Fix: pass --storage sqlite:///path/to/another.db (a new file is created)"
-    if db.exists() and not db.is_file():
-        raise StorageError(f"storage {db} is not a file. {fix}")
-    if writable:
-        for path in (db.parent, db) if db.exists() else (db.parent,):
-            if not os.access(path, os.W_OK):
-                raise StorageError(
-                    f"storage {path} is read-only: a study cannot record its trials there. "
-                    f"Fix: make it writable, or {fix[5:]}"
-                )
-    if not db.exists() or db.stat().st_size == 0:
-        return
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=SQLITE_TIMEOUT_S) as conn:
-            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    except sqlite3.DatabaseError as exc:
-        raise StorageError(f"storage {db} is not an SQLite database ({exc}). {fix}") from exc
-    if tables and not OPTUNA_TABLES.issubset(tables):
-        raise StorageError(
-            f"storage {db} is an SQLite database but not an Optuna one (tables: "
-            f"{', '.join(sorted(tables)[:5])}). {fix}"
-        )
 
 
 def _sqlite_wal(db: Path) -> None:

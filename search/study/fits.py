@@ -1,5 +1,5 @@
-"""What the study's space must fit before any study exists: the images (every net the space can
-sample accepts them) and ``model.init_from`` (its file fits some net the space can sample)."""
+"""What ``model.init_from``'s file must fit before any study exists: some net the space can sample
+(the images are checked torch-free by :func:`search.study.preflight.check_space_fits`)."""
 
 from __future__ import annotations
 
@@ -8,38 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from search.config import ConfigError, ParamSpec, StudyConfig, space_corners, trial_config
-from search.engine.model import check_input_size
+from search.config import ParamSpec, StudyConfig, space_corners
 from search.engine.weights import file_sha256, matching, no_match_error, read_init_state
 from search.study.recipe import DataFacts, TrialRecipe
-
-# the model options that decide the smallest input the net accepts
-_GEOMETRY = ("model.stages", "model.pool", "model.padding", "model.kernel_size")
-
-
-def check_space_fits(cfg: StudyConfig, in_shape: tuple[int, int, int]) -> None:
-    """ConfigError unless every net the space can sample accepts ``in_shape``.
-
-    Checks every mix of the searched model options that change the net's geometry (finite
-    choices; a ``model.stages`` range by its two ends: more stages never need smaller images), so
-    ``model.stages: {choices: [2, 3, 4]}`` too deep for 8x8 digits is refused before any study
-    exists instead of failing its trials one by one. With none of them searched, the study's own
-    model settings are checked.
-    """
-    searched = [k for k in _GEOMETRY if k in cfg.search.space]
-    if not searched:
-        check_input_size(cfg.model, in_shape)
-        return
-    for mix in space_corners(cfg, _GEOMETRY):
-        try:
-            check_input_size(trial_config(cfg, mix).model, in_shape)
-        except ConfigError as exc:
-            raise ConfigError(
-                f"search.space.{searched[0]}",
-                ", ".join(f"{k}={mix[k]}" for k in searched),
-                f"a net this space can sample does not fit: {exc.problem}",
-                f"narrow {', '.join(searched)} in search.space to nets that fit, or use larger images",
-            ) from None
 
 
 def _first_value(spec: ParamSpec) -> Any:

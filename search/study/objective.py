@@ -29,11 +29,11 @@ from search.config import (
 )
 from search.engine.arch import family
 from search.engine.augment import BatchTransform
-from search.engine.data import folders_written, load_splits
+from search.engine.data import load_splits
 from search.engine.evaluate import forward_latency_ms
 from search.engine.model import count_parameters
 from search.engine.train import EpochMetrics, FitResult, FitState, StopKind, fit
-from search.store.artifacts import CheckpointStore, StorageFault, WeightStore, check_writable
+from search.store.artifacts import CheckpointStore, StorageFault, WeightStore
 from search.store.records import (
     BEST_EPOCH_ATTR,
     COMPILE_SECONDS_ATTR,
@@ -61,7 +61,8 @@ from search.store.records import (
 )
 from search.study.budgets import budget_constraints, over_budget
 from search.study.failures import DeviceFailure, describe_failure, free_memory, is_device_fatal
-from search.study.fits import check_space_fits, read_init_from
+from search.study.fits import read_init_from
+from search.study.preflight import check_space_fits
 from search.study.recipe import TrialRecipe, data_facts
 from search.study.space import params_of, suggest
 
@@ -95,15 +96,6 @@ def device_label(device: torch.device) -> str:
     gpus = [v.strip() for v in visible.split(",") if v.strip()]
     index = device.index or 0
     return f"{device} (GPU {gpus[index]})" if index < len(gpus) else str(device)
-
-
-def check_run_folders(cfg: StudyConfig) -> None:
-    """UnwritableFolder for any folder a run writes (weights, checkpoints, data cache) that cannot
-    be written; run before the first trial, it creates nothing."""
-    folders: dict[str, str] = {"checkpoints_dir": cfg.checkpoints_dir}
-    if cfg.search.keep_top_k > 0:
-        folders["artifacts_dir"] = cfg.artifacts_dir
-    check_writable({**folders, **folders_written(cfg.data)})
 
 
 FitFn = Callable[..., FitResult]  # ``train.fit``'s signature: the training loop a trial runs

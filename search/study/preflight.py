@@ -18,10 +18,21 @@ warnings (``run`` once, before its workers start). Imports neither torch nor opt
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from search.config import ParamSpec, StudyConfig
-from search.engine.counts import ClassCount, DataCounts, class_split, data_counts, steps_per_epoch
+from search.config import ConfigError, ParamSpec, StudyConfig, space_corners, trial_config
+from search.engine.cache_key import folders_written
+from search.engine.counts import (
+    ClassCount,
+    DataCounts,
+    class_split,
+    data_counts,
+    input_hw,
+    steps_per_epoch,
+)
+from search.engine.geometry import check_input_size
+from search.store.folders import check_writable
 from search.study.space import space_warnings
 
 log = logging.getLogger(__name__)
@@ -73,10 +84,51 @@ def preflight(cfg: StudyConfig) -> Preflight:
         DataError: an imagefolder that ``run`` would refuse; the message names the folder.
     """
     counts = data_counts(cfg.data)
+    hw = input_hw(cfg.data)
+    if hw is not None:  # the check `run` makes on the decoded images, here from the sizes alone
+        check_space_fits(cfg, (1, *hw))  # the channels do not change the geometry
     warnings = [_batch_warning(cfg, counts.train), _val_warning(cfg, counts.val)]
     warnings += [_no_val_warning(cfg, counts), _folds_warning(cfg, counts)]
     warnings += space_warnings(cfg)  # not data, but validate and run log them with these
     return Preflight(cfg, counts, tuple(w for w in warnings if w))
+
+
+# the model options that decide the smallest input the net accepts
+_GEOMETRY = ("model.stages", "model.pool", "model.padding", "model.kernel_size")
+
+
+def check_space_fits(cfg: StudyConfig, in_shape: Sequence[int]) -> None:
+    """ConfigError unless every net the space can sample accepts ``in_shape`` (C, H, W).
+
+    Checks every mix of the searched model options that change the net's geometry (finite
+    choices; a ``model.stages`` range by its two ends: more stages never need smaller images), so
+    ``model.stages: {choices: [2, 3, 4]}`` too deep for 8x8 digits is refused before any study
+    exists instead of failing its trials one by one. With none of them searched, the study's own
+    model settings are checked.
+    """
+    searched = [k for k in _GEOMETRY if k in cfg.search.space]
+    if not searched:
+        check_input_size(cfg.model, in_shape)
+        return
+    for mix in space_corners(cfg, _GEOMETRY):
+        try:
+            check_input_size(trial_config(cfg, mix).model, in_shape)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"search.space.{searched[0]}",
+                ", ".join(f"{k}={mix[k]}" for k in searched),
+                f"a net this space can sample does not fit: {exc.problem}",
+                f"narrow {', '.join(searched)} in search.space to nets that fit, or use larger images",
+            ) from None
+
+
+def check_run_folders(cfg: StudyConfig) -> None:
+    """UnwritableFolder for any folder a run writes (weights, checkpoints, data cache) that cannot
+    be written; run before the first trial (and by ``search validate``), it creates nothing."""
+    folders: dict[str, str] = {"checkpoints_dir": cfg.checkpoints_dir}
+    if cfg.search.keep_top_k > 0:
+        folders["artifacts_dir"] = cfg.artifacts_dir
+    check_writable({**folders, **folders_written(cfg.data)})
 
 
 def sampled_batch_sizes(spec: ParamSpec) -> list[int]:

@@ -41,7 +41,8 @@ from search.store.artifacts import StorageFault, WeightStore
 from search.store.storage import retrying
 from search.study.budgets import is_feasible
 from search.study.failures import FAIL_REASON_ATTR, DeviceFailure, FailureBudget
-from search.study.objective import Objective, TrialInterrupted, check_run_folders
+from search.study.objective import Objective, TrialInterrupted
+from search.study.preflight import check_run_folders
 from search.study.resume import prepare_resume
 from search.study.sampling import grid_point, grid_points_left
 from search.study.space import grid_size

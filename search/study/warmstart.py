@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial
 
 from search.config import INT_PARAMS, PARAM_NAMES, ConfigError, ParamSpec, StudyConfig
 from search.store.records import WARM_START_ATTR
+from search.store.urls import same_database
 from search.study.space import ParamValue, params_of
 from search.study.stored import open_existing, study_config, top_trials
 
@@ -119,7 +120,7 @@ def plan_warm_start(cfg: StudyConfig, source: str, storage: str, top: int) -> Wa
     """
     if top < 1:
         raise ConfigError("--warm-start-top", top, "must be >= 1", "use e.g. 5")
-    if source == cfg.name and storage == cfg.storage:
+    if source == cfg.name and same_database(storage, cfg.storage):  # however either URL spells it
         raise ConfigError(
             "--warm-start", source, "a study cannot warm-start from itself", "name another study"
         )

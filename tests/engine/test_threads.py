@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ import search.engine.threads as threads_module
 import search.study.workers as workers_module
 from search.config import ConfigError, config_from_dict
 from search.engine.threads import ThreadPolicy, child_env, passive_wait, thread_policy, use_threads
-from tests.conftest import run_cli, tiny_config
+from search.errors import InputError
+from tests.conftest import cli_env, run_cli, tiny_config
 from tests.studies import build_study, study_config
 
 
@@ -173,3 +175,50 @@ def test_passive_wait_policy_unless_the_user_chose() -> None:
     assert passive_wait(env) and env == {"OMP_WAIT_POLICY": "PASSIVE"}
     env = {"OMP_WAIT_POLICY": "ACTIVE"}
     assert not passive_wait(env) and env == {"OMP_WAIT_POLICY": "ACTIVE"}
+
+
+def test_counts_over_the_cores_are_lowered_and_absurd_ones_refused(four_cores: None) -> None:
+    lowered = thread_policy(1, flag=10, environ={})
+    assert lowered == ThreadPolicy(4, 4, 1, "--threads", asked=10)
+    assert (
+        lowered.clamp_warning()
+        == "--threads 10 is more threads than the 4 usable cores of this machine; using 4"
+    )
+    assert thread_policy(2, environ={"OMP_NUM_THREADS": "64"}).threads == 4
+    assert thread_policy(1, configured=4, environ={}).asked is None
+    with pytest.raises(InputError, match=r"^OMP_NUM_THREADS: 100000 threads is not a thread count"):
+        thread_policy(1, environ={"OMP_NUM_THREADS": "100000"})
+
+
+def test_run_lowers_a_thread_count_over_the_cores_and_refuses_an_absurd_one(tmp_path: Path) -> None:
+    """Issue 26 row 13: `train.threads: 1000` runs with a warning naming the value used;
+    `--threads 99999999999999999999` and `OMP_NUM_THREADS=100000` exit 2, nothing written."""
+    cfg = tiny_config(search={**tiny_config()["search"], "n_trials": 1}, train={"epochs": 1, "patience": 1})
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**cfg, "train": {**cfg["train"], "threads": 1000}}))
+    env = {k: v for k, v in cli_env().items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    cores = len(os.sched_getaffinity(0))
+    plural = "s" if cores != 1 else ""
+
+    def search(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "search", *args],
+            cwd=tmp_path,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    for args, extra, message in [
+        (["--threads", "99999999999999999999"], {}, "error: --threads: 99999999999999999999 threads is not"),
+        ([], {"OMP_NUM_THREADS": "100000"}, "error: OMP_NUM_THREADS: 100000 threads is not a thread count"),
+    ]:
+        bad = search("run", "tiny.yaml", "--device", "cpu", *args, **extra)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+        assert "Fix: " in bad.stderr and not (tmp_path / "storage" / "studies.db").exists()
+    proc = search("run", "tiny.yaml", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warning = f"train.threads 1000 is more threads than the {cores} usable core{plural} of this machine"
+    assert f"WARNING search.engine.threads: {warning}; using {cores}" in proc.stderr
+    assert f"torch threads: {cores} (set by train.threads;" in proc.stderr

@@ -346,3 +346,23 @@ def test_confirm_csv_has_the_searched_config_fields(tmp_path: Path) -> None:
     assert [r["train.optimizer"] for r in rows] == [
         study.trials[int(r["trial"])].params["train.optimizer"] for r in rows
     ]
+
+
+def test_more_folds_than_the_smallest_class_holds_exits_2_with_the_numbers(tmp_path: Path) -> None:
+    """20 images of 2 classes (issue 26 row 16): 12 folds would validate some folds on one class
+    alone, on folds of 1-2 images: refused before any training; 5 folds run, with a warning."""
+    data = {"dataset": "synthetic", "synthetic": {"shape": [1, 8, 8], "n_classes": 2, "n_samples": 20}}
+    search = {**tiny_config()["search"], "n_trials": 1}
+    write_config(
+        tmp_path / "few.yaml", tiny_config(data=data, train={"epochs": 1, "patience": 1}, search=search)
+    )
+    run_cli("run", "few.yaml", "--device", "cpu", cwd=tmp_path, check=0)
+    proc = run_cli("confirm", "tiny", "--folds", "12", "--top", "1", "--device", "cpu", cwd=tmp_path, check=2)
+    assert (
+        "error: --folds: more folds than the " in proc.stderr and "train+val image(s) of class" in proc.stderr
+    )
+    assert "folds would validate without it, on folds of 1-2 images" in proc.stderr
+    assert "Fix: use --folds " in proc.stderr and "Traceback" not in proc.stderr
+    assert "confirm" not in _load(tmp_path).user_attrs and not (tmp_path / "storage" / "reports").exists()
+    proc = run_cli("confirm", "tiny", "--folds", "3", "--top", "1", "--device", "cpu", cwd=tmp_path, check=0)
+    assert "--folds 3: each fold validates on only 5-6 of the 16 train+val images" in proc.stderr

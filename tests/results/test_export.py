@@ -294,3 +294,38 @@ def test_export_with_a_non_utf8_class_folder_and_no_half_written_files(tmp_path:
     assert "cannot write the export to e2" in proc.stderr
     assert sorted(p.name for p in (tmp_path / "e2").iterdir()) == [".README.md.tmp"]
     assert study.best_trial is not None
+
+
+def test_predict_refuses_an_export_config_without_what_it_needs(
+    digits: tuple[Path, optuna.Study], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """config.json with "classes": [], too few names, a missing key, n_classes other than the
+    weights' outputs (issue 26 row 11): exit 2 naming the file and the key, no IndexError."""
+    _, study = digits
+    good = export_trial(study, study_config(study), out=tmp_path / "good").out
+    config = json.loads((good / "config.json").read_text())
+    image = tmp_path / "x.png"
+    Image.new("L", (8, 8)).save(image)
+    cases = {
+        "empty": ({**config, "classes": []}, "key 'classes' names 0 classes but n_classes is 10"),
+        "two": ({**config, "classes": ["a", "b"]}, "key 'classes' names 2 classes but n_classes is 10"),
+        "no-model": ({k: v for k, v in config.items() if k != "model"}, "key 'model' is missing"),
+        "no-classes": ({k: v for k, v in config.items() if k != "classes"}, "key 'classes' is missing"),
+        "one-class": ({**config, "n_classes": 1, "classes": ["a"]}, "key 'n_classes' is not a count of 2"),
+        "shape": ({**config, "in_shape": [2, 8, 8]}, "key 'in_shape' is not [channels (1 or 3)"),
+        "outputs": (
+            {**config, "n_classes": 3, "classes": ["a", "b", "c"]},
+            "key 'n_classes' is 3 but the weights in",
+        ),
+    }
+    for name, (changed, message) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "best.pt").write_bytes((good / "best.pt").read_bytes())
+        (folder / "config.json").write_text(json.dumps(changed))
+        assert main(["predict", str(folder), str(image)]) == 2, name
+        err = capsys.readouterr().err
+        assert f"error: {folder / 'config.json'}: {message}" in err, err
+    proc = run_cli("predict", str(tmp_path / "empty"), str(image), cwd=tmp_path, check=2)
+    assert f"error: {tmp_path / 'empty' / 'config.json'}: key 'classes' names 0 classes" in proc.stderr
+    assert "Fix: export the study again" in proc.stderr and "Traceback" not in proc.stderr

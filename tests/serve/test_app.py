@@ -185,6 +185,36 @@ def test_app_page_renders_in_headless_chromium(served: str, exported: Path, tmp_
     assert "Or upload an image" in text
 
 
+def test_app_shows_predicts_message_for_a_file_that_is_not_an_image(
+    served: str, exported: Path, tmp_path: Path
+) -> None:
+    """A text file, an empty file, a PNG header claiming 100000x100000 pixels (issue 26 row 10):
+    predict's message in the page through the page's own API, the handler raising gradio's Error;
+    the served fixture asserts no traceback on the server's terminal."""
+    import gradio
+
+    from search.serve.app import load_predictor
+    from tests.engine.test_data import _bomb_png
+
+    text = tmp_path / "notes.txt"
+    text.write_text("a shopping list, not an image\n")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    bomb = _bomb_png(tmp_path / "bomb.png", side=100_000)
+    predictor = load_predictor(exported)
+    client = client_for(served)
+    for path, message in [
+        (text, "cannot read image"),
+        (empty, "cannot read image"),
+        (bomb, "is too large to decode safely"),
+    ]:
+        with pytest.raises(gradio.Error, match=message) as raised:
+            predictor.predict_upload(str(path))
+        assert path.name in raised.value.message and "Fix: " in raised.value.message
+        with pytest.raises(gradio_client.exceptions.AppError, match=message):
+            client.predict(gradio_client.handle_file(str(path)), api_name="/predict_image")
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -221,6 +251,24 @@ def test_broken_export_dirs_exit_2(
     line = app_error(capsys, str(broken), "--port", str(free_port()))
     assert line.startswith(f"error: EXPORT_DIR '{broken}': ") and "best.pt" in line
     assert "not a plain tensor file" in line and "Fix: export the study again" in line
+
+
+def test_an_export_without_class_names_is_refused_at_load(
+    exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """config.json with "classes": [], or another count than the weights (issue 26 row 11)."""
+    import shutil
+
+    for name, change, message in [
+        ("no-classes", {"classes": []}, "key 'classes' names 0 classes but n_classes is 10"),
+        ("three", {"n_classes": 3, "classes": ["a", "b", "c"]}, "key 'n_classes' is 3 but the weights"),
+    ]:
+        folder = tmp_path / name
+        shutil.copytree(exported, folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, **change}))
+        line = app_error(capsys, str(folder), "--port", str(free_port()))
+        assert line.startswith(f"error: EXPORT_DIR '{folder}': {folder / 'config.json'}: {message}"), line
 
 
 def test_port_in_use_exits_2(exported: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -272,7 +272,7 @@ def test_cli_missing_storage_exits_2_and_creates_nothing(
     db = tmp_path / "nope" / "studies.db"
     code = cli.main(["dashboard", "--storage", f"sqlite:///{db}", "--port", str(free_port())])
     assert code == 2
-    assert "error: no study storage at" in capsys.readouterr().err
+    assert "error: --storage: no study storage at" in capsys.readouterr().err
     assert not db.parent.exists()
 
 
