@@ -265,3 +265,19 @@ def test_search_efficiency_quick(tmp_path: Path) -> None:
     assert png_size(plot)[1] > 0 and out[-2] == f"plot: {plot}"
     assert re.fullmatch(r"goals, defaults, digits: grid best within 0\.5x .*: (yes|no) \(.*\)", out[-1])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the studies went to a temporary folder
+
+
+def test_ingest_quick(tmp_path: Path) -> None:
+    """Our ingestion and the hand-written loop, each in its own subprocess, at two folder sizes."""
+    out = lines(run_bench("ingest.py", "--quick", "--workers", "2", cwd=tmp_path))
+    assert out[0].endswith("2 worker(s)") and "load" in out[0]
+    rows = table_rows(out)
+    timed = [r for r in rows if r[1] in ("12", "36")]
+    assert sorted((r[0], r[1]) for r in timed) == sorted(
+        (m, n) for m in ("loop", "process", "thread") for n in ("12", "36")
+    )
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in timed)  # seconds and peak RSS measured
+    extra = {r[0]: r for r in rows if r not in timed}
+    assert set(extra) == {"loop", "process", "thread"} and extra["loop"][2] == "1.00"
+    assert "24 more photos (36 vs 12):" in out
+    assert not list(tmp_path.iterdir())  # the photos and caches went to a temporary directory

@@ -1,5 +1,8 @@
 """Image files decoded in parallel, one at a time per worker, straight into a file on disk.
 
+Workers are threads by default: PIL releases the GIL while it decodes and resizes, so they run on
+every core without a process pool's start-up and copies (measured: docs/BENCHMARKS.md).
+
 :func:`ingest` writes uint8 ``[N, C, S, S]`` rows into a preallocated ``.npy`` file (the data
 cache, :mod:`search.engine.cache`): each worker opens, orients, converts and resizes one photo and
 writes its row at its offset (``os.pwrite``), so neither the workers nor this process hold more
@@ -211,8 +214,9 @@ def _decode_chunk(target: str, offset: int, start: int, paths: Sequence[Path], p
     return len(paths)
 
 
-def make_pool(workers: int, kind: str = "process") -> Executor:
-    """The ingestion's workers: processes by default (see docs/BENCHMARKS.md), or threads."""
+def make_pool(workers: int, kind: str = "thread") -> Executor:
+    """The ingestion's workers: threads by default (PIL lets go of the GIL while it decodes and
+    resizes; threads measured faster than processes, docs/BENCHMARKS.md), or processes."""
     if kind == "thread":
         return ThreadPoolExecutor(workers)
     import multiprocessing
@@ -313,12 +317,12 @@ def ingest(
     image_size: int | None,
     resize: str = "stretch",
     workers: int = 1,
-    kind: str = "process",
+    kind: str = "thread",
     where: object = "",
 ) -> tuple[int, int, int]:
     """Decode ``paths`` into a new uint8 ``.npy`` file at ``target``; returns its ``(C, H, W)``.
 
-    Runs on ``workers`` processes (or threads, ``kind="thread"``); one worker decodes inline.
+    Runs on ``workers`` threads (or processes, ``kind="process"``); one worker decodes inline.
     Raises DataError naming the first unreadable file (``target`` is then half-written: the
     caller, which wrote it under a temporary name, removes it).
     """

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -195,3 +196,18 @@ def test_two_processes_share_one_cache_decoded_once(tmp_path: Path) -> None:
     assert lines[0][1] == lines[1][1] != "0"  # the same pixels
     decoded = sum(err.count("decoding 24 images") for _, err in outs)
     assert decoded == 1, [err for _, err in outs]  # the second waited for the first, then mapped it
+
+
+def test_without_a_terminal_progress_is_a_log_line_with_rate_and_eta(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from search.engine import ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "LOG_EVERY_S", 0.0)  # a line after every chunk
+    files = sorted(_photos(tmp_path / "imgs").rglob("*.jpg"))
+    with caplog.at_level(logging.INFO, logger="search.engine.ingest"):
+        ingest(files, tmp_path / "x.npy", image_size=8)
+    assert re.search(r"decoding images: 16/40 images, \d+/s, about \d+ s left", caplog.text)
+    assert re.search(r"decoded 40 images from .* in [\d.]+ s \(\d+/s", caplog.text)
