@@ -101,6 +101,8 @@ class ImageSet:
         device = torch.device(device)
         if device.type == "cpu" and self.base.device.type == "cpu":
             return ImageSet(self.base, self.labels.cpu(), self.index)
+        if self.stream_to is None and self.index is None and self.base.device == device:
+            return self
         from search.engine.stream import resident
 
         return resident(self, device)

@@ -39,7 +39,9 @@ def _config(workdir: Path, csv: str) -> Path:
 def test_validate_lists_a_labels_csv_like_class_folders(workdir: Path) -> None:
     _csv_photos(workdir / "photos")
     proc = run_cli("validate", str(_config(workdir, "photos/labels.csv")), cwd=workdir, check=0)
-    assert re.search(r"2 classes, 20 images \(train \d+, val \d+, test \d+\)", proc.stdout)
+    assert re.search(
+        r"data: imagefolder .*labels\.csv, 2 classes, 20 images \(train \d+, val \d+, test \d+\)", proc.stdout
+    )
     for name in ("circles", "squares"):
         assert re.search(rf"^\s+{name}\s+10\s+\(train \d+, val \d+, test \d+\)", proc.stdout, re.M)
 
