@@ -74,6 +74,7 @@ def child(method: str, folder: Path, n: int, side: int, workers: int) -> None:
     this process and of its largest worker."""
     import numpy  # noqa: F401  (imports are not what is timed)
     import PIL.Image  # noqa: F401
+
     paths = sorted(folder.rglob("*.jpg"), key=lambda p: p.name)[:n]
     if method != "loop":
         from search.engine.ingest import ingest  # imported before the clock starts, as PIL is
