@@ -142,7 +142,7 @@ def build(files: CacheFiles, write: Writer, labels: list[int], classes: list[str
     mapped and removed at once (nothing is left behind; the next run decodes again).
     """
     folder = files.stem.parent
-    created = not folder.exists()
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # removed again on failure
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with exclusive(folder):
@@ -153,9 +153,9 @@ def build(files: CacheFiles, write: Writer, labels: list[int], classes: list[str
                 stale.unlink(missing_ok=True)
             _write(files, write, labels, classes)
     except BaseException as exc:
-        if created:  # a failed first ingestion leaves no empty cache folder behind
+        for made in created:  # a failed first ingestion leaves no empty cache folder behind
             with contextlib.suppress(OSError):
-                folder.rmdir()
+                made.rmdir()
         if not isinstance(exc, OSError):
             raise
         # a read-only or full cache folder: decode anyway, cache nothing

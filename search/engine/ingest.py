@@ -118,15 +118,19 @@ def probe(path: Path) -> tuple[str, tuple[int, int]]:
         return img.mode, ((h, w) if turned else (w, h))
 
 
-def plan_mode(modes: Counter[str], where: object) -> str:
-    """``L`` when every image is grey, else ``RGB`` (warned about when the modes are mixed)."""
-    if set(modes) <= GRAY_MODES:
+def plan_mode(modes: Sequence[str], paths: Sequence[Path], where: object) -> str:
+    """``L`` when every image is grey, else ``RGB`` (warned about, naming an image that is not RGB,
+    when the modes are mixed)."""
+    counts = Counter(modes)
+    if set(counts) <= GRAY_MODES:
         return "L"
-    if not set(modes) <= {"RGB"}:
+    if not set(counts) <= {"RGB"}:
+        other = next(path for path, mode in zip(paths, modes, strict=True) if mode != "RGB")
         log.warning(
-            "imagefolder %s mixes image modes (%s); converting all to RGB",
+            "imagefolder %s mixes image modes (%s, e.g. %s); converting all to RGB",
             where,
-            ", ".join(f"{n} {m}" for m, n in sorted(modes.items())),
+            ", ".join(f"{n} {m}" for m, n in sorted(counts.items())),
+            other,
         )
     return "RGB"
 
@@ -297,7 +301,7 @@ def plan_for(
     finally:
         progress.close()
     headers = [h for part in parts for h in part]
-    mode = plan_mode(Counter(m for m, _ in headers), where)
+    mode = plan_mode([m for m, _ in headers], paths, where)
     if image_size is not None:
         return Plan(mode, (image_size, image_size), resize)
     first = headers[0][1]

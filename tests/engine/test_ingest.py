@@ -211,3 +211,14 @@ def test_without_a_terminal_progress_is_a_log_line_with_rate_and_eta(
         ingest(files, tmp_path / "x.npy", image_size=8)
     assert re.search(r"decoding images: 16/40 images, \d+/s, about \d+ s left", caplog.text)
     assert re.search(r"decoded 40 images from .* in [\d.]+ s \(\d+/s", caplog.text)
+
+
+def test_photos_of_different_sizes_without_an_image_size_name_both(tmp_path: Path) -> None:
+    for cls, size in (("a", (8, 6)), ("b", (6, 8))):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        Image.new("RGB", size).save(tmp_path / "imgs" / cls / "0.png")
+    with pytest.raises(
+        DataError, match=r"image \S*b/0\.png is 6x8 but \S*a/0\.png is 8x6\. Fix: set data\.image_size"
+    ):
+        load_splits(_cfg(tmp_path / "imgs", tmp_path / "cache"), seed=0)
+    assert not (tmp_path / "cache").exists()
