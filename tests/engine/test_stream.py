@@ -57,3 +57,19 @@ def test_a_run_too_big_for_its_budget_streams_and_scores_the_same(workdir: Path)
     url = f"sqlite:///{workdir / 'storage' / 'studies.db'}"
     values = [optuna.load_study(study_name=n, storage=url).trials[0].value for n in ("tiny", "streamed")]
     assert values[0] is not None and values[0] == values[1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_streamed_batches_reach_the_gpu_as_the_resident_ones(tmp_path: Path) -> None:
+    """Pinned buffers used in turn while copies run: every batch still holds its own images."""
+    root = make_photos(tmp_path / "imgs", classes=2, per_class=16)
+    cfg = DataConfig(dataset="imagefolder", root=str(root), cache_dir=str(tmp_path / "c"), image_size=12)
+    splits = load_splits(cfg, seed=0)
+    cuda = torch.device("cuda")
+    resident, _ = place(splits.train, splits.val, cuda, 1.0)
+    streamed, _ = place(splits.train, splits.val, cuda, 1e-15)
+    assert resident.stream_to is None and streamed.stream_to == cuda
+    perm = torch.randperm(len(resident), device=cuda)
+    got = [streamed.batch(perm[i : i + 4].cpu()) for i in range(0, len(perm) - 3, 4)]  # all in flight
+    want = [resident.batch(perm[i : i + 4]) for i in range(0, len(perm) - 3, 4)]
+    assert all(g.device.type == "cuda" and torch.equal(g, w) for g, w in zip(got, want, strict=True))
