@@ -222,3 +222,16 @@ def test_photos_of_different_sizes_without_an_image_size_name_both(tmp_path: Pat
     ):
         load_splits(_cfg(tmp_path / "imgs", tmp_path / "cache"), seed=0)
     assert not (tmp_path / "cache").exists()
+
+
+def test_the_cache_key_follows_the_files_and_the_resize(tmp_path: Path) -> None:
+    root = _photos(tmp_path / "imgs", 8)
+    cfg = _cfg(root, tmp_path / "cache", image_size=8)
+    first = cache_path(cfg)
+    assert cache_path(_cfg(root, tmp_path / "cache", image_size=8, resize="pad")) != first
+    photo = next(root.rglob("*.jpg"))
+    os.utime(photo, (photo.stat().st_atime, photo.stat().st_mtime + 10))  # a photo edited in place
+    assert cache_path(cfg) != first
+    touched = cache_path(cfg)
+    photo.rename(photo.with_name("renamed.jpg"))
+    assert cache_path(cfg) not in (first, touched)
