@@ -2,7 +2,10 @@
 
 Every dataset ends up as ``uint8 [N, C, H, W]`` images and ``int64 [N]`` labels. Decoding
 (PIL, torchvision, scikit-learn) happens once; the result is cached under ``data.cache_dir``
-and re-used by every trial and every later run. Splits are seeded and stratified: the test split
+and re-used by every trial and every later run: an imagefolder as a ``.npy`` file decoded in
+parallel and memory-mapped read-only by every reader (:mod:`search.engine.ingest`,
+:mod:`search.engine.cache`), the other datasets as tensors (``.pt``). A split is an index into
+those images, never a copy (:class:`ImageSet`). Splits are seeded and stratified: the test split
 is the official one where the dataset has it (MNIST, Fashion-MNIST, CIFAR-10), otherwise a held-out
 ``test_fraction``; validation is carved out of the training split. Search code asks for
 ``with_test=False`` and never sees the test images.
