@@ -282,3 +282,19 @@ def test_families_quick(tmp_path: Path) -> None:
     params = {r[0]: int(r[2].replace(",", "")) for r in rows[1:]}
     assert params["convnet/depthwise"] < params["convnet/plain"] < params["resnet18, small-input stem"]
     assert all(r[1] == "16" and float(r[3]) > 0 and float(r[4]) > 0 for r in rows[1:])
+
+
+def test_ingest_quick(tmp_path: Path) -> None:
+    """Our ingestion and the hand-written loop, each in its own subprocess, at two folder sizes."""
+    out = lines(run_bench("ingest.py", "--quick", "--workers", "2", cwd=tmp_path))
+    assert out[0].endswith("2 worker(s)") and "load" in out[0]
+    rows = [r for r in table_rows(out) if r[0] != "method"]  # the second table's header too
+    timed = [r for r in rows if r[1] in ("12", "36")]
+    assert sorted((r[0], r[1]) for r in timed) == sorted(
+        (m, n) for m in ("loop", "process", "thread") for n in ("12", "36")
+    )
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in timed)  # seconds and peak RSS measured
+    extra = {r[0]: r for r in rows if r not in timed}
+    assert set(extra) == {"loop", "process", "thread"} and extra["loop"][2] == "1.00"
+    assert "24 more photos (36 vs 12):" in out
+    assert not list(tmp_path.iterdir())  # the photos and caches went to a temporary directory

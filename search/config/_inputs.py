@@ -52,14 +52,25 @@ def locate_data_root(cfg: StudyConfig, config_dir: str | Path | None = None) -> 
         to the working directory, where torchvision datasets download, and :func:`check_inputs`
         names the places looked).
     """
+    cfg = _locate_labels_csv(cfg, config_dir)
     places = _places(cfg.data.root, config_dir)
-    if cfg.data.dataset not in READS_ROOT or not places:
+    if cfg.data.dataset not in READS_ROOT or cfg.data.labels_csv is not None or not places:
         return cfg
     for place in places:
         if place.is_dir():
             data = dataclasses.replace(cfg.data, root=str(place.resolve()))
             return dataclasses.replace(cfg, data=data)
     object.__setattr__(cfg, _LOOKED_IN, places)  # frozen: set once, beside the fields
+    return cfg
+
+
+def _locate_labels_csv(cfg: StudyConfig, config_dir: str | Path | None) -> StudyConfig:
+    """``cfg`` with a relative ``data.labels_csv`` made absolute where it is found (as data.root)."""
+    csv = cfg.data.labels_csv
+    for place in _places(csv, config_dir) if csv is not None else ():
+        if place.is_file():
+            data = dataclasses.replace(cfg.data, labels_csv=str(place.resolve()))
+            return dataclasses.replace(cfg, data=data)
     return cfg
 
 
@@ -71,7 +82,12 @@ def check_inputs(cfg: StudyConfig) -> None:
             names every place it was looked for.
     """
     check_arch_options(cfg)
-    if cfg.data.dataset == "imagefolder" and not Path(cfg.data.root).is_dir():
+    csv = cfg.data.labels_csv
+    if csv is not None and not Path(csv).is_file():
+        raise ConfigError(
+            "data.labels_csv", csv, "file not found", "give a CSV file of path,label rows, or null"
+        )
+    if cfg.data.dataset == "imagefolder" and csv is None and not Path(cfg.data.root).is_dir():
         looked = getattr(cfg, _LOOKED_IN, None) or _places(cfg.data.root, None)
         where = " and ".join(str(place.resolve()) for place in looked)
         raise ConfigError(

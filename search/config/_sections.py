@@ -23,6 +23,7 @@ from search.config._types import (
     LrScheduleName,
     OptimizerName,
     PathStr,
+    ResizeMode,
     Str,
     list_of,
 )
@@ -162,6 +163,32 @@ class DataConfig:
         ge=1,
         searchable=DATA_FIXED,
     )
+    resize: ResizeMode = field(
+        default="stretch",
+        doc="how image_size makes a non-square photo square: stretch (the whole photo, squeezed), "
+        "center_crop (the largest centred square) or pad (the whole photo on black borders)",
+        problem="unknown resize mode",
+        searchable=DATA_FIXED,
+    )
+    labels_csv: Str | None = field(
+        default=None,
+        doc="imagefolder: a CSV of path,label rows (paths relative to the CSV's folder; an optional "
+        "first row path,label) used instead of one sub-folder per class; data.root is then not read. "
+        "A relative path is looked up like data.root",
+        fix="give a CSV file of path,label rows, or null for class folders",
+        searchable=DATA_FIXED,
+    )
+    device_budget: Float = field(
+        default=0.5,
+        doc="share of the training device's free memory (CUDA; on the CPU the available RAM) the "
+        "decoded training and validation images may take to stay resident there; a larger set is "
+        "streamed batch by batch from the memory-mapped cache",
+        fix="use e.g. 0.5",
+        gt=0,
+        le=1,
+        problem="must be above 0 and at most 1",
+        resumable=True,
+    )
     augment: AugmentConfig = field(default_factory=AugmentConfig, doc="training augmentation")
     normalize: NormalizeConfig | None = field(
         default=None, doc="fixed mean/std (default: measured)", searchable=DATA_FIXED
@@ -169,6 +196,17 @@ class DataConfig:
     synthetic: SyntheticConfig = field(
         default_factory=SyntheticConfig, doc="dataset: synthetic", searchable=DATA_FIXED
     )
+
+    @model_validator(mode="after")
+    def _labels_csv_is_for_imagefolder(self) -> DataConfig:
+        if self.labels_csv is not None and self.dataset != "imagefolder":
+            raise ConfigError(
+                "labels_csv",
+                self.labels_csv,
+                f"only read by dataset: imagefolder (dataset is {self.dataset})",
+                "set data.dataset: imagefolder, or remove data.labels_csv",
+            )
+        return self
 
     @model_validator(mode="after")
     def _room_for_training(self) -> DataConfig:

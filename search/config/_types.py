@@ -15,6 +15,7 @@ from search.config._errors import ConfigError
 Dataset = Literal["digits", "mnist", "fashion_mnist", "cifar10", "imagefolder", "synthetic"]
 SamplerName = Literal["tpe", "random", "grid", "cmaes", "qmc", "gp"]
 OptimizerName = Literal["adam", "adamw", "sgd"]
+ResizeMode = Literal["stretch", "center_crop", "pad"]
 LrScheduleName = Literal["constant", "cosine", "onecycle"]
 PrunerName = Literal["median", "percentile", "successive_halving", "hyperband", "none"]
 BlockName = Literal["plain", "residual", "depthwise", "inception"]

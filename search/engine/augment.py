@@ -306,8 +306,11 @@ class BatchTransform:
         )
 
 
-def channel_stats(images_u8: torch.Tensor, batch: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and population std of ``images_u8 / 255`` over a uint8 [N, C, H, W].
+def channel_stats(
+    images_u8: torch.Tensor, batch: int = 4096, index: torch.Tensor | None = None
+) -> tuple[list[float], list[float]]:
+    """Per-channel mean and population std of ``images_u8 / 255`` over a uint8 [N, C, H, W]
+    (only its rows ``index`` when given: a split of a shared, memory-mapped array, never copied whole).
 
     Sums are accumulated exactly in int64, ``batch`` images at a time, on the tensor's device,
     and combined in float64. Every std is clamped to at least 1e-6, so the result is always safe
@@ -317,15 +320,17 @@ def channel_stats(images_u8: torch.Tensor, batch: int = 4096) -> tuple[list[floa
         raise TypeError(f"images must be a uint8 tensor, got dtype {images_u8.dtype}")
     if images_u8.dim() != 4:
         raise ValueError(f"images must have shape [N, C, H, W], got {tuple(images_u8.shape)}")
-    if images_u8.shape[0] == 0 or images_u8[0].numel() == 0:
+    if (images_u8.shape[0] if index is None else len(index)) == 0 or images_u8[0].numel() == 0:
         raise ValueError("cannot compute channel statistics of an empty tensor")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    n, c, h, w = images_u8.shape
+    _, c, h, w = images_u8.shape
+    n = images_u8.shape[0] if index is None else len(index)
     total = torch.zeros(c, dtype=torch.int64, device=images_u8.device)
     total_sq = torch.zeros(c, dtype=torch.int64, device=images_u8.device)
     for start in range(0, n, batch):
-        chunk = images_u8[start : start + batch].to(torch.int64)
+        rows = images_u8[start : start + batch] if index is None else images_u8[index[start : start + batch]]
+        chunk = rows.to(torch.int64)
         total += chunk.sum(dim=(0, 2, 3))
         total_sq += (chunk * chunk).sum(dim=(0, 2, 3))
     count = float(n * h * w)

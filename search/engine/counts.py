@@ -9,6 +9,8 @@ off the rest, as in ``load_splits``.
 
 from __future__ import annotations
 
+import csv
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,10 +61,10 @@ def input_hw(cfg: DataConfig) -> tuple[int, int] | None:
     if cfg.image_size is not None:
         return cfg.image_size, cfg.image_size
     try:
-        first = image_files(class_dirs(Path(cfg.root))[0])[0]
+        first = labelled_files(cfg)[1][0][0]  # the labels CSV's first image, or the first folder's
         with first.open("rb") as f:
             return header_hw(f.read(1 << 16))
-    except (OSError, IndexError):
+    except (OSError, IndexError, DataError):
         return None
 
 
@@ -143,6 +145,76 @@ def folder_classes(root: Path) -> list[tuple[str, int]]:
     return counts
 
 
+def folder_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(class names, (image, label) pairs) of an imagefolder, in label order; nothing is opened."""
+    check_folder(root)
+    classes = class_dirs(root)
+    files = [(path, label) for label, folder in enumerate(classes) for path in image_files(folder)]
+    return [printable_name(p.name) for p in classes], files
+
+
+def csv_rows(csv_path: Path) -> list[tuple[int, Path, str]]:
+    """(row number, image path, label) of each row of a ``path,label`` CSV; paths are relative to
+    the CSV's folder. A first row ``path,label`` is a header and skipped; blank rows are skipped.
+
+    Raises:
+        DataError: the CSV cannot be read, or a row (named by its number, counted from 1 as a
+            spreadsheet does) lacks a path or a label, or names a missing file or not an image.
+    """
+    fix = "Fix: one row per image: path (relative to the CSV's folder),label"
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as f:
+            table = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read data.labels_csv {csv_path} ({exc}). {fix}") from exc
+    rows = []
+    for number, row in enumerate(table, start=1):
+        cells = [c.strip() for c in row]
+        if not any(cells) or (number == 1 and [c.lower() for c in cells] == ["path", "label"]):
+            continue
+        where = f"data.labels_csv {csv_path} row {number}"
+        if len(cells) != 2:
+            raise DataError(f"{where} has {len(cells)} column(s), not 2 (path,label). {fix}")
+        name, label = cells
+        if not name or not label:
+            raise DataError(f"{where} has an empty {'path' if not name else 'label'}. {fix}")
+        path = csv_path.parent / name
+        if not path.is_file():
+            raise DataError(f"{where}: image {path} not found. Fix: correct the path or remove the row")
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(
+                f"{where}: {path} is not an image ({', '.join(sorted(IMAGE_SUFFIXES))}). "
+                "Fix: correct the path or remove the row"
+            )
+        rows.append((number, path, label))
+    return rows
+
+
+def csv_files(csv_path: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(class names, (image, label) pairs) of a labels CSV: the classes are its labels, sorted.
+
+    Raises:
+        DataError: a bad row (see :func:`csv_rows`), or fewer than two labels.
+    """
+    rows = csv_rows(csv_path)
+    classes = sorted({label for _, _, label in rows})
+    if len(classes) < 2:
+        raise DataError(
+            f"data.labels_csv {csv_path} has {len(classes)} label(s); a classifier needs at least 2. "
+            "Fix: label the images with their classes"
+        )
+    index = {name: i for i, name in enumerate(classes)}
+    return classes, [(path, index[label]) for _, path, label in rows]
+
+
+def labelled_files(cfg: DataConfig) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(class names, (image, label) pairs) of an imagefolder: its ``labels_csv`` when set, else
+    its class folders."""
+    if cfg.labels_csv is not None:
+        return csv_files(Path(cfg.labels_csv))
+    return folder_files(Path(cfg.root))
+
+
 def printable_name(name: str) -> str:
     """A folder name as text that can be printed and written as UTF-8 anywhere: bytes that are not
     UTF-8 (which Python keeps as lone surrogates) become ``\\xNN`` escapes, so names stay distinct."""
@@ -220,6 +292,10 @@ def class_split(cfg: DataConfig, name: str, images: int, official_test: int | No
 
 def _per_class(cfg: DataConfig) -> tuple[Sequence[str], Sequence[int], Sequence[int] | None]:
     """(class names, images per class, official test images per class or None)."""
+    if cfg.dataset == "imagefolder" and cfg.labels_csv is not None:
+        classes, files = csv_files(Path(cfg.labels_csv))
+        per_label = Counter(label for _, label in files)
+        return classes, [per_label[i] for i in range(len(classes))], None
     if cfg.dataset == "imagefolder":
         names, counts = zip(*folder_classes(Path(cfg.root)), strict=True)
         return names, counts, None

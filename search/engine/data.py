@@ -2,7 +2,10 @@
 
 Every dataset ends up as ``uint8 [N, C, H, W]`` images and ``int64 [N]`` labels. Decoding
 (PIL, torchvision, scikit-learn) happens once; the result is cached under ``data.cache_dir``
-and re-used by every trial and every later run. Splits are seeded and stratified: the test split
+and re-used by every trial and every later run: an imagefolder as a ``.npy`` file decoded in
+parallel and memory-mapped read-only by every reader (:mod:`search.engine.ingest`,
+:mod:`search.engine.cache`), the other datasets as tensors (``.pt``). A split is an index into
+those images, never a copy (:class:`ImageSet`). Splits are seeded and stratified: the test split
 is the official one where the dataset has it (MNIST, Fashion-MNIST, CIFAR-10), otherwise a held-out
 ``test_fraction``; validation is carved out of the training split. Search code asks for
 ``with_test=False`` and never sees the test images.
@@ -12,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,31 +22,88 @@ from typing import Any
 import torch
 
 from search.config import DataConfig
-from search.engine.cache_key import cache_path, folders_written
-from search.engine.counts import DataError, printable_name, take_count
-from search.engine.counts import check_folder as _check_folder
-from search.engine.counts import class_dirs as _class_dirs
-from search.engine.counts import image_files as _image_files
+from search.engine.cache import CacheFiles
+from search.engine.cache import build as build_cache
+from search.engine.cache_key import cache_path, cache_stem, folders_written
+from search.engine.counts import DataError, labelled_files, printable_name, take_count
+from search.engine.ingest import ingest, read_image
 from search.store.files import UnreadableFile, load_tensors, save_atomic
 
 log = logging.getLogger(__name__)
 
-# they live in search.engine.counts and cache_key (no torch there); re-exported
-__all__ = ["DataError", "cache_path", "folders_written", "printable_name"]
+# they live in search.engine.counts, cache_key (no torch there) and ingest; re-exported
+__all__ = ["DataError", "cache_path", "folders_written", "printable_name", "read_image"]
 
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Images (uint8 NCHW) and their labels (int64)."""
+    """Images (uint8 NCHW) and their labels (int64): rows ``index`` of ``base`` (all of it when
+    ``index`` is None).
 
-    images: torch.Tensor
+    ``base`` may be the memory-mapped data cache, shared by every split and every process that reads
+    it: a split is an index, not a copy, and batches are gathered from it (:meth:`batch`). With
+    ``stream_to``, ``base`` stays on the host and each batch is copied to that device as it is
+    needed (:mod:`search.engine.stream`); ``labels`` are then already there.
+    """
+
+    base: torch.Tensor
     labels: torch.Tensor
+    index: torch.Tensor | None = None
+    stream_to: torch.device | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @property
+    def device(self) -> torch.device:
+        """Where batches land (and the model trains)."""
+        return self.stream_to if self.stream_to is not None else self.base.device
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.base.shape[1:]
+        return int(c), int(h), int(w)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of this set's images (not of the whole ``base``)."""
+        c, h, w = self.image_shape
+        return len(self) * c * h * w * self.base.element_size()
+
+    @property
+    def images(self) -> torch.Tensor:
+        """This set's images as one tensor on ``base``'s device (a copy when it is a split)."""
+        return self.base if self.index is None else self.base.index_select(0, self.index)
+
+    def rows(self, positions: torch.Tensor) -> torch.Tensor:
+        """Rows of ``base`` at ``positions`` of this set (on ``base``'s device)."""
+        return positions if self.index is None else self.index[positions]
+
+    def batch(self, positions: torch.Tensor) -> torch.Tensor:
+        """The images at ``positions`` (a copy, on :attr:`device`)."""
+        if self.stream_to is not None:
+            from search.engine.stream import gather
+
+            return gather(self, positions)
+        return self.base[self.rows(positions)]
+
+    def chunk(self, start: int, stop: int) -> torch.Tensor:
+        """The images at positions ``start:stop`` (on :attr:`device`; a slice when resident)."""
+        if self.stream_to is None and self.index is None:
+            return self.base[start:stop]
+        return self.batch(torch.arange(start, min(stop, len(self))))
+
     def to(self, device: torch.device | str) -> ImageSet:
-        return ImageSet(self.images.to(device), self.labels.to(device))
+        """The set resident on ``device``; on the CPU a mapped (or already there) ``base`` is kept
+        as it is (no copy: every split and process shares it)."""
+        device = torch.device(device)
+        if device.type == "cpu" and self.base.device.type == "cpu":
+            return ImageSet(self.base, self.labels.cpu(), self.index)
+        if self.stream_to is None and self.index is None and self.base.device == device:
+            return self
+        from search.engine.stream import resident
+
+        return resident(self, device)
 
 
 @dataclass(frozen=True)
@@ -56,8 +115,7 @@ class Splits:
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
-        c, h, w = self.train.images.shape[1:]
-        return int(c), int(h), int(w)
+        return self.train.image_shape
 
     @property
     def n_classes(self) -> int:
@@ -108,7 +166,8 @@ def stratified_folds(labels: torch.Tensor, k: int, seed: int) -> list[torch.Tens
 
 
 def _subset(images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> ImageSet:
-    return ImageSet(images[idx].contiguous(), labels[idx].contiguous())
+    """Rows ``idx`` of ``images``: an index into them, not a copy."""
+    return ImageSet(images, labels[idx].contiguous(), idx)
 
 
 def load_splits(cfg: DataConfig, seed: int, *, with_test: bool = False) -> Splits:
@@ -116,19 +175,19 @@ def load_splits(cfg: DataConfig, seed: int, *, with_test: bool = False) -> Split
     decoded = _load_cached(cfg)
     images, labels = decoded.images, decoded.labels
     test: ImageSet | None = None
+    rest = torch.arange(len(labels))
     if decoded.test_images is not None and decoded.test_labels is not None:
-        if with_test:
+        if with_test:  # the dataset's official test split
             test = ImageSet(decoded.test_images, decoded.test_labels)
     else:
         rest, test_idx = stratified_split(labels, cfg.test_fraction, seed)
         if with_test:
             test = _subset(images, labels, test_idx)
-        images, labels = images[rest], labels[rest]
     # The val split uses its own stream so changing test_fraction's seed use cannot shift it.
-    train_idx, val_idx = stratified_split(labels, cfg.val_fraction, seed + 1)
+    train_idx, val_idx = stratified_split(labels[rest], cfg.val_fraction, seed + 1)
     splits = Splits(
-        train=_subset(images, labels, train_idx),
-        val=_subset(images, labels, val_idx),
+        train=_subset(images, labels, rest[train_idx]),
+        val=_subset(images, labels, rest[val_idx]),
         test=test,
         classes=decoded.classes,
     )
@@ -147,9 +206,33 @@ def load_splits(cfg: DataConfig, seed: int, *, with_test: bool = False) -> Split
 # --------------------------------------------------------------------------- cache
 
 
+def _cache_files(cfg: DataConfig) -> CacheFiles:
+    return CacheFiles(cache_stem(cfg))
+
+
+def ingest_workers() -> int:
+    """Processes that decode an imagefolder: this process's thread count (the thread policy's)."""
+    return max(1, torch.get_num_threads())
+
+
+def _load_folder(cfg: DataConfig) -> _Decoded:
+    classes, files = labelled_files(cfg)
+    where = cfg.labels_csv if cfg.labels_csv is not None else cfg.root
+    paths = [p for p, _ in files]
+
+    def write(target: Path) -> None:
+        log.info("decoding %d images of %s (once; later runs map the cache)", len(paths), where)
+        ingest(
+            paths, target, image_size=cfg.image_size, resize=cfg.resize, workers=ingest_workers(), where=where
+        )
+
+    mapped = build_cache(_cache_files(cfg), write, [label for _, label in files], classes)
+    return _Decoded(mapped.images, mapped.labels, mapped.classes)
+
+
 def _load_cached(cfg: DataConfig) -> _Decoded:
     if cfg.dataset == "imagefolder":
-        _check_folder(Path(cfg.root))
+        return _load_folder(cfg)
     path = cache_path(cfg)
     if path.exists():
         cached = _read_cache(path)
@@ -206,8 +289,6 @@ def _decode(cfg: DataConfig) -> _Decoded:
         return _decode_digits()
     if cfg.dataset in ("mnist", "fashion_mnist", "cifar10"):
         return _decode_torchvision(cfg.dataset, Path(cfg.root))
-    if cfg.dataset == "imagefolder":
-        return _decode_folder(Path(cfg.root), cfg.image_size)
     if cfg.dataset == "synthetic":
         s = cfg.synthetic
         return _synthetic(s.shape, s.n_classes, s.n_samples)
@@ -276,73 +357,6 @@ def _decode_torchvision(name: str, root: Path) -> _Decoded:
     images, labels = tensors(train)
     test_images, test_labels = tensors(test)
     return _Decoded(images, labels, tuple(train.classes), test_images, test_labels)
-
-
-def read_image(path: Path) -> Any:
-    """The fully decoded PIL image at ``path``, upright (its EXIF orientation applied; file closed).
-
-    Raises:
-        DataError: naming the file, if it is not a readable image or is too large to decode (a
-            decompression bomb: more pixels than PIL's ``Image.MAX_IMAGE_PIXELS``, found from the
-            header before anything is decoded).
-    """
-    import warnings
-
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                # Phone cameras store pixels as the sensor saw them and an EXIF Orientation tag that
-                # says how to turn them; PIL ignores the tag, so apply it (a copy either way).
-                return ImageOps.exif_transpose(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(
-            f"image {path} is too large to decode safely ({exc}). Fix: resize it to a sensible size "
-            "or remove it"
-        ) from exc
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, MemoryError) as exc:
-        raise DataError(f"cannot read image {path} ({exc}). Fix: delete or replace the file") from exc
-
-
-def _decode_folder(root: Path, image_size: int | None) -> _Decoded:
-    import numpy as np
-    from PIL import Image
-
-    classes = _class_dirs(root)
-    files = [(path, label) for label, folder in enumerate(classes) for path in _image_files(folder)]
-    raw = [read_image(path) for path, _ in files]
-    mode_counts = Counter(img.mode for img in raw)
-    modes = set(mode_counts)
-    gray = modes <= {"L", "1", "I;16", "I", "LA"}
-    mode = "L" if gray else "RGB"
-    if not gray and not modes <= {"RGB"}:
-        other = next(path for (path, _), img in zip(files, raw, strict=True) if img.mode != "RGB")
-        log.warning(
-            "imagefolder %s mixes image modes (%s, e.g. %s); converting all to RGB",
-            root,
-            ", ".join(f"{n} {m}" for m, n in sorted(mode_counts.items())),
-            other,
-        )
-    first_size = raw[0].size
-    arrays = []
-    for (path, _), original in zip(files, raw, strict=True):
-        converted: Image.Image = original.convert(mode)
-        if image_size is not None:
-            converted = converted.resize((image_size, image_size), Image.Resampling.BILINEAR)
-        elif converted.size != first_size:
-            raise DataError(
-                f"image {path} is {converted.size[0]}x{converted.size[1]} but {files[0][0]} is "
-                f"{first_size[0]}x{first_size[1]}. Fix: set data.image_size to resize all images"
-            )
-        arr = np.asarray(converted, dtype=np.uint8)
-        arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-    images = torch.from_numpy(np.stack(arrays)).contiguous()
-    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
-    log.info("decoded %d images from %s (%d classes, mode %s)", len(files), root, len(classes), mode)
-    return _Decoded(images, labels, tuple(printable_name(p.name) for p in classes))
 
 
 def _synthetic(shape: tuple[int, int, int], n_classes: int, n_samples: int) -> _Decoded:

@@ -16,24 +16,28 @@ from search.engine.device import autocast, backend_settings
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageSet,
     transform: BatchTransform,
     *,
     batch_size: int = 1024,
     amp: bool = True,
 ) -> torch.Tensor:
-    """Logits (float32, on the images' device) for uint8 images, in eval mode.
+    """Logits (float32, on the images' device) for uint8 images (a tensor, or a set's), in eval mode.
 
     On CUDA a last partial batch is padded to the full batch, so cuDNN sees one shape only.
     """
     was_training = model.training
     model.eval()
     device = images.device
-    n = images.shape[0]
+    n = len(images)
     batch_size = max(1, min(batch_size, n))
     outs = []
     for start in range(0, n, batch_size):
-        chunk = images[start : start + batch_size]
+        chunk = (
+            images.chunk(start, start + batch_size)
+            if isinstance(images, ImageSet)
+            else images[start : start + batch_size]
+        )
         real = chunk.shape[0]
         if device.type == "cuda" and real < batch_size:
             chunk = torch.cat([chunk, chunk.new_zeros((batch_size - real, *chunk.shape[1:]))])
@@ -53,7 +57,7 @@ def evaluate(
     amp: bool = True,
 ) -> tuple[float, float]:
     """Mean cross-entropy loss and accuracy over the whole of ``data`` (one host sync)."""
-    logits = predict_logits(model, data.images, transform, batch_size=batch_size, amp=amp)
+    logits = predict_logits(model, data, transform, batch_size=batch_size, amp=amp)
     loss = F.cross_entropy(logits, data.labels, reduction="sum")
     correct = (logits.argmax(1) == data.labels).sum()
     n = max(len(data), 1)
@@ -72,6 +76,6 @@ def validate(
     model: nn.Module, val: ImageSet, transform: BatchTransform, *, batch_size: int, cfg: TrainConfig
 ) -> tuple[float, float]:
     """Validation loss and accuracy measured exactly as ``fit`` measures them (batch, cuDNN, amp)."""
-    with backend_settings(val.images.device):
+    with backend_settings(val.device):
         eval_batch = eval_batch_size(cfg.eval_batch_size, batch_size)
         return evaluate(model, val, transform, batch_size=eval_batch, amp=cfg.amp)

@@ -251,13 +251,16 @@ def _train_epoch(
     batch = min(batch_size, n)
     steps = steps_per_epoch(n, batch_size)
     perm = torch.randperm(n, device=device, generator=state.generator)
+    order = perm.cpu() if train.stream_to is not None else perm  # streamed: batches gathered on the host
     for step in range(steps):
         timed = time_first_step and step == 0
         if timed:
             sync(device)
             t_first = time.perf_counter()
         idx = perm[step * batch : (step + 1) * batch]
-        x = transform(train.images[idx], train=True, generator=state.generator)
+        x = transform(
+            train.batch(order[step * batch : (step + 1) * batch]), train=True, generator=state.generator
+        )
         y = train.labels[idx]
         with autocast(device, cfg.amp):
             logits = step_model(x)
@@ -342,11 +345,12 @@ def fit(
 ) -> FitResult:
     """Train ``model`` on ``train`` and keep its best-validation-accuracy weights.
 
-    ``train`` and ``val`` must already be on the training device (the model is moved there).
+    ``train`` and ``val`` must already be placed for the training device (resident there or
+    streamed to it, :func:`search.engine.stream.place`; the model is moved there).
     After each evaluated epoch (before ``on_epoch``), ``on_checkpoint`` gets the :class:`FitState`;
     passing its ``state_dict()`` as ``resume`` continues the run from the epoch after it.
     """
-    device = train.images.device
+    device = train.device
     state = _prepare(model, device, lr, cfg, seed, steps_per_epoch(len(train), batch_size))
     step_model = _compiled(model, cfg)
     if resume is not None:

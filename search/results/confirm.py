@@ -29,6 +29,7 @@ import torch
 from search.config import ConfigError, StudyConfig, with_overrides
 from search.engine.data import ImageSet, Splits, load_splits, stratified_folds
 from search.engine.model import count_parameters
+from search.engine.stream import place
 from search.engine.train import fit
 from search.results.verdict import ConfirmResult, ConfirmRow, summary_attr, write_csv
 from search.store.records import CONFIRM_ATTR, CONFIRM_RUN_PREFIX
@@ -199,19 +200,21 @@ def check_folds(s: ConfirmSettings, labels: torch.Tensor, classes: Sequence[str]
 def _datasets(cfg: StudyConfig, s: ConfirmSettings, device: torch.device) -> list[_Data]:
     """One train/val pair per run index (seeds: the study's split every time; folds: fold i as val)."""
     splits = load_splits(cfg.data, cfg.seed, with_test=False)  # the test split is never loaded
+    budget = cfg.data.device_budget
     if not s.folds:
-        return [_Data(splits.train.to(device), splits.val.to(device), data_facts(cfg, splits))]
-    images = torch.cat([splits.train.images, splits.val.images])
+        return [_Data(*place(splits.train, splits.val, device, budget), data_facts(cfg, splits))]
+    base = splits.train.base  # the (mapped) images both splits index: folds index it too, no copy
+    rows = torch.cat([part.rows(torch.arange(len(part))) for part in (splits.train, splits.val)])
     labels = torch.cat([splits.train.labels, splits.val.labels])
     check_folds(s, labels, splits.classes)
     out = []
     for val_idx in stratified_folds(labels, s.folds, cfg.seed + FOLD_SEED_OFFSET):
         mask = torch.ones(len(labels), dtype=torch.bool)
         mask[val_idx] = False
-        train = ImageSet(images[mask].contiguous(), labels[mask].contiguous())
-        val = ImageSet(images[val_idx].contiguous(), labels[val_idx].contiguous())
+        train = ImageSet(base, labels[mask].contiguous(), rows[mask])
+        val = ImageSet(base, labels[val_idx].contiguous(), rows[val_idx])
         facts = data_facts(cfg, Splits(train=train, val=val, test=None, classes=splits.classes))
-        out.append(_Data(train.to(device), val.to(device), facts))
+        out.append(_Data(*place(train, val, device, budget), facts))
     return out
 
 

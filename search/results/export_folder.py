@@ -27,7 +27,8 @@ from torch import nn
 from search.config import ConfigError, ModelConfig, build, to_dict
 from search.engine.arch import family, family_title
 from search.engine.augment import BatchTransform
-from search.engine.data import DataError, printable_name, read_image
+from search.engine.data import DataError, printable_name
+from search.engine.ingest import Plan, decode
 from search.store.artifacts import UnreadableFile, load_tensors, tensor_bytes
 from search.store.records import (
     BEST_EPOCH_ATTR,
@@ -387,22 +388,19 @@ def load_export(
 
 
 def load_images(paths: Sequence[str | Path], config: Mapping[str, Any]) -> torch.Tensor:
-    """uint8 [N, C, H, W] images: each file converted to the model's colour mode and resized."""
+    """uint8 [N, C, H, W] images: each file decoded as training decoded it (colour mode, upright,
+    made square by the trial's ``data.resize``)."""
     import numpy as np
-    from PIL import Image
 
     c, h, w = (int(v) for v in config["in_shape"])
-    mode = "L" if c == 1 else "RGB"
+    data = config.get("config", {}).get("data", {})
+    plan = Plan("L" if c == 1 else "RGB", (w, h), str(data.get("resize") or "stretch"))
     arrays = []
     for path in paths:
         try:
-            converted = read_image(Path(path)).convert(mode)
+            arrays.append(decode(Path(path), plan))
         except DataError as exc:
             raise ExportError(f"{exc} (give PNG/JPEG image files)") from exc
-        if converted.size != (w, h):
-            converted = converted.resize((w, h), Image.Resampling.BILINEAR)
-        arr = np.asarray(converted, dtype=np.uint8)
-        arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
     return torch.from_numpy(np.stack(arrays)).contiguous()
 
 

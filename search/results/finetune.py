@@ -53,6 +53,7 @@ from search.engine.evaluate import (
 )
 from search.engine.inference import eval_batch_size, predict_logits, validate
 from search.engine.model import count_parameters
+from search.engine.stream import place
 from search.engine.train import EpochMetrics, FitResult, fit
 from search.results.export_folder import export_config, model_card, write_export_folder
 from search.store.artifacts import WeightStore, check_writable, save_atomic
@@ -188,7 +189,7 @@ def _tune(
         memory_format=torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     )
     transform = recipe.transform()
-    train, val = splits.train.to(device), splits.val.to(device)
+    train, val = place(splits.train, splits.val, device, cfg.data.device_budget)  # resident or streamed
     start_acc = _start_accuracy(study, trial, model, val, transform, cfg, recipe.batch_size)
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     lr = recipe.lr * ft.lr_scale

@@ -32,6 +32,7 @@ from search.engine.augment import BatchTransform
 from search.engine.data import load_splits
 from search.engine.evaluate import forward_latency_ms
 from search.engine.model import count_parameters
+from search.engine.stream import place
 from search.engine.train import EpochMetrics, FitResult, FitState, StopKind, fit
 from search.store.artifacts import CheckpointStore, StorageFault, WeightStore
 from search.store.records import (
@@ -138,8 +139,7 @@ class Objective:
         self.n_classes = self.data.n_classes
         self.transform = TrialRecipe(cfg, {}, self.data).transform()  # the study's; trials reuse it
         self.init_state, self.init_sha256 = read_init_from(cfg, self.data)
-        self.train = splits.train.to(device)
-        self.val = splits.val.to(device)
+        self.train, self.val = place(splits.train, splits.val, device, cfg.data.device_budget)
 
     def data_attrs(self) -> dict[str, Any]:
         """What the study records about its data (to rebuild the model and its input later), and

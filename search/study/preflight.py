@@ -54,7 +54,7 @@ class Preflight:
         """The counts as ``search validate`` prints them: a summary line, then (for an
         imagefolder) one line per class."""
         c, data = self.counts, self.cfg.data
-        where = f" {data.root}" if c.dataset == "imagefolder" else ""
+        where = f" {data.labels_csv or data.root}" if c.dataset == "imagefolder" else ""
         official = " official" if c.official_test else ""
         lines = [
             f"data: {c.dataset}{where}, {len(c.classes)} classes, {c.images} images "

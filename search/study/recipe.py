@@ -121,7 +121,7 @@ def normalisation(cfg: StudyConfig, splits: Splits) -> tuple[list[float], list[f
                 f"give {channels} value(s) for mean and std",
             )
         return mean, std
-    return channel_stats(splits.train.images)
+    return channel_stats(splits.train.base, index=splits.train.index)  # no copy of a mapped cache
 
 
 def data_facts(cfg: StudyConfig, splits: Splits) -> DataFacts:

@@ -508,3 +508,18 @@ def test_workers_get_the_storage_url_with_its_password_from_the_environment(
         assert "hunter2secret" not in cmd and "postgresql" not in cmd, cmd
     assert "hunter2secret" not in out + err
     assert "study tiny: 2/2 trials finished" in out
+
+
+def test_local_workers_decode_an_imagefolder_once_and_share_its_cache(workdir: Path) -> None:
+    from tests.photos import make_photos
+
+    make_photos(workdir / "photos", classes=2, per_class=12)
+    data = {"dataset": "imagefolder", "root": "photos", "image_size": 16}
+    search = {**tiny_config()["search"], "n_trials": 2}
+    write_config(
+        workdir / "p.yaml", tiny_config(data=data, search=search, train={"epochs": 1, "patience": 1})
+    )
+    proc = run_cli("run", "p.yaml", "--workers", "2", "--device", "cpu", cwd=workdir, check=0)
+    assert proc.stderr.count("decoding 24 images") == 1, proc.stderr  # the other worker mapped it
+    (npy,) = (workdir / "storage" / "data" / "cache").glob("imagefolder-*.npy")
+    assert npy.stat().st_size >= 24 * 3 * 16 * 16
