@@ -37,6 +37,11 @@ def nesterov_without_momentum(optimizer: Any, nesterov: Any, momentum: Any) -> b
     return bool(optimizer == "sgd" and nesterov and momentum == 0)
 
 
+def amp_contradicts_precision(amp: Any, precision: Any) -> bool:
+    """``train.amp: false`` (float32) beside a ``train.precision`` that asks for mixed precision."""
+    return bool(amp is False and precision not in ("auto", "fp32"))
+
+
 def check_space_mixes(cfg: StudyConfig) -> None:
     """Every mix of the searched ``train.optimizer``/``nesterov``/``momentum`` values passes
     train's own check: each value was checked alone (the other fields at their defaults), so

@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from search.config import ConfigError, PrunerConfig, StudyConfig, space_corners, trial_config
 from search.engine.augment import BatchTransform
 from search.engine.data import folders_written, load_splits
+from search.engine.device import resolve_precision
 from search.engine.evaluate import forward_latency_ms
 from search.engine.model import ConvNet, check_input_size, count_parameters
 from search.engine.train import EpochMetrics, FitResult, FitState, StopKind, fit
@@ -39,6 +40,7 @@ from search.store.records import (
     LATENCY_ATTR,
     N_PARAMS_ATTR,
     PID_ATTR,
+    PRECISION_ATTR,
     PRUNED_AT_EPOCH_ATTR,
     RESUMED_FROM_EPOCH_ATTR,
     RESUMED_FROM_TRIAL_ATTR,
@@ -319,6 +321,7 @@ class Objective:
         n_params = count_parameters(model)
         trial.set_user_attr(N_PARAMS_ATTR, n_params)
         trial.set_user_attr(DEVICE_ATTR, device_label(self.device))
+        trial.set_user_attr(PRECISION_ATTR, resolve_precision(self.cfg.train, self.device))
         trial.set_user_attr(HOST_ATTR, socket.gethostname())
         trial.set_user_attr(PID_ATTR, os.getpid())
         return n_params
