@@ -153,6 +153,10 @@ class Objective:
         self.should_stop = should_stop or (lambda: False)
         self.fit: FitFn = fit if fit is not None else _default_fit()
         self.prune_gate = PruneGate(cfg.search.pruner)
+        # read once, not per trial: a study's checkpoint folder (its key never changes), and a
+        # trial's retry history when the run loop's snapshot already holds it (by trial number)
+        self._checkpoint_stores: dict[str, CheckpointStore] = {}
+        self.known_retry_history: dict[int, list[int]] = {}
         if cfg.train.tensorboard:
             from search.engine.tensorboard import require_tensorboard
 
@@ -231,8 +235,10 @@ class Objective:
         torch.manual_seed(cfg.seed + trial.number)
         model = recipe.model()
         self._check_budgets(trial, model, self._record_start(trial, model))
-        checkpoints = CheckpointStore.for_study(cfg.checkpoints_dir, trial.study)
-        earlier = retry_history(trial)
+        checkpoints = self._checkpoint_store(trial.study)
+        earlier = self.known_retry_history.pop(trial.number, None)
+        if earlier is None:
+            earlier = retry_history(trial)
         resume = self._resume_state(trial, checkpoints, earlier, params)
         board = self._trial_log(trial, params, resume)
         on_epoch, on_checkpoint = self._callbacks(trial, cfg, params, checkpoints, board)
@@ -269,6 +275,13 @@ class Objective:
             if board is not None:
                 board.finish(ended, value)
         return self._finish(trial, result)
+
+    def _checkpoint_store(self, study: optuna.Study) -> CheckpointStore:
+        store = self._checkpoint_stores.get(study.study_name)
+        if store is None:
+            store = CheckpointStore.for_study(self.cfg.checkpoints_dir, study)
+            self._checkpoint_stores[study.study_name] = store
+        return store
 
     def _transform_of(self, recipe: TrialRecipe) -> BatchTransform:
         """The study's transform, unless the trial searched its augmentation or memory format."""
