@@ -265,7 +265,7 @@ class TrainConfig:
         default="auto",
         doc="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16), else fp32",
         fix="use auto, fp32 or bf16",
-        searchable=SPEED,
+        resumable=True,  # auto differs per machine anyway; each trial records what it trained in
     )
     channels_last: Bool = field(
         default=True, doc="channels-last memory format on CUDA", fix="write true or false", searchable=SPEED

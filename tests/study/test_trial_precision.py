@@ -9,10 +9,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState, create_trial
 
-from search.config import config_from_dict
+from search.config import config_from_dict, to_dict
 from search.engine.device import native_bf16_cpu
 from search.store.records import DEVICE_ATTR, PRECISION_ATTR
 from search.study.recipe import rebuild, trained_precision
+from search.study.resume import config_diff
 from tests.conftest import run_cli, tiny_config, write_config
 from tests.studies import build_study, db_url, study_config
 
@@ -70,3 +71,13 @@ def test_a_trial_from_before_the_attr_trained_in_bf16_only_on_cuda_with_amp() ->
     assert trained_precision(old("cuda:0 (GPU 2)"), cfg) == "bf16"
     assert trained_precision(old("cuda:0"), off) == "fp32"
     assert trained_precision(create_trial(value=0.5, user_attrs={PRECISION_ATTR: "bf16"}), off) == "bf16"
+
+
+def test_a_study_from_before_the_field_resumes_with_precision_pinned_but_amp_may_not_change() -> None:
+    stored = to_dict(config_from_dict({}))
+    del stored["train"]["precision"]  # a study created before train.precision existed
+    assert config_diff(stored, to_dict(config_from_dict({"train": {"precision": "fp32"}}))) == []
+    assert config_diff(stored, to_dict(config_from_dict({"train": {"precision": "bf16"}}))) == []
+    assert config_diff(stored, to_dict(config_from_dict({"train": {"amp": False}}))) == [
+        "train.amp: stored true, now false"
+    ]
