@@ -4,13 +4,15 @@ Seed-style: CIFAR-shaped uint8 images held on the host as HWC arrays (as torchvi
 holds them), turned into a PIL image per sample and put through torchvision's per-sample
 transforms inside a ``DataLoader``; fp32, NCHW; ``loss.item()`` every step (the seed's running
 loss). Ours: ``search.engine.train.fit`` on the same images as one uint8 tensor on the device, index-slice
-batches, ``BatchTransform`` (batched per-sample augmentation on the device), channels_last, bf16
-autocast on CUDA, optionally ``torch.compile``.
+batches, ``BatchTransform`` (batched per-sample augmentation on the device), channels_last,
+optionally ``torch.compile``; twice: the default path (``train.precision: auto``: bf16 autocast on
+CUDA and on CPUs with native bf16, fp32 elsewhere) and fp32 (``train.precision: fp32``).
 
 Both train the seed's net (c1 48, c2 96, l1 256, padding 0) on 3x32x32 images, 10 classes, with
 Adam at lr 1e-3, and apply the same augmentation. Repeats alternate seed/ours so both see the same
-machine load; each figure is the median over the repeats. The last line is ``speedup: X.XXx``
-(ours / seed-style, training images per second).
+machine load; each figure is the median over the repeats. The last lines are ``speedup fp32:
+X.XXx`` (ours in fp32 / seed-style) and ``speedup: X.XXx`` (the default path / seed-style, training
+images per second).
 
 Fair to the seed: its DataLoader is made once with persistent workers (started and warmed up
 before any timing), and its clock starts when the first batch is in hand, so worker start-up is
@@ -47,7 +49,7 @@ from benchmarks._common import machine, median, table
 from search.config import ModelConfig, TrainConfig
 from search.engine.augment import AugmentSpec, BatchTransform
 from search.engine.data import ImageSet
-from search.engine.device import resolve_device
+from search.engine.device import resolve_device, resolve_precision
 from search.engine.model import ConvNet, build_convnet
 from search.engine.train import fit
 
@@ -169,8 +171,15 @@ def seed_epoch(model: nn.Module, loader: DataLoader[object], device: torch.devic
 # ------------------------------------------------------------------------------------------- ours
 
 
-def train_config(compile_model: bool) -> TrainConfig:
-    return TrainConfig(epochs=1, patience=1, amp=True, channels_last=True, compile=compile_model)
+def train_config(compile_model: bool, precision: str = "auto") -> TrainConfig:
+    """The default path (``precision`` auto) or a pinned precision, one epoch."""
+    return TrainConfig(
+        epochs=1,
+        patience=1,
+        channels_last=True,
+        compile=compile_model,
+        precision=precision,  # type: ignore[arg-type]
+    )
 
 
 def ours_epoch(
@@ -180,6 +189,7 @@ def ours_epoch(
     transform: BatchTransform,
     args: argparse.Namespace,
     seed: int,
+    precision: str = "auto",
 ) -> tuple[float, float]:
     """One epoch through ``search.engine.train.fit``; returns (training images/s, compile seconds)."""
     result = fit(
@@ -188,7 +198,7 @@ def ours_epoch(
         val,
         lr=LR,
         batch_size=args.batch_size,
-        cfg=train_config(args.compile),
+        cfg=train_config(args.compile, precision),
         transform=transform,
         seed=seed,
     )
@@ -289,7 +299,11 @@ def breakdown(
             f"{_rate(bs, lambda: transform(batch_u8, train=True), device, args.repeats):.1f}",
         ]
     )
-    parts = (("seed-style: train step only (fp32, NCHW)", False), ("ours: train step only", True))
+    default = resolve_precision(train_config(False), device)
+    parts = (
+        ("seed-style: train step only (fp32, NCHW)", False),
+        (f"ours: train step only ({default})", True),
+    )
     for name, channels_last in parts:
         model = new_model(0).to(device)
         x = transform(batch_u8, train=False)
@@ -299,7 +313,7 @@ def breakdown(
         else:
             x = x.contiguous()
         optimizer = torch.optim.Adam(model.parameters(), lr=LR)
-        amp = channels_last and device.type == "cuda"
+        amp = channels_last and default == "bf16"
 
         def step(
             model: nn.Module = model,
@@ -387,19 +401,25 @@ def main(argv: list[str] | None = None) -> int:
     # warm-up (loader workers, allocators, kernel choice, oneDNN primitive caches; compilation for ours)
     seed_epoch(new_model(0), loader, device)
     _, compile_s = ours_epoch(new_model(0), warm, val, transform, args, 0)
+    ours_epoch(new_model(0), warm, val, transform, args, 0, "fp32")
 
-    seed_rates, our_rates = [], []
+    seed_rates, our_rates, fp32_rates = [], [], []
     for r in range(args.repeats):
         torch.backends.cudnn.benchmark = CUDNN_BENCHMARK  # as fit left it, whatever that did
         seed_rates.append(seed_epoch(new_model(r), loader, device))
         our_rates.append(ours_epoch(new_model(r), train, val, transform, args, r)[0])
-        log.info("repeat %d: seed %.1f img/s, ours %.1f img/s", r, seed_rates[-1], our_rates[-1])
+        fp32_rates.append(ours_epoch(new_model(r), train, val, transform, args, r, "fp32")[0])
+        log.info(
+            "repeat %d: seed %.1f, ours %.1f, fp32 %.1f img/s",
+            r,
+            seed_rates[-1],
+            our_rates[-1],
+            fp32_rates[-1],
+        )
 
+    default = resolve_precision(train_config(args.compile), device)
+    compiled = f", torch.compile ({compile_s:.1f} s compile, not timed)" if args.compile else ""
     ours_name = "ours: uint8 on device, BatchTransform, channels_last"
-    if device.type == "cuda":
-        ours_name += ", bf16 autocast"
-    if args.compile:
-        ours_name += f", torch.compile ({compile_s:.1f} s compile, not timed)"
     rows: list[list[object]] = [
         [
             f"seed-style: PIL transforms in a DataLoader ({args.seed_workers} workers), fp32, NCHW",
@@ -407,7 +427,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{min(seed_rates):.1f}",
             f"{max(seed_rates):.1f}",
         ],
-        [ours_name, f"{median(our_rates):.1f}", f"{min(our_rates):.1f}", f"{max(our_rates):.1f}"],
+        [
+            f"{ours_name}, {default} (the default: train.precision auto){compiled}",
+            f"{median(our_rates):.1f}",
+            f"{min(our_rates):.1f}",
+            f"{max(our_rates):.1f}",
+        ],
+        [
+            f"{ours_name}, fp32 (train.precision fp32){compiled}",
+            f"{median(fp32_rates):.1f}",
+            f"{min(fp32_rates):.1f}",
+            f"{max(fp32_rates):.1f}",
+        ],
     ]
     print(f"machine: {machine(device)}")
     cudnn = ""
@@ -428,8 +459,9 @@ def main(argv: list[str] | None = None) -> int:
         print(table(["part (timed alone)", "images/s"], parts))
     if device.type == "cpu":
         print()
-        print(limit_line(median(our_rates), args.quick))
+        print(limit_line(median(fp32_rates), args.quick))  # the fp32 ceiling: ours in fp32
     print()
+    print(f"speedup fp32: {median(fp32_rates) / median(seed_rates):.2f}x")
     print(f"speedup: {median(our_rates) / median(seed_rates):.2f}x")
     return 0
 

@@ -61,6 +61,12 @@ def test_throughput_quick(tmp_path: Path) -> None:
     seed, ours = (float(r[1]) for r in table_rows(out)[1:3])
     assert seed > 0 and ours > 0
     assert out[-1] == f"speedup: {ours / seed:.2f}x" or abs(float(out[-1][9:-1]) - ours / seed) < 0.02
+    # the default path (train.precision auto, named with what it resolved to) and fp32, in one run
+    default, fp32 = table_rows(out)[2][0], table_rows(out)[3]
+    assert re.search(r", (fp32|bf16) \(the default: train\.precision auto\)$", default), default
+    assert fp32[0].endswith(", fp32 (train.precision fp32)") and float(fp32[1]) > 0
+    assert re.fullmatch(r"speedup fp32: \d+\.\d\dx", out[-2])
+    assert abs(float(out[-2][14:-1]) - float(fp32[1]) / seed) < 0.02
 
 
 def test_throughput_quick_names_the_cpu_limit(tmp_path: Path) -> None:
@@ -102,9 +108,23 @@ def test_throughput_without_cuda_is_bad_input(tmp_path: Path) -> None:
     assert proc.stderr.strip().startswith("error: --device:") and "CUDA" in proc.stderr
 
 
+def test_precision_quick(tmp_path: Path) -> None:
+    out = lines(run_bench("precision.py", "--quick", cwd=tmp_path))
+    rows = table_rows(out)
+    assert rows[0][:5] == ["dataset", "trial", "fp32 img/s", "bf16 img/s", "bf16/fp32"]
+    assert [r[:2] for r in rows[1:]] == [["digits", "small-b64"]]
+    row = rows[1]
+    assert float(row[2]) > 0 and float(row[3]) > 0 and re.fullmatch(r"\d+\.\d\dx", row[4])
+    assert 0 < float(row[5]) <= 100 and 0 < float(row[6]) <= 100 and row[9] in ("yes", "no")
+    assert any(line.startswith("machine: ") and "bf16 units: " in line for line in out)
+    assert re.fullmatch(r"train\.precision auto on this CPU: (fp32|bf16)", out[-1])
+    assert not list(tmp_path.iterdir())  # the data cache went to a temporary directory
+
+
 def test_overhead_quick(tmp_path: Path) -> None:
     out = lines(run_bench("overhead.py", "--quick", cwd=tmp_path))
     assert re.fullmatch(r"per-trial ratio: \d+\.\d\dx \(ours / hand-written\)", out[-1])
+    assert re.fullmatch(r"per-epoch ratio: \d+\.\d\dx \(ours / hand-written\)", out[-2])
     assert any(re.fullmatch(r"overhead: \d+\.\d ms/trial at 6 finished trials \(sqlite\)", x) for x in out)
     rows = table_rows(out)
     assert rows[0][:3] == ["storage", "finished trials", "timed"]

@@ -110,6 +110,11 @@ def block_problem(
     return None
 
 
+def amp_contradicts_precision(amp: Any, precision: Any) -> bool:
+    """``train.amp: false`` (float32) beside a ``train.precision`` that asks for mixed precision."""
+    return bool(amp is False and precision not in ("auto", "fp32"))
+
+
 def check_space_mixes(cfg: StudyConfig) -> None:
     """The searched values of the train and model fields that other fields constrain combine.
 

@@ -10,7 +10,7 @@ import annotated_types
 from pydantic import ValidationInfo, model_validator
 from pydantic.dataclasses import dataclass
 
-from search.config._checks import block_problem, nesterov_without_momentum
+from search.config._checks import amp_contradicts_precision, block_problem, nesterov_without_momentum
 from search.config._errors import ALONE, ConfigError
 from search.config._fields import DATA_FIXED, SECTION, SPEED, field
 from search.config._types import (
@@ -363,7 +363,16 @@ class TrainConfig:
         ge=0,
     )
     amp: Bool = field(
-        default=True, doc="mixed precision on CUDA", fix="write true or false", searchable=SPEED
+        default=True,
+        doc="mixed precision: false trains in float32 (as precision: fp32); true: as train.precision says",
+        fix="write true or false",
+        searchable=SPEED,
+    )
+    precision: Literal["auto", "fp32", "bf16"] = field(
+        default="auto",
+        doc="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16), else fp32",
+        fix="use auto, fp32 or bf16",
+        resumable=True,  # auto differs per machine anyway; each trial records what it trained in
     )
     channels_last: Bool = field(
         default=True, doc="channels-last memory format on CUDA", fix="write true or false", searchable=SPEED
@@ -412,5 +421,16 @@ class TrainConfig:
         if nesterov_without_momentum(self.optimizer, self.nesterov, self.momentum):
             raise ConfigError(
                 "nesterov", True, "Nesterov momentum needs momentum > 0", "set train.momentum: 0.9"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _amp_agrees_with_precision(self) -> TrainConfig:
+        if amp_contradicts_precision(self.amp, self.precision):
+            raise ConfigError(
+                "precision",
+                self.precision,
+                f"train.amp: false (float32) contradicts train.precision: {self.precision} (mixed precision)",
+                "drop train.amp (or set it true) to train in bf16, or set train.precision: fp32",
             )
         return self

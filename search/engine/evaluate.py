@@ -113,7 +113,7 @@ def forward_latency_ms(
     """Median milliseconds of one batch-1 forward pass of ``model`` on ``device``.
 
     The model is moved to ``device`` and timed in eval mode under ``no_grad`` in float32 (no
-    autocast, default memory format: how ``search predict`` runs an exported model), on an
+    autocast, default memory format: how ``search predict`` runs an fp32 export), on an
     all-zero input of shape ``(1, *in_shape)`` (no random numbers drawn, so training's seeded
     stream is untouched). ``warmup`` passes go first; on CUDA each timed pass is bracketed by
     ``torch.cuda.synchronize`` so the time is the kernels', not the launch's. The model's

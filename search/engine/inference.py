@@ -1,5 +1,5 @@
 """Forward passes without training: logits, loss and accuracy of a model over uint8 images, measured
-exactly as :func:`search.engine.train.fit` measures validation (batch, cuDNN settings, autocast)."""
+exactly as :func:`search.engine.train.fit` measures validation (batch, cuDNN settings, precision)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 from search.config import TrainConfig
 from search.engine.augment import BatchTransform
 from search.engine.data import ImageSet
-from search.engine.device import autocast, backend_settings
+from search.engine.device import Precision, autocast, backend_settings, resolve_precision
 
 
 @torch.no_grad()
@@ -20,9 +20,10 @@ def predict_logits(
     transform: BatchTransform,
     *,
     batch_size: int = 1024,
-    amp: bool = True,
+    precision: Precision = "fp32",
 ) -> torch.Tensor:
-    """Logits (float32, on the images' device) for uint8 images (a tensor, or a set's), in eval mode.
+    """Logits (float32, on the images' device) for uint8 images (a tensor, or a set's), in eval mode,
+    computed in ``precision`` (the one the model trained in: :func:`search.engine.device.resolve_precision`).
 
     On CUDA a last partial batch is padded to the full batch, so cuDNN sees one shape only.
     """
@@ -42,7 +43,7 @@ def predict_logits(
         if device.type == "cuda" and real < batch_size:
             chunk = torch.cat([chunk, chunk.new_zeros((batch_size - real, *chunk.shape[1:]))])
         x = transform(chunk, train=False)
-        with autocast(device, amp):
+        with autocast(device, precision):
             outs.append(model(x).float()[:real])
     model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0, device=device)
@@ -54,10 +55,10 @@ def evaluate(
     transform: BatchTransform,
     *,
     batch_size: int = 1024,
-    amp: bool = True,
+    precision: Precision = "fp32",
 ) -> tuple[float, float]:
     """Mean cross-entropy loss and accuracy over the whole of ``data`` (one host sync)."""
-    logits = predict_logits(model, data, transform, batch_size=batch_size, amp=amp)
+    logits = predict_logits(model, data, transform, batch_size=batch_size, precision=precision)
     loss = F.cross_entropy(logits, data.labels, reduction="sum")
     correct = (logits.argmax(1) == data.labels).sum()
     n = max(len(data), 1)
@@ -75,7 +76,10 @@ def eval_batch_size(configured: int, train_batch: int) -> int:
 def validate(
     model: nn.Module, val: ImageSet, transform: BatchTransform, *, batch_size: int, cfg: TrainConfig
 ) -> tuple[float, float]:
-    """Validation loss and accuracy measured exactly as ``fit`` measures them (batch, cuDNN, amp)."""
-    with backend_settings(val.device):
+    """Validation loss and accuracy measured exactly as ``fit`` measures them (batch, cuDNN,
+    precision: ``cfg``'s on this device)."""
+    device = val.device
+    with backend_settings(device):
         eval_batch = eval_batch_size(cfg.eval_batch_size, batch_size)
-        return evaluate(model, val, transform, batch_size=eval_batch, amp=cfg.amp)
+        precision = resolve_precision(cfg, device)
+        return evaluate(model, val, transform, batch_size=eval_batch, precision=precision)

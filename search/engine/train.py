@@ -1,7 +1,8 @@
 """``fit()``: a plain training loop over tensors already on the device.
 
 Batches are index slices of one uint8 tensor; augmentation and normalisation run batched on the
-device (``BatchTransform``); bf16 autocast on CUDA; channels_last; optional ``torch.compile``.
+device (``BatchTransform``); bf16 autocast where ``train.precision`` resolves to bf16 (CUDA, CPUs
+with native bf16: :func:`search.engine.device.resolve_precision`); channels_last; optional ``torch.compile``.
 Every training batch has the same shape (the last partial batch of an epoch is dropped; the
 permutation changes each epoch, so every image is still used), so compilation and cuDNN
 autotuning happen once, in the first step, which is timed apart from the steady rate.
@@ -40,7 +41,7 @@ from search.config import TrainConfig
 from search.engine.augment import BatchTransform
 from search.engine.counts import steps_per_epoch
 from search.engine.data import ImageSet
-from search.engine.device import autocast, backend_settings, seed_dropout, sync
+from search.engine.device import Precision, autocast, backend_settings, resolve_precision, seed_dropout, sync
 from search.engine.inference import validate
 from search.engine.optim import make_optimizer, make_scheduler, set_fused
 
@@ -238,6 +239,7 @@ def _train_epoch(
     cfg: TrainConfig,
     transform: BatchTransform,
     time_first_step: bool,
+    precision: Precision,
 ) -> _EpochStats:
     """One epoch of full batches; the first step is timed apart when ``time_first_step``."""
     device = state.device
@@ -262,7 +264,7 @@ def _train_epoch(
             train.batch(order[step * batch : (step + 1) * batch]), train=True, generator=state.generator
         )
         y = train.labels[idx]
-        with autocast(device, cfg.amp):
+        with autocast(device, precision):
             logits = step_model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         state.optimizer.zero_grad(set_to_none=True)
@@ -357,10 +359,13 @@ def fit(
         state.load_state_dict(resume)
         log.debug("resuming from epoch %d", state.epoch)  # the trial logs it
     time_first_step = cfg.compile or device.type == "cuda"
+    precision = resolve_precision(cfg, device)
     stop = state.patience_spent(cfg.patience)  # a resumed run may have stopped already
     with backend_settings(device):
         while stop is None and state.epoch < cfg.epochs:
-            stats = _train_epoch(step_model, state, train, batch_size, cfg, transform, time_first_step)
+            stats = _train_epoch(
+                step_model, state, train, batch_size, cfg, transform, time_first_step, precision
+            )
             time_first_step = False
             if not math.isfinite(stats.loss):
                 stop = StopReason(StopKind.NAN_LOSS, state.epoch, f"lr={lr:g}")

@@ -33,7 +33,7 @@ from search.engine.stream import place
 from search.engine.train import fit
 from search.results.verdict import ConfirmResult, ConfirmRow, summary_attr, write_csv
 from search.store.records import CONFIRM_ATTR, CONFIRM_RUN_PREFIX
-from search.study.recipe import DataFacts, TrialRecipe, data_facts
+from search.study.recipe import DataFacts, TrialRecipe, data_facts, with_trained_precision
 from search.study.space import params_of
 from search.study.stored import open_existing, study_config, top_trials
 
@@ -273,7 +273,8 @@ def _run_missing(
     """Train every run not recorded yet, recording each on the study as it finishes."""
     datasets = _datasets(cfg, s, device)
     for t in trials:
-        recipe = TrialRecipe.of(cfg, params_of(t.params, cfg.search.space), datasets[0].facts)
+        trained = with_trained_precision(cfg, t)  # its runs train in the trial's precision
+        recipe = TrialRecipe.of(trained, params_of(t.params, cfg.search.space), datasets[0].facts)
         for i in (i for i in range(s.runs_per_trial) if i not in progress.done[t.number]):
             seed, started = run_seed(cfg, t.number, i), time.perf_counter()
             try:

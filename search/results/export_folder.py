@@ -28,6 +28,7 @@ from search.config import ConfigError, ModelConfig, build, to_dict
 from search.engine.arch import family, family_title
 from search.engine.augment import BatchTransform
 from search.engine.data import DataError, printable_name
+from search.engine.device import autocast
 from search.engine.ingest import Plan, decode
 from search.store.artifacts import UnreadableFile, load_tensors, tensor_bytes
 from search.store.records import (
@@ -64,6 +65,7 @@ def export_config(study_name: str, trial: FrozenTrial, recipe: TrialRecipe) -> d
         "classes": [printable_name(str(c)) for c in data.classes],
         "normalize": {"mean": list(data.mean), "std": list(data.std)},
         "train": {"lr": recipe.lr, "batch_size": recipe.batch_size},
+        "precision": recipe.cfg.train.precision,  # what it trained in (rebuild pins it); predict's too
         "params": dict(params),  # every searched parameter, by its Optuna name
         "config": to_dict(cfg),  # the trial's full study config
         "val_accuracy": trial.value,
@@ -141,6 +143,19 @@ def _rounded(values: Sequence[float]) -> str:
     return "[" + ", ".join(f"{float(v):.4f}" for v in values) + "]"
 
 
+PRECISION_NOTE = {
+    "fp32": "float32",
+    "bf16": "bf16 autocast: trained, validated and predicted in it",
+}
+
+
+def export_precision(config: Mapping[str, Any]) -> str:
+    """What an export's model trained in and predicts in (exports from before it was recorded:
+    fp32, how ``search predict`` always ran them)."""
+    value = config.get("precision")
+    return str(value) if value in PRECISION_NOTE else "fp32"
+
+
 def model_card(config: Mapping[str, Any], n_params: int, folder: str = ".") -> str:
     """README.md of an export folder at ``folder``: the model, its data, its figures, how to load it;
     for a fine-tuned model also where it came from and its test accuracy, overall and per class."""
@@ -170,6 +185,7 @@ def model_card(config: Mapping[str, Any], n_params: int, folder: str = ".") -> s
 | validation accuracy | {config["val_accuracy"]:.4f} |
 | epochs | best epoch {config["best_epoch"]} of {config["epochs_run"]} run{" (the trial's)" if ft else ""} |
 | training | lr={config["train"]["lr"]:.3g}, batch size {config["train"]["batch_size"]} |
+| precision | {export_precision(config)} ({PRECISION_NOTE[export_precision(config)]}) |
 {searched}| dataset | {d["name"]} ({d["n_train"]} train / {d["n_val"]} val images) |
 | input | {config["in_shape"]} (C, H, W), colour mode {config["color_mode"]} |
 | classes | {", ".join(config["classes"])} |
@@ -405,11 +421,15 @@ def load_images(paths: Sequence[str | Path], config: Mapping[str, Any]) -> torch
 
 
 @torch.no_grad()
-def predict_tensor(model: nn.Module, transform: BatchTransform, images: torch.Tensor) -> torch.Tensor:
-    """Class probabilities [N, n_classes] for uint8 images."""
+def predict_tensor(
+    model: nn.Module, transform: BatchTransform, images: torch.Tensor, precision: str = "fp32"
+) -> torch.Tensor:
+    """Class probabilities [N, n_classes] for uint8 images, computed in ``precision`` (the
+    export's: :func:`export_precision`)."""
     model.eval()
     device = next(model.parameters()).device
-    logits: torch.Tensor = model(transform(images.to(device), train=False))
+    with autocast(device, precision):
+        logits: torch.Tensor = model(transform(images.to(device), train=False))
     return logits.float().softmax(1)
 
 
@@ -418,7 +438,7 @@ def predict_files(
 ) -> list[list[tuple[str, float]]]:
     """Top-``k`` (class, probability) pairs for each image file, best first."""
     model, transform, config = load_export(folder)
-    probs = predict_tensor(model, transform, load_images(paths, config))
+    probs = predict_tensor(model, transform, load_images(paths, config), export_precision(config))
     k = min(k, probs.shape[1])
     top = probs.topk(k, dim=1)
     classes = config["classes"]

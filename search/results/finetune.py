@@ -43,6 +43,7 @@ from search.config import ConfigError, FinetuneConfig, StudyConfig, TrainConfig,
 from search.engine.arch import first_conv
 from search.engine.augment import BatchTransform
 from search.engine.data import ImageSet, Splits, load_splits, printable_name
+from search.engine.device import resolve_precision
 from search.engine.evaluate import (
     TestMetrics,
     classification_metrics,
@@ -305,8 +306,9 @@ def _test_once(
     the TensorBoard run ends with them)."""
     recipe = rebuilt.recipe
     batch_size = eval_batch_size(recipe.cfg.train.eval_batch_size, recipe.batch_size)
+    precision = resolve_precision(recipe.cfg.train, test.images.device)  # the trial's (pinned)
     logits = predict_logits(
-        rebuilt.model, test.images, tuned.transform, batch_size=batch_size, amp=recipe.cfg.train.amp
+        rebuilt.model, test.images, tuned.transform, batch_size=batch_size, precision=precision
     )
     conf, pred = logits.softmax(1).max(1)
     metrics = classification_metrics(test.labels, pred, list(classes))
@@ -375,7 +377,7 @@ def _start_accuracy(
     batch_size: int,
 ) -> float:
     """Validation accuracy of the loaded weights, measured as the trial measured it (same eval
-    batch, autocast and cuDNN settings), so it equals the trial's value; a warning when not."""
+    batch, precision and cuDNN settings), so it equals the trial's value; a warning when not."""
     assert trial.value is not None
     _, start_acc = validate(model, val, transform, batch_size=batch_size, cfg=cfg.train)
     log.info(

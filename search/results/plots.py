@@ -203,8 +203,11 @@ def tidy_parallel_coordinate(fig: Any) -> None:
     fig.canvas.draw()
     for ax in axes:
         ax.tick_params(labelsize=10)
-        for lab in ax.get_yticklabels():
+        lo, hi = sorted(ax.get_ylim())
+        for tick, lab in zip(ax.get_yticks(), ax.get_yticklabels(), strict=False):
             lab.set_bbox({"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 1})
+            if not lo <= tick <= hi:  # a tick beyond the axis' range: its label would sit on the names
+                lab.set_visible(False)
 
 
 def importances_problem(study: optuna.Study) -> str | None:

@@ -29,7 +29,14 @@ import numpy as np
 
 from search import serve
 from search.errors import InputError
-from search.results.export_folder import ExportError, architecture, load_export, load_images, predict_tensor
+from search.results.export_folder import (
+    ExportError,
+    architecture,
+    export_precision,
+    load_export,
+    load_images,
+    predict_tensor,
+)
 from search.serve import network
 
 log = logging.getLogger(__name__)
@@ -120,7 +127,7 @@ class Predictor:
 
     def top(self, images: Any) -> dict[str, float]:
         """``{class: probability}`` of the top-3 classes for one uint8 [1, C, H, W] tensor."""
-        probs = predict_tensor(self.model, self.transform, images)[0]
+        probs = predict_tensor(self.model, self.transform, images, export_precision(self.config))[0]
         k = min(TOP_K, probs.shape[0])
         values, indices = probs.topk(k)
         classes = self.config["classes"]

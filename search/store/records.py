@@ -24,6 +24,7 @@ FINETUNE_ATTR = "finetune"  # the summary of the last ``search finetune`` (start
 # where and what it trains (``search status``)
 N_PARAMS_ATTR = "n_params"  # the model's trainable parameters
 DEVICE_ATTR = "device"  # e.g. "cpu", "cuda:0 (GPU 2)"
+PRECISION_ATTR = "precision"  # what it trained in: "fp32" or "bf16" (train.precision resolved)
 HOST_ATTR = "host"
 PID_ATTR = "pid"
 FAMILY_ATTR = "family"  # the net's family: "convnet/<model.block>" or the torchvision arch ("resnet18")

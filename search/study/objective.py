@@ -30,6 +30,7 @@ from search.config import (
 from search.engine.arch import family
 from search.engine.augment import BatchTransform
 from search.engine.data import load_splits
+from search.engine.device import resolve_precision
 from search.engine.evaluate import forward_latency_ms
 from search.engine.model import count_parameters
 from search.engine.stream import place
@@ -51,6 +52,7 @@ from search.store.records import (
     LATENCY_ATTR,
     N_PARAMS_ATTR,
     PID_ATTR,
+    PRECISION_ATTR,
     PRUNED_AT_EPOCH_ATTR,
     RESUMED_FROM_EPOCH_ATTR,
     RESUMED_FROM_TRIAL_ATTR,
@@ -128,6 +130,10 @@ class Objective:
         self.should_stop = should_stop or (lambda: False)
         self.fit: FitFn = fit if fit is not None else _default_fit()
         self.prune_gate = PruneGate(cfg.search.pruner)
+        # read once, not per trial: a study's checkpoint folder (its key never changes), and a
+        # trial's retry history when the run loop's snapshot already holds it (by trial number)
+        self._checkpoint_stores: dict[str, CheckpointStore] = {}
+        self.known_retry_history: dict[int, list[int]] = {}
         if cfg.train.tensorboard:
             from search.engine.tensorboard import require_tensorboard
 
@@ -211,8 +217,10 @@ class Objective:
         if init is not None:
             trial.set_user_attr(INIT_FROM_LOADED_ATTR, init.loaded)
             trial.set_user_attr(INIT_FROM_SKIPPED_ATTR, init.skipped)
-        checkpoints = CheckpointStore.for_study(cfg.checkpoints_dir, trial.study)
-        earlier = retry_history(trial)
+        checkpoints = self._checkpoint_store(trial.study)
+        earlier = self.known_retry_history.pop(trial.number, None)
+        if earlier is None:
+            earlier = retry_history(trial)
         resume = self._resume_state(trial, checkpoints, earlier, params)
         board = self._trial_log(trial, params, resume)
         if board is not None:
@@ -251,6 +259,13 @@ class Objective:
             if board is not None:
                 board.finish(ended, value)
         return self._finish(trial, result)
+
+    def _checkpoint_store(self, study: optuna.Study) -> CheckpointStore:
+        store = self._checkpoint_stores.get(study.study_name)
+        if store is None:
+            store = CheckpointStore.for_study(self.cfg.checkpoints_dir, study)
+            self._checkpoint_stores[study.study_name] = store
+        return store
 
     def _transform_of(self, recipe: TrialRecipe) -> BatchTransform:
         """The study's transform, unless the trial searched its augmentation or memory format."""
@@ -307,6 +322,7 @@ class Objective:
         if unused:
             trial.set_user_attr(UNUSED_PARAMS_ATTR, unused)
         trial.set_user_attr(DEVICE_ATTR, device_label(self.device))
+        trial.set_user_attr(PRECISION_ATTR, resolve_precision(self.cfg.train, self.device))
         trial.set_user_attr(HOST_ATTR, socket.gethostname())
         trial.set_user_attr(PID_ATTR, os.getpid())
         return n_params

@@ -36,11 +36,12 @@ from search.config import (
 from search.engine.arch import build_model
 from search.engine.augment import BatchTransform, channel_stats
 from search.engine.data import Splits
+from search.engine.device import PRECISIONS, Precision
 from search.engine.model import Widths
 from search.engine.weights import InitCounts, load_matching, read_init_state
 from search.errors import InputError
 from search.store.artifacts import UnreadableFile, WeightStore
-from search.store.records import DATA_ATTR, WEIGHTS_ATTR
+from search.store.records import DATA_ATTR, DEVICE_ATTR, PRECISION_ATTR, WEIGHTS_ATTR
 from search.study.budgets import best_trial
 from search.study.space import ParamValue, params_of
 from search.study.stored import study_config
@@ -208,12 +209,34 @@ class TrialRecipe:
         return dataclasses.replace(self, data=data)
 
 
+def trained_precision(trial: FrozenTrial, cfg: StudyConfig) -> Precision:
+    """What ``trial`` trained in: its user attr ``precision``; a trial from before it was recorded
+    trained in bf16 on CUDA with ``train.amp`` (then the only mixed precision), else in fp32."""
+    recorded = trial.user_attrs.get(PRECISION_ATTR)
+    for known in PRECISIONS:
+        if recorded == known:
+            return known
+    on_cuda = str(trial.user_attrs.get(DEVICE_ATTR, "")).startswith("cuda")
+    return "bf16" if cfg.train.amp and on_cuda else "fp32"
+
+
+def with_trained_precision(cfg: StudyConfig, trial: FrozenTrial) -> StudyConfig:
+    """``cfg`` with ``train.precision`` pinned to what ``trial`` trained in (not ``auto``), so
+    whoever rebuilds the trial (confirm, finetune, export, predict) computes as it did."""
+    train = dataclasses.replace(cfg.train, precision=trained_precision(trial, cfg))
+    return dataclasses.replace(cfg, train=train)
+
+
 def rebuild(study: optuna.Study, trial: FrozenTrial, cfg: StudyConfig | None = None) -> TrialRecipe:
-    """The recipe of finished ``trial``: the study's stored config (or ``cfg``), the trial's params
-    (the space's fixed values added) and the study's data facts."""
+    """The recipe of finished ``trial``: the study's stored config (or ``cfg``) with
+    ``train.precision`` pinned to what the trial trained in (so its evaluation, confirm, finetune,
+    export and predict compute as it did), the trial's params (the space's fixed values added)
+    and the study's data facts."""
     study_cfg = cfg if cfg is not None else study_config(study)
     return TrialRecipe.of(
-        study_cfg, params_of(trial.params, study_cfg.search.space), DataFacts.of_study(study)
+        with_trained_precision(study_cfg, trial),
+        params_of(trial.params, study_cfg.search.space),
+        DataFacts.of_study(study),
     )
 
 

@@ -38,6 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.config import ParamSpec, StudyConfig
 from search.engine.threads import use_threads
 from search.store.artifacts import StorageFault, WeightStore
+from search.store.records import RETRY_HISTORY_SYSTEM_ATTR
 from search.store.storage import retrying
 from search.study.budgets import is_feasible
 from search.study.failures import FAIL_REASON_ATTR, DeviceFailure, FailureBudget
@@ -295,6 +296,10 @@ class _Guarded:
         trials = study.get_trials(deepcopy=False)  # one snapshot
         running = running_trials(study, self.storage, self.grace_s, trials)
         me = next(rt for rt in running if rt.number == trial.number)
+        if isinstance(self.objective, Objective):  # the snapshot holds its retry history: no re-read
+            frozen = next(t for t in trials if t.number == trial.number)
+            history = frozen.system_attrs.get(RETRY_HISTORY_SYSTEM_ATTR, [])
+            self.objective.known_retry_history[trial.number] = [int(n) for n in history]
         ahead = sum(t.state in FINISHED_STATES for t in trials)
         ahead += sum(not rt.stale and _started_before(rt, me) for rt in running)
         if ahead >= self.n_trials:

@@ -107,13 +107,13 @@ def test_evaluate_under_autocast_matches_fp32_and_the_cpu() -> None:
     train, val = _data(CUDA)
     model = _model()
     fit(model, train, val, lr=1e-2, batch_size=32, cfg=TrainConfig(epochs=2, patience=2), transform=TRANSFORM)
-    logits = predict_logits(model, val.images, TRANSFORM, batch_size=50, amp=True)
+    logits = predict_logits(model, val.images, TRANSFORM, batch_size=50, precision="bf16")
     assert logits.dtype == torch.float32 and logits.device.type == "cuda" and logits.shape == (len(val), 3)
-    loss_bf16, acc_bf16 = evaluate(model, val, TRANSFORM, batch_size=50, amp=True)
-    loss_fp32, acc_fp32 = evaluate(model, val, TRANSFORM, batch_size=50, amp=False)
+    loss_bf16, acc_bf16 = evaluate(model, val, TRANSFORM, batch_size=50, precision="bf16")
+    loss_fp32, acc_fp32 = evaluate(model, val, TRANSFORM, batch_size=50, precision="fp32")
     model.cpu()
     _, cpu_val = _data(torch.device("cpu"))
-    loss_cpu, acc_cpu = evaluate(model, cpu_val, TRANSFORM, batch_size=50, amp=True)
+    loss_cpu, acc_cpu = evaluate(model, cpu_val, TRANSFORM, batch_size=50, precision="fp32")
     assert loss_bf16 == pytest.approx(loss_fp32, rel=0.05, abs=0.02)
     assert abs(acc_bf16 - acc_fp32) <= 0.05
     assert loss_fp32 == pytest.approx(loss_cpu, rel=1e-2, abs=1e-2)  # cuDNN may use TF32

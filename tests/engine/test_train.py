@@ -13,7 +13,7 @@ import torch
 from search.config import DataConfig, ModelConfig, SyntheticConfig, TrainConfig
 from search.engine.augment import BatchTransform, channel_stats
 from search.engine.data import ImageSet, load_splits
-from search.engine.device import resolve_device
+from search.engine.device import resolve_device, resolve_precision
 from search.engine.inference import evaluate
 from search.engine.model import ConvNet
 from search.engine.train import (
@@ -56,8 +56,10 @@ def test_fit_learns_and_keeps_the_best_epoch(digits) -> None:  # type: ignore[no
     best = max(seen, key=lambda m: m.val_acc)
     assert result.best_val_acc == pytest.approx(best.val_acc)
     assert result.best_val_acc > 0.8
-    # the model ends holding the best epoch's weights: re-evaluating gives the best accuracy
-    _, acc = evaluate(model, splits.val, transform)
+    # the model ends holding the best epoch's weights: re-evaluating (in the precision it trained
+    # in) gives the best accuracy
+    precision = resolve_precision(TrainConfig(), splits.val.images.device)
+    _, acc = evaluate(model, splits.val, transform, precision=precision)
     assert acc == pytest.approx(result.best_val_acc)
     assert result.best_state is not None and all(t.device.type == "cpu" for t in result.best_state.values())
     assert result.images_per_s > 0 and result.stop_reason == "completed"

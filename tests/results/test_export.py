@@ -13,6 +13,7 @@ from PIL import Image
 from search.cli import main
 from search.config import config_from_dict
 from search.engine.data import load_splits
+from search.engine.device import autocast
 from search.results.export import (
     build_from_config,
     export_trial,
@@ -20,7 +21,9 @@ from search.results.export import (
     predict_files,
     predict_tensor,
 )
+from search.results.export_folder import export_precision
 from search.store.artifacts import WEIGHTS_ATTR, WeightStore
+from search.store.records import PRECISION_ATTR
 from search.study.recipe import rebuild, trials_with_weights
 from search.study.stored import study_config
 from tests.conftest import CIFAR_SAMPLE, run_cli
@@ -94,7 +97,9 @@ def test_exported_weights_give_the_trials_predictions(
     model, transform, config = load_export(done.out)
     assert not model.training
     images, labels = _val_images(study)
-    probs = predict_tensor(model, transform, images)
+    precision = export_precision(config)  # what the trial trained in
+    assert precision == best.user_attrs[PRECISION_ATTR]
+    probs = predict_tensor(model, transform, images, precision)
     # the same weights straight from the artifact store, in a model built the way trials build it
     recipe = rebuild(study, best)
     reference = recipe.model()
@@ -104,7 +109,7 @@ def test_exported_weights_give_the_trials_predictions(
         list(recipe.data.mean),
         list(recipe.data.std),
     ]
-    with torch.no_grad():
+    with torch.no_grad(), autocast(torch.device("cpu"), precision):
         ref_logits = reference(recipe.transform()(images, train=False))
     assert torch.equal(probs, ref_logits.float().softmax(1))
     # and the trial's recorded validation accuracy
@@ -125,8 +130,8 @@ def test_predict_cli_prints_top3_per_image(digits: tuple[Path, optuna.Study], tm
     proc = run_cli("predict", str(folder), *map(str, [*paths, big]), cwd=tmp_path, check=0)
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 4
-    model, transform, _ = load_export(folder)
-    expected = predict_tensor(model, transform, images[:3]).argmax(1).tolist()
+    model, transform, config = load_export(folder)
+    expected = predict_tensor(model, transform, images[:3], export_precision(config)).argmax(1).tolist()
     for i, line in enumerate(lines):
         m = LINE.match(line)
         assert m is not None, line

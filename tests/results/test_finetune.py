@@ -16,10 +16,12 @@ from optuna.trial import TrialState
 from search.cli import main
 from search.config import config_from_dict
 from search.engine.data import load_splits
+from search.engine.device import resolve_precision
 from search.engine.evaluate import classification_metrics
 from search.engine.inference import predict_logits
 from search.results.export import load_export
 from search.results.finetune import FINETUNE_ATTR, FinetuneSettings, finetune
+from search.store.records import PRECISION_ATTR
 from search.study.recipe import rebuild
 from search.study.stored import study_config
 from tests.conftest import CIFAR_SAMPLE, png_size, run_cli
@@ -111,7 +113,8 @@ def test_test_metrics_cover_the_whole_test_set(digits: Fixture) -> None:
     recipe = rebuild(study, study.best_trial)
     model = recipe.model()
     model.load_state_dict(state)
-    logits = predict_logits(model, test.images, recipe.transform())
+    precision = resolve_precision(recipe.cfg.train, test.images.device)  # the trial's, as finetune tested
+    logits = predict_logits(model, test.images, recipe.transform(), precision=precision)
     assert int((logits.argmax(1) == test.labels).sum()) == int(diag.sum())
     best = torch.load(folder / "best.pt", weights_only=True)  # the export folder's name for them
     assert best.keys() == state.keys() and all(torch.equal(best[k], state[k]) for k in state)
@@ -206,6 +209,8 @@ def test_finetune_folder_is_an_export_folder_with_a_model_card(digits: Fixture) 
     card = (folder / "README.md").read_text()
     assert f"trial {study.best_trial.number}, fine-tuned" in card and "of study tiny" in card
     assert f"| test accuracy | {m['test_accuracy']:.4f} on {m['n_test']} images" in card
+    trained = study.best_trial.user_attrs[PRECISION_ATTR]  # fine-tuned and tested in the trial's precision
+    assert config["precision"] == trained and f"| precision | {trained} (" in card
     assert f"{m['start_val_acc']:.4f} at the start, {m['final_val_acc']:.4f} at the end" in card
     assert f"lr {m['lr']:.3g} (the trial's lr x 0.5), up to 2 epochs, patience 1" in card
     rows = [line for line in card.splitlines() if re.match(r"\| \d \| \d+ \| \d\.\d{4} \|", line)]
