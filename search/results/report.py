@@ -35,10 +35,12 @@ from search.store.records import (
     DEVICE_ATTR,
     EPOCHS_RUN_ATTR,
     FAIL_REASON_ATTR,
+    FAMILY_ATTR,
     FINETUNE_ATTR,
     IMAGES_PER_S_ATTR,
     LATENCY_ATTR,
     N_PARAMS_ATTR,
+    PRECISION_ATTR,
     PRUNED_AT_EPOCH_ATTR,
     STOP_REASON_ATTR,
 )
@@ -60,9 +62,11 @@ COLUMNS = (
     "duration_s",
     "images_per_s",
     "n_params",
+    "family",
     "latency_ms",
     "feasible",
     "device",
+    "precision",
     "datetime_start",
     "stop_reason",
     "fail_reason",
@@ -128,9 +132,11 @@ def _row(
         duration_s=trial.duration.total_seconds() if trial.duration is not None else math.nan,
         images_per_s=attrs.get(IMAGES_PER_S_ATTR, math.nan),
         n_params=attrs.get(N_PARAMS_ATTR),
+        family=attrs.get(FAMILY_ATTR),
         latency_ms=attrs.get(LATENCY_ATTR, math.nan),
         feasible=_feasible(trial, constrained),
         device=attrs.get(DEVICE_ATTR),
+        precision=attrs.get(PRECISION_ATTR),
         datetime_start=_utc(trial.datetime_start),
         stop_reason=attrs.get(STOP_REASON_ATTR),
         fail_reason=attrs.get(FAIL_REASON_ATTR),
@@ -164,7 +170,7 @@ def frame_of(study: optuna.Study) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     df["feasible"] = df["feasible"].astype("boolean")
     df["datetime_start"] = pd.to_datetime(df["datetime_start"], utc=True)
-    for col in ("state", "device", "stop_reason", "fail_reason", "constraint"):
+    for col in ("state", "family", "device", "precision", "stop_reason", "fail_reason", "constraint"):
         df[col] = df[col].astype("string")
     for col in ("fail_reason", "constraint"):
         if df[col].isna().all():

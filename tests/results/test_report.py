@@ -59,6 +59,8 @@ def test_trials_frame_one_row_per_trial_best_first(digits: tuple[Path, optuna.St
         assert row.lr == trial.params["lr"] and row.c1 == trial.params["c1"]
         assert row.epochs_run == trial.user_attrs["epochs_run"]
         assert row.n_params == trial.user_attrs["n_params"] > 0
+        assert row.family == trial.user_attrs["family"] == "convnet/plain"  # the default model.block
+        assert row.precision == trial.user_attrs["precision"] in ("fp32", "bf16")
         assert row.duration_s == pytest.approx(trial.duration.total_seconds())
         assert row.datetime_start.tzinfo is not None and str(row.datetime_start.tz) == "UTC"
     # pandas filtering and grouping, as in the README
