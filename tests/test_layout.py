@@ -61,3 +61,11 @@ def test_each_command_module_is_thin() -> None:
 
 def test_the_size_check_sees_a_long_function() -> None:
     assert _long_functions(3), "every package has a function over 3 lines: the scan is broken"
+
+
+def test_test_modules_have_unique_names() -> None:
+    """pytest imports test files by basename (no __init__.py): two of one name stop the whole run."""
+    tests = Path(__file__).parent
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert len(names) > 50
+    assert sorted({n for n in names if names.count(n) > 1}) == []
