@@ -13,10 +13,10 @@ in :data:`TORCHVISION` (and its name in the config's ``ArchName``). Does not imp
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import torchvision
 from torch import nn
 
 from search.config import ModelConfig
@@ -27,12 +27,13 @@ SMALL_INPUT = 64  # images with both sides up to this many pixels get the small-
 
 def _resnet_stem(net: nn.Module, channels: int, small: bool) -> None:
     """ResNet's ``conv1`` for ``channels`` input channels; small images: 3x3 stride 1, no max pool."""
-    assert isinstance(net, torchvision.models.ResNet)
-    width = net.conv1.out_channels
+    conv1 = net.get_submodule("conv1")
+    assert isinstance(conv1, nn.Conv2d)
+    width = conv1.out_channels
     if small:
         net.conv1 = nn.Conv2d(channels, width, 3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
-    elif channels != net.conv1.in_channels:
+    elif channels != conv1.in_channels:
         net.conv1 = nn.Conv2d(channels, width, 7, stride=2, padding=3, bias=False)
 
 
@@ -41,13 +42,19 @@ class TorchvisionArch:
     """A torchvision classifier: its constructor (``weights=None, num_classes=n``) and how its
     stem is adapted to the images' channels and size."""
 
-    build: Callable[..., nn.Module]
+    name: str  # its constructor in torchvision.models (imported when a trial builds it: ~3 s)
     stem: Callable[[nn.Module, int, bool], None]
     title: str  # how a model card names it
 
+    def build(self, n_classes: int) -> nn.Module:
+        """The classifier from scratch: ``weights=None`` (nothing downloaded), ``n_classes`` outputs."""
+        models = importlib.import_module("torchvision.models")
+        net: nn.Module = getattr(models, self.name)(weights=None, num_classes=n_classes)
+        return net
+
 
 TORCHVISION: dict[str, TorchvisionArch] = {
-    "resnet18": TorchvisionArch(torchvision.models.resnet18, _resnet_stem, "ResNet-18 (torchvision)"),
+    "resnet18": TorchvisionArch("resnet18", _resnet_stem, "ResNet-18 (torchvision)"),
 }
 
 
@@ -68,7 +75,7 @@ def build_model(
     if model.arch == "convnet":
         return build_convnet(model, c1, c2, l1, in_shape, n_classes)
     arch = TORCHVISION[model.arch]
-    net = arch.build(weights=None, num_classes=n_classes)
+    net = arch.build(n_classes)
     arch.stem(net, int(in_shape[0]), is_small(in_shape))
     return net
 
