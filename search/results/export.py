@@ -18,10 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 
 from search.config import StudyConfig
-from search.engine.data import printable_name
+from search.engine.data import load_splits, printable_name
+from search.engine.device import resolve_precision
 from search.engine.model import count_parameters
+from search.engine.onnx_model import require_onnx
 from search.results.export_folder import (
     CARD_FILE,
     ExportError,
@@ -37,8 +40,9 @@ from search.results.export_folder import (
     write_export_folder,
 )
 from search.results.finetune import default_finetune_dir
+from search.results.onnx_check import MAX_CHECK_IMAGES, OnnxCheck, export_onnx
 from search.store.records import FINETUNE_ATTR
-from search.study.recipe import load_trial
+from search.study.recipe import RebuiltTrial, load_trial
 
 __all__ = [  # loading and predicting live in export_folder; callers of `export` find them here too
     "ExportError",
@@ -66,6 +70,7 @@ class Export:
     out: Path
     trial: int
     config: dict[str, Any]
+    onnx: OnnxCheck | None = None
 
     @property
     def finetuned(self) -> bool:
@@ -77,26 +82,42 @@ class Export:
         figures = f"val accuracy {self.config['val_accuracy']:.4f}"
         if self.finetuned:
             figures += f", test accuracy {self.config['finetune']['test']['accuracy']:.4f}"
-        return f"exported {what} ({figures}) to {self.out}"
+        done = f"exported {what} ({figures}) to {self.out}"
+        return done if self.onnx is None else f"{done}\n{self.onnx.line()}"
 
 
 def export_trial(
-    study: optuna.Study, cfg: StudyConfig, number: int | None = None, out: str | Path | None = None
+    study: optuna.Study,
+    cfg: StudyConfig,
+    number: int | None = None,
+    out: str | Path | None = None,
+    *,
+    onnx: bool = False,
 ) -> Export:
-    """Write best.pt, config.json and README.md for trial ``number`` (default: the best trial).
+    """Write best.pt, config.json and README.md for trial ``number`` (default: the best trial);
+    with ``onnx`` also model.onnx, checked against torch on the validation images
+    (:func:`search.results.onnx_check.export_onnx`; its figures in config.json and the card).
 
-    Everything is built and checked first (the weights fit the model), then written atomically
-    (:func:`write_export_folder`): an error leaves no half-written export.
+    Everything is built and checked first (the weights fit the model, the graph agrees with
+    torch), then written atomically (:func:`write_export_folder`): an error leaves no half-written
+    export.
 
     Raises:
         ExportError: no such completed trial, its weights are gone or unusable, or the folder
             cannot be written.
+        OnnxUnavailable: ``onnx`` without the ``[onnx]`` extra (before anything is loaded).
+        RunFailure: the graph's logits do not match torch's.
     """
+    if onnx:
+        require_onnx("search export --onnx")
     rebuilt = load_trial(study, number, cfg)
     config = export_config(study.study_name, rebuilt.trial, rebuilt.recipe)
+    graph, check = _onnx_of(rebuilt) if onnx else (None, None)
+    if check is not None:
+        config["onnx"] = check.to_dict()
     folder = Path(out) if out is not None else default_export_dir(study.study_name, rebuilt.trial.number)
     card = model_card(config, count_parameters(rebuilt.model), printable_name(str(folder)))
-    write_export_folder(folder, rebuilt.model.state_dict(), config, card)
+    write_export_folder(folder, rebuilt.model.state_dict(), config, card, graph)
     log.info("exported trial %d of %s to %s", rebuilt.trial.number, study.study_name, folder)
     if isinstance(study.user_attrs.get(FINETUNE_ATTR), Mapping):
         log.info(
@@ -104,7 +125,17 @@ def export_trial(
             study.study_name,
             study.study_name,
         )
-    return Export(folder, rebuilt.trial.number, config)
+    return Export(folder, rebuilt.trial.number, config, check)
+
+
+def _onnx_of(rebuilt: RebuiltTrial) -> tuple[bytes, OnnxCheck]:
+    """The trial's net as ONNX, checked on the study's validation images in the precision it
+    trained in."""
+    recipe = rebuilt.recipe
+    val = load_splits(recipe.cfg.data, recipe.cfg.seed).val
+    images = val.chunk(0, min(len(val), MAX_CHECK_IMAGES))
+    precision = resolve_precision(recipe.cfg.train, torch.device("cpu"))
+    return export_onnx(rebuilt.model, recipe.input_transform(), images, precision)
 
 
 def finetuned_folder(study: optuna.Study) -> Path:
