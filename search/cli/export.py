@@ -30,6 +30,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from search.engine.onnx_model import require_onnx
     from search.results.export import ExportError, export_finetuned, export_trial
     from search.study.stored import study_config
 
@@ -38,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
             "--onnx: not with --finetuned yet (the graph is made from a trial). "
             "Fix: leave out --onnx, or export a trial: `search export STUDY --trial N --onnx`"
         )
+    if args.onnx:
+        require_onnx("search export --onnx")  # before the study is opened: the extra first
     study = results_study(args)
     if args.finetuned:
         done = export_finetuned(study, args.out, trial=args.trial)

@@ -30,6 +30,7 @@ from search.engine.augment import BatchTransform
 from search.engine.data import DataError, printable_name
 from search.engine.device import autocast
 from search.engine.ingest import Plan, decode
+from search.engine.onnx_model import RUN_MODULES, require_onnx
 from search.results.onnx_check import ONNX_FILE, onnx_card, onnx_probs
 from search.store.artifacts import UnreadableFile, load_tensors, tensor_bytes
 from search.store.records import (
@@ -450,6 +451,7 @@ def predict_files(
     """Top-``k`` (class, probability) pairs for each image file, best first; with ``onnx``, from
     the folder's ``model.onnx`` under ONNX Runtime (the same images: decoded the same way)."""
     if onnx:
+        require_onnx("search predict --onnx", RUN_MODULES)  # the extra first, then the folder
         config = read_export_config(folder)
         check_export_config(config, f"{Path(folder) / CONFIG_FILE}")
         probs = onnx_probs(Path(folder), load_images(paths, config))

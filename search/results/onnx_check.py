@@ -42,6 +42,7 @@ class OnnxCheck:
     n_images: int
     agreement: float  # top-1 agreement with torch in float32
     max_logit_diff: float  # largest |ONNX logit - torch float32 logit|
+    max_abs_logit: float  # largest |torch float32 logit|: the scale of that difference
     precision: str  # what the net trained in (and `search predict` runs it in)
     agreement_trained: float | None  # with torch in that precision; None when it is fp32
     max_logit_diff_trained: float | None
@@ -114,6 +115,7 @@ def export_onnx(
         n_images=len(images),
         agreement=agreement,
         max_logit_diff=diff,
+        max_abs_logit=float(reference.abs().max()) if len(reference) else 0.0,
         precision=precision,
         agreement_trained=trained[0],
         max_logit_diff_trained=trained[1],
@@ -131,7 +133,7 @@ def onnx_line(entry: Mapping[str, Any]) -> str:
     text = (
         f"{entry['file']}: ONNX Runtime against torch (float32) on {entry['n_images']} validation "
         f"images: top-1 agreement {entry['agreement']:.4f}, max |logit difference| "
-        f"{entry['max_logit_diff']:.2g}"
+        f"{entry['max_logit_diff']:.2g} (largest |logit| {entry['max_abs_logit']:.3g})"
     )
     if entry.get("agreement_trained") is not None:
         text += (
@@ -178,7 +180,8 @@ the normalisation is inside the graph |
 | output | `{entry["output"]}`: float32 [N, {n_classes}] (softmax gives probabilities) |
 | weights | {weights} |
 | checked | against torch on {entry["n_images"]} validation images: top-1 agreement \
-{entry["agreement"]:.4f}, max abs logit difference {entry["max_logit_diff"]:.2g} (torch float32){trained} |
+{entry["agreement"]:.4f}, max abs logit difference {entry["max_logit_diff"]:.2g} (torch float32; largest \
+abs logit {entry["max_abs_logit"]:.3g}){trained} |
 | latency | {_latency(entry)}, batch 1 |
 
 Run it: `search predict FOLDER IMAGE... --onnx`, or with ONNX Runtime:
