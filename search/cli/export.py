@@ -31,19 +31,14 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from search.engine.onnx_model import require_onnx
-    from search.results.export import ExportError, export_finetuned, export_trial
+    from search.results.export import export_finetuned, export_trial
     from search.study.stored import study_config
 
-    if args.onnx and args.finetuned:
-        raise ExportError(
-            "--onnx: not with --finetuned yet (the graph is made from a trial). "
-            "Fix: leave out --onnx, or export a trial: `search export STUDY --trial N --onnx`"
-        )
     if args.onnx:
         require_onnx("search export --onnx")  # before the study is opened: the extra first
     study = results_study(args)
     if args.finetuned:
-        done = export_finetuned(study, args.out, trial=args.trial)
+        done = export_finetuned(study, args.out, trial=args.trial, onnx=args.onnx)
     else:
         done = export_trial(study, study_config(study), args.trial, args.out, onnx=args.onnx)
     print(done.line())

@@ -10,6 +10,7 @@ finetune`` wrote (itself an export folder, with its test figures) to
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Mapping
@@ -19,14 +20,17 @@ from typing import Any
 
 import optuna
 import torch
+from torch import nn
 
-from search.config import StudyConfig
+from search.config import ConfigError, StudyConfig, config_from_dict
+from search.engine.augment import BatchTransform
 from search.engine.data import load_splits, printable_name
 from search.engine.device import resolve_precision
 from search.engine.model import count_parameters
 from search.engine.onnx_model import require_onnx
 from search.results.export_folder import (
     CARD_FILE,
+    CONFIG_FILE,
     ExportError,
     build_from_config,
     export_config,
@@ -40,9 +44,9 @@ from search.results.export_folder import (
     write_export_folder,
 )
 from search.results.finetune import default_finetune_dir
-from search.results.onnx_check import MAX_CHECK_IMAGES, OnnxCheck, export_onnx
+from search.results.onnx_check import MAX_CHECK_IMAGES, ONNX_FILE, OnnxCheck, export_onnx
 from search.store.records import FINETUNE_ATTR
-from search.study.recipe import RebuiltTrial, load_trial
+from search.study.recipe import load_trial
 
 __all__ = [  # loading and predicting live in export_folder; callers of `export` find them here too
     "ExportError",
@@ -112,7 +116,8 @@ def export_trial(
         require_onnx("search export --onnx")
     rebuilt = load_trial(study, number, cfg)
     config = export_config(study.study_name, rebuilt.trial, rebuilt.recipe)
-    graph, check = _onnx_of(rebuilt) if onnx else (None, None)
+    recipe = rebuilt.recipe
+    graph, check = _onnx_of(rebuilt.model, recipe.input_transform(), recipe.cfg) if onnx else (None, None)
     if check is not None:
         config["onnx"] = check.to_dict()
     folder = Path(out) if out is not None else default_export_dir(study.study_name, rebuilt.trial.number)
@@ -128,14 +133,13 @@ def export_trial(
     return Export(folder, rebuilt.trial.number, config, check)
 
 
-def _onnx_of(rebuilt: RebuiltTrial) -> tuple[bytes, OnnxCheck]:
-    """The trial's net as ONNX, checked on the study's validation images in the precision it
-    trained in."""
-    recipe = rebuilt.recipe
-    val = load_splits(recipe.cfg.data, recipe.cfg.seed).val
+def _onnx_of(model: nn.Module, transform: BatchTransform, cfg: StudyConfig) -> tuple[bytes, OnnxCheck]:
+    """``model`` as ONNX, checked on the validation images of ``cfg`` (the trial's config) in the
+    precision it trained in (``cfg.train.precision``, pinned when the trial was rebuilt)."""
+    val = load_splits(cfg.data, cfg.seed).val
     images = val.chunk(0, min(len(val), MAX_CHECK_IMAGES))
-    precision = resolve_precision(recipe.cfg.train, torch.device("cpu"))
-    return export_onnx(rebuilt.model, recipe.input_transform(), images, precision)
+    precision = resolve_precision(cfg.train, torch.device("cpu"))
+    return export_onnx(model, transform, images, precision)
 
 
 def finetuned_folder(study: optuna.Study) -> Path:
@@ -158,31 +162,53 @@ def finetuned_folder(study: optuna.Study) -> Path:
 
 
 def export_finetuned(
-    study: optuna.Study, out: str | Path | None = None, *, trial: int | None = None
+    study: optuna.Study, out: str | Path | None = None, *, trial: int | None = None, onnx: bool = False
 ) -> Export:
     """Copy the study's fine-tune folder (an export folder) to ``out`` (default
-    ``storage/exports/<study>/finetuned/``); its model card then names the new folder.
+    ``storage/exports/<study>/finetuned/``); its model card then names the new folder. With
+    ``onnx``, the copy also gets model.onnx, checked as :func:`export_trial` checks it.
 
     Raises:
         ExportError: no fine-tune yet, a broken fine-tune folder, ``trial`` given, or the copy
             cannot be written.
+        OnnxUnavailable, RunFailure: as :func:`export_trial`'s.
     """
     if trial is not None:
         raise ExportError(
             "--trial: not with --finetuned (the fine-tuned model is the one `search finetune` made; "
             "its own --trial picks where it starts). Fix: leave out --trial"
         )
+    if onnx:
+        require_onnx("search export --onnx")
     source = finetuned_folder(study)
-    model, _, config = load_export(source)  # a complete, loadable folder before anything is copied
+    model, transform, config = load_export(source)  # a complete, loadable folder before anything is copied
     folder = Path(out) if out is not None else default_export_dir(study.study_name, None)
     if folder.resolve() == source.resolve():
+        if onnx:
+            raise ExportError(f"--out: {folder} is the fine-tune folder itself. Fix: pass another --out")
         return Export(folder, int(config["trial"]), config)
+    graph, check = _onnx_of(model, transform, _trial_config(config, source)) if onnx else (None, None)
+    if check is not None:
+        config["onnx"] = check.to_dict()
+    card = model_card(config, count_parameters(model), printable_name(str(folder)))
+    _copy_folder(source, folder, card, (config, graph) if graph is not None else None)
+    log.info("exported the fine-tuned model of %s (%s) to %s", study.study_name, source, folder)
+    return Export(folder, int(config["trial"]), config, check)
+
+
+def _copy_folder(source: Path, folder: Path, card: str, onnx: tuple[Mapping[str, Any], bytes] | None) -> None:
+    """``source`` copied to ``folder`` (replacing it) with ``card`` as its model card; with ``onnx``
+    (the config with its ``onnx`` entry, the graph) also model.onnx and that config.json. Built in
+    a temp folder beside it and renamed into place."""
     temp = folder.parent / f".{folder.name}.tmp"
     try:
         shutil.rmtree(temp, ignore_errors=True)
         shutil.copytree(source, temp)
-        card = model_card(config, count_parameters(model), printable_name(str(folder)))
         (temp / CARD_FILE).write_text(card, encoding="utf-8")
+        if onnx is not None:
+            (temp / ONNX_FILE).write_bytes(onnx[1])
+            text = json.dumps(onnx[0], indent=2, ensure_ascii=False) + "\n"
+            (temp / CONFIG_FILE).write_text(text, encoding="utf-8")
         if folder.exists():
             shutil.rmtree(folder)
         temp.rename(folder)
@@ -190,5 +216,13 @@ def export_finetuned(
         raise unwritable(folder, exc) from exc
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-    log.info("exported the fine-tuned model of %s (%s) to %s", study.study_name, source, folder)
-    return Export(folder, int(config["trial"]), config)
+
+
+def _trial_config(config: Mapping[str, Any], folder: Path) -> StudyConfig:
+    """The trial's config an export folder's config.json records (its data: the images to check on)."""
+    try:
+        return config_from_dict(config["config"])
+    except (KeyError, ConfigError) as exc:
+        raise ExportError(
+            f"{folder / CONFIG_FILE} records no usable study config ({exc}). Fix: run `search finetune` again"
+        ) from exc

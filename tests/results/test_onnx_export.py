@@ -6,6 +6,7 @@ dynamic; predict gives the same answers with it; without the [onnx] extra both e
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,8 @@ def _trials(studies: tuple[Path, list[optuna.Study]]) -> list[tuple[optuna.Study
     return [(s, t.number) for s in studies[1] for t in s.get_trials(states=(TrialState.COMPLETE,))]
 
 
-def _export(root: Path, study: optuna.Study, number: int, *flags: str) -> int:
-    out = root / "exports" / f"{study.study_name}-{number}"
+def _export(root: Path, study: optuna.Study, number: int, *flags: str, out: Path | None = None) -> int:
+    out = out or root / "exports" / f"{study.study_name}-{number}"
     args = ["export", study.study_name, "--storage", db_url(root), "--trial", str(number), "--out", str(out)]
     return main([*args, *flags])
 
@@ -163,13 +164,20 @@ def _pngs(folder: Path, images: torch.Tensor) -> list[str]:
     return paths
 
 
+@pytest.fixture(scope="module")
+def seed_onnx(studies: tuple[Path, list[optuna.Study]]) -> Path:
+    """The seed study's best trial exported with --onnx (read-only for the tests below)."""
+    root, (seed, _, _) = studies
+    out = root / "exports" / "seed-onnx"
+    assert _export(root, seed, seed.best_trial.number, "--onnx", out=out) == 0
+    return out
+
+
 def test_predict_with_onnx_gives_the_same_answers(
-    studies: tuple[Path, list[optuna.Study]], capsys: pytest.CaptureFixture[str]
+    studies: tuple[Path, list[optuna.Study]], seed_onnx: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root, (seed, _, _) = studies
-    number = seed.best_trial.number
-    assert _export(root, seed, number, "--onnx") == 0
-    out = str(root / "exports" / f"seed-{number}")
+    out = str(seed_onnx)
     cfg = study_config(seed)
     paths = _pngs(root / "digits", load_splits(cfg.data, cfg.seed).val.images[:12])
     capsys.readouterr()
@@ -195,13 +203,13 @@ def test_predict_with_onnx_gives_the_same_answers(
 
 
 def test_export_without_onnx_drops_a_stale_graph_and_predict_onnx_says_so(
-    studies: tuple[Path, list[optuna.Study]], capsys: pytest.CaptureFixture[str]
+    studies: tuple[Path, list[optuna.Study]], seed_onnx: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root, (seed, _, _) = studies
-    number = seed.best_trial.number
-    out = root / "exports" / f"seed-{number}"
-    assert _export(root, seed, number, "--onnx") == 0 and (out / "model.onnx").is_file()
-    assert _export(root, seed, number) == 0
+    out = root / "exports" / "stale"
+    shutil.copytree(seed_onnx, out)
+    assert (out / "model.onnx").is_file()
+    assert _export(root, seed, seed.best_trial.number, out=out) == 0
     assert not (out / "model.onnx").exists() and "onnx" not in json.loads((out / "config.json").read_text())
     assert "## ONNX" not in (out / "README.md").read_text()
     capsys.readouterr()
@@ -220,17 +228,33 @@ def _storage(root: Path) -> str:
     return db_url(root)
 
 
-def test_onnx_with_finetuned_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "out"
+def test_the_fine_tuned_model_exports_with_onnx_too(
+    studies: tuple[Path, list[optuna.Study]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, (seed, _, _) = studies
+    url, tuned, out = db_url(root), root / "tuned", root / "exports" / "tuned"
     assert (
-        main(["export", "tiny", "--storage", _storage(tmp_path), "--finetuned", "--onnx", "--out", str(out)])
-        == 2
+        main(["finetune", "seed", "--storage", url, "--device", "cpu", "--epochs", "1", "--out", str(tuned)])
+        == 0
     )
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "error: --onnx: not with --finetuned yet (the graph is made from a trial). Fix: leave out "
-        "--onnx, or export a trial: `search export STUDY --trial N --onnx`"
+    capsys.readouterr()
+    assert main(["export", "seed", "--storage", url, "--finetuned", "--onnx", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("exported the fine-tuned model of trial") and printed[1].startswith(
+        "model.onnx: "
     )
-    assert not out.exists()
+    config = json.loads((out / "config.json").read_text())
+    assert "finetune" in config and config["onnx"]["agreement"] == 1.0
+    assert not (tuned / "model.onnx").exists()  # the fine-tune folder itself is left as it was
+    model, transform, _ = load_export(out)
+    cfg = study_config(seed)
+    val = load_splits(cfg.data, cfg.seed).val.images
+    with torch.no_grad():
+        want = model(transform(val, train=False)).numpy()
+    assert config["onnx"]["max_abs_logit"] == pytest.approx(float(np.abs(want).max()), rel=1e-5)
+    _check_graph(out, val, want, max(1.0, config["onnx"]["max_abs_logit"]))
+    card = (out / "README.md").read_text()
+    assert "## Fine-tuning" in card and "## ONNX" in card
 
 
 def test_without_the_extra_onnx_exits_2_naming_it(
