@@ -221,6 +221,31 @@ def test_export_without_onnx_drops_a_stale_graph_and_predict_onnx_says_so(
     )
 
 
+def test_a_graph_that_disagrees_with_torch_is_not_written(
+    studies: tuple[Path, list[optuna.Study]],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An exporter fault, injected: the graph's logits 10 % off torch's. Exit 1, no folder."""
+    from search.engine.onnx_model import Normalized
+
+    def skewed(self: Normalized, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net((x - self.mean) / self.std) * 1.1
+        return out
+
+    monkeypatch.setattr(Normalized, "forward", skewed)
+    root, (seed, _, _) = studies
+    out = root / "exports" / "wrong"
+    assert _export(root, seed, seed.best_trial.number, "--onnx", out=out) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: model.onnx: ONNX Runtime's logits differ from torch's by up to ")
+    assert err.endswith(
+        "the export is wrong, nothing was written. Fix: report it with the study's config; "
+        "the export without --onnx works"
+    )
+    assert not out.exists()
+
+
 def _storage(root: Path) -> str:
     """A storage holding an empty study ``tiny``: the refusals below come before it is read."""
     (root / "storage").mkdir()
