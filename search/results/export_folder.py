@@ -30,6 +30,8 @@ from search.engine.augment import BatchTransform
 from search.engine.data import DataError, printable_name
 from search.engine.device import autocast
 from search.engine.ingest import Plan, decode
+from search.engine.onnx_model import RUN_MODULES, require_onnx
+from search.results.onnx_check import ONNX_FILE, onnx_card, onnx_probs
 from search.store.artifacts import UnreadableFile, load_tensors, tensor_bytes
 from search.store.records import (
     BEST_EPOCH_ATTR,
@@ -172,6 +174,7 @@ def model_card(config: Mapping[str, Any], n_params: int, folder: str = ".") -> s
         else "ConvNet exported by convnet-search."
     )
     norm = f"mean {_rounded(config['normalize']['mean'])}, std {_rounded(config['normalize']['std'])}"
+    onnx_part = onnx_card(config.get("onnx"), config["in_shape"], config["n_classes"])
     return f"""# {title}
 
 {origin}
@@ -191,7 +194,7 @@ def model_card(config: Mapping[str, Any], n_params: int, folder: str = ".") -> s
 | classes | {", ".join(config["classes"])} |
 | normalisation | {norm} (on pixels / 255; exact in config.json) |
 | exported | {config["exported_at"]} |
-{_finetune_section(ft) if ft else ""}
+{_finetune_section(ft) if ft else ""}{onnx_part}
 Load it:
 
 ```python
@@ -280,9 +283,15 @@ def unwritable(folder: Path, exc: OSError) -> ExportError:
 
 
 def write_export_folder(
-    folder: Path, state: Mapping[str, torch.Tensor], config: Mapping[str, Any], card: str
+    folder: Path,
+    state: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any],
+    card: str,
+    onnx: bytes | None = None,
 ) -> None:
-    """``best.pt``, ``config.json`` and ``README.md`` into ``folder``.
+    """``best.pt``, ``config.json`` and ``README.md`` into ``folder``, and ``model.onnx`` when
+    ``onnx`` is given (else a ``model.onnx`` left by an earlier export there is removed: it would
+    not be this export's).
 
     Everything is encoded in memory first (texts as UTF-8), then each file is written to a temp
     file and renamed into place: an error (a full disk) leaves no half-written file and no temp
@@ -294,6 +303,7 @@ def write_export_folder(
             WEIGHTS_FILE: tensor_bytes(plain),
             CONFIG_FILE: (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
             CARD_FILE: card.encode("utf-8"),
+            **({ONNX_FILE: onnx} if onnx is not None else {}),
         }
     except UnicodeEncodeError as exc:
         raise ExportError(f"trial {config['trial']}'s config cannot be written as UTF-8 ({exc})") from exc
@@ -304,6 +314,8 @@ def write_export_folder(
             temps[name].write_bytes(data)
         for name in files:
             temps[name].replace(folder / name)
+        if onnx is None:
+            (folder / ONNX_FILE).unlink(missing_ok=True)
     except OSError as exc:
         raise unwritable(folder, exc) from exc
     finally:
@@ -434,11 +446,18 @@ def predict_tensor(
 
 
 def predict_files(
-    folder: str | Path, paths: Sequence[str | Path], k: int = 3
+    folder: str | Path, paths: Sequence[str | Path], k: int = 3, *, onnx: bool = False
 ) -> list[list[tuple[str, float]]]:
-    """Top-``k`` (class, probability) pairs for each image file, best first."""
-    model, transform, config = load_export(folder)
-    probs = predict_tensor(model, transform, load_images(paths, config), export_precision(config))
+    """Top-``k`` (class, probability) pairs for each image file, best first; with ``onnx``, from
+    the folder's ``model.onnx`` under ONNX Runtime (the same images: decoded the same way)."""
+    if onnx:
+        require_onnx("search predict --onnx", RUN_MODULES)  # the extra first, then the folder
+        config = read_export_config(folder)
+        check_export_config(config, f"{Path(folder) / CONFIG_FILE}")
+        probs = onnx_probs(Path(folder), load_images(paths, config))
+    else:
+        model, transform, config = load_export(folder)
+        probs = predict_tensor(model, transform, load_images(paths, config), export_precision(config))
     k = min(k, probs.shape[1])
     top = probs.topk(k, dim=1)
     classes = config["classes"]
