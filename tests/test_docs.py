@@ -21,7 +21,7 @@ QUICKSTART = (
     " && search run study_configs/digits.yaml"
 )
 TEST_COMMAND = (
-    'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev,postgres,tensorboard,app]"'
+    'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev,postgres,tensorboard,app,onnx]"'
     " && python -m pytest -q"
 )
 MAX_README_LINES = 250
