@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import TextIO
 from search.cli import (
     app,
     confirm,
+    create,
     dashboard,
     export,
     finetune,
@@ -32,28 +34,55 @@ from search.cli import (
 )
 from search.cli.common import DEFAULT_STORAGE
 from search.errors import EXIT_INTERRUPTED, SearchError
+from search.store.urls import DASHBOARD_STORAGE_ENV, STORAGE_ENV, WORKER_STORAGE_ENV
 
 DISTRIBUTION = "convnet-search"  # the name in pyproject.toml; `search --version` reads its metadata
 COMMANDS = (
-    *(run, worker, validate, schema, status, dashboard),
+    *(run, create, worker, validate, schema, status, dashboard),
     *(report, export, predict, confirm, finetune, tensorboard, app),
 )
 NO_OPTUNA = ("validate", "schema")  # commands that never import optuna (start-up time)
 
 
 STORAGE_FLAGS = {"storage": "--storage", "warm_start_storage": "--warm-start-storage"}
-WRITES_STORAGE = {"run": ("storage",)}  # the commands that create their --storage; the rest only read
+# the commands that create their --storage; the rest only read
+WRITES_STORAGE = {"run": ("storage",), "create": ("storage",)}
+CONFIG_STORAGE = ("run", "create")  # no --storage, no SEARCH_STORAGE: the config's storage
+# A parent's hand-off (`search run --workers`, `--dashboard`): its URL wins over an inherited SEARCH_STORAGE.
+HANDOFF_ENV = {"worker": WORKER_STORAGE_ENV, "dashboard": DASHBOARD_STORAGE_ENV}
+NO_DEFAULT_STORAGE = ("worker",)  # joins a study somewhere: the URL must be given
+
+
+def resolve_storage(args: argparse.Namespace) -> None:
+    """``args.storage`` for a command that takes ``--storage``, by precedence: the flag, then
+    ``SEARCH_STORAGE`` (a parent's hand-off first), then the config's ``storage`` (``run``,
+    ``create``: left None here) or the default URL. ``args.storage_from`` names its source, for
+    error messages."""
+    if not hasattr(args, "storage"):
+        return
+    args.storage_from = STORAGE_FLAGS["storage"]
+    if args.storage is not None:
+        return
+    for name in (HANDOFF_ENV.get(args.command), STORAGE_ENV):
+        value = os.environ.get(name) if name else None
+        if value:
+            args.storage, args.storage_from = value, name
+            return
+    if args.command not in CONFIG_STORAGE + NO_DEFAULT_STORAGE:
+        args.storage = DEFAULT_STORAGE
 
 
 def check_storage_flags(args: argparse.Namespace) -> None:
-    """Every storage URL flag of the command checked before anything runs (exit 2 naming the flag)."""
+    """Every storage URL flag of the command checked before anything runs (exit 2 naming the flag,
+    or the environment variable the URL came from)."""
     from search.store.urls import check_storage  # no optuna: validate and --help stay light
 
     for attr, flag in STORAGE_FLAGS.items():
         value = getattr(args, attr, None)
         if value is not None and value != DEFAULT_STORAGE:  # a default is checked when it is opened
             create = attr in WRITES_STORAGE.get(getattr(args, "command", ""), ())
-            check_storage(value, flag, create=create)
+            what = getattr(args, "storage_from", flag) if attr == "storage" else flag
+            check_storage(value, what, create=create)
 
 
 def setup_logging(verbosity: int, *, optuna_logs: bool = True) -> None:
@@ -109,10 +138,18 @@ def package_version() -> str:
         return __version__
 
 
+STORAGE_EPILOG = (
+    "Storage: a command that takes --storage uses the flag, else $SEARCH_STORAGE, else the config's "
+    f"storage (run, create), else {DEFAULT_STORAGE}."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``search`` parser with every command's subparser (in the order ``search -h`` lists them)."""
     parser = argparse.ArgumentParser(
-        prog="search", description="Hyperparameter search for image-classification ConvNets."
+        prog="search",
+        description="Hyperparameter search for image-classification ConvNets.",
+        epilog=STORAGE_EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
@@ -131,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(-1 if args.quiet else args.verbose, optuna_logs=args.command not in NO_OPTUNA)
     try:
+        resolve_storage(args)
         check_storage_flags(args)
         code: int = args.func(args)
     except SearchError as exc:
