@@ -17,7 +17,7 @@ from search.errors import EXIT_OK
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("create", help="check a config and its data and create the study (no trial runs)")
+    p = sub.add_parser("create", help="check the config and data, create the study; no trial runs")
     add_config_args(p)
     p.add_argument("--study-name", help="study name (default: the config's name)")
     add_storage_arg(p, "the config's storage")
@@ -44,7 +44,6 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         print(f"study {created.name}: created in {where} ({created.n_trials} trials to run); no trial run")
-    print(
-        f"next: search worker --study-name {created.name}   (on each machine, with --storage URL or SEARCH_STORAGE set)"
-    )
+    join = f"search worker --study-name {created.name}"
+    print(f"next: {join}   (on each machine, with --storage URL or SEARCH_STORAGE set)")
     return EXIT_OK
