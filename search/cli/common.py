@@ -50,8 +50,7 @@ def add_device_arg(p: argparse.ArgumentParser) -> None:
 def add_storage_arg(
     p: argparse.ArgumentParser, fallback: str = DEFAULT_STORAGE, what: str = "storage URL"
 ) -> None:
-    """``--storage URL``, left None when absent: :func:`search.cli.main.resolve_storage` fills it in
-    from ``SEARCH_STORAGE`` (then ``fallback``: the default URL, or the config's storage)."""
+    """``--storage URL``, None when absent (:func:`search.cli.storage.resolve_storage` fills it in)."""
     p.add_argument(
         "--storage", metavar="URL", help=f"{what} (default: $SEARCH_STORAGE when set, else {fallback})"
     )

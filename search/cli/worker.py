@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from search.study.workers import StopRequest, worker_config
 
     check_study_name(args.study_name, "--study-name")
-    url = args.storage  # the flag, a parent's hand-off or SEARCH_STORAGE (search.cli.main.resolve_storage)
+    url = args.storage  # the flag, a parent's hand-off or SEARCH_STORAGE (search.cli.storage.resolve_storage)
     if not url:
         raise InputError(f"--storage: missing (got nothing). Fix: pass --storage URL or set {STORAGE_ENV}")
     study = load_study(
