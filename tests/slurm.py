@@ -172,7 +172,16 @@ class SlurmCluster:
         return proc
 
     def stop(self) -> None:
-        """SIGTERM each daemon by PID (slurmd, slurmctld, munged), SIGKILL what remains."""
+        """End this cluster's jobs (a failed test may leave some), then SIGTERM each daemon by PID
+        (slurmd, slurmctld, munged) and SIGKILL what remains."""
+        if self.procs and all(p.poll() is None for p in self.procs):
+            user = f"--user={os.geteuid()}"
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.run("scancel", "--full", "--signal=KILL", user, check=False)
+                self.run("scancel", user, check=False)
+                deadline = time.monotonic() + 20
+                while self.run("squeue", "-h", check=False).stdout.strip() and time.monotonic() < deadline:
+                    time.sleep(0.5)
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
