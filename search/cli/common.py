@@ -47,10 +47,19 @@ def add_device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
+def add_storage_arg(
+    p: argparse.ArgumentParser, fallback: str = DEFAULT_STORAGE, what: str = "storage URL"
+) -> None:
+    """``--storage URL``, None when absent (:func:`search.cli.storage.resolve_storage` fills it in)."""
+    p.add_argument(
+        "--storage", metavar="URL", help=f"{what} (default: $SEARCH_STORAGE when set, else {fallback})"
+    )
+
+
 def add_study_arg(p: argparse.ArgumentParser) -> None:
-    """STUDY and ``--storage URL`` (default: the config's default storage)."""
+    """STUDY and ``--storage URL`` (default: ``SEARCH_STORAGE``, else the default storage)."""
     p.add_argument("study_name", metavar="STUDY")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help="storage URL")
+    add_storage_arg(p)
 
 
 def _quote(value: Any) -> str:

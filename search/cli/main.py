@@ -18,6 +18,7 @@ from typing import TextIO
 from search.cli import (
     app,
     confirm,
+    create,
     dashboard,
     export,
     finetune,
@@ -31,29 +32,15 @@ from search.cli import (
     worker,
 )
 from search.cli.common import DEFAULT_STORAGE
+from search.cli.storage import check_storage_flags, resolve_storage
 from search.errors import EXIT_INTERRUPTED, SearchError
 
 DISTRIBUTION = "convnet-search"  # the name in pyproject.toml; `search --version` reads its metadata
 COMMANDS = (
-    *(run, worker, validate, schema, status, dashboard),
+    *(run, create, worker, validate, schema, status, dashboard),
     *(report, export, predict, confirm, finetune, tensorboard, app),
 )
 NO_OPTUNA = ("validate", "schema")  # commands that never import optuna (start-up time)
-
-
-STORAGE_FLAGS = {"storage": "--storage", "warm_start_storage": "--warm-start-storage"}
-WRITES_STORAGE = {"run": ("storage",)}  # the commands that create their --storage; the rest only read
-
-
-def check_storage_flags(args: argparse.Namespace) -> None:
-    """Every storage URL flag of the command checked before anything runs (exit 2 naming the flag)."""
-    from search.store.urls import check_storage  # no optuna: validate and --help stay light
-
-    for attr, flag in STORAGE_FLAGS.items():
-        value = getattr(args, attr, None)
-        if value is not None and value != DEFAULT_STORAGE:  # a default is checked when it is opened
-            create = attr in WRITES_STORAGE.get(getattr(args, "command", ""), ())
-            check_storage(value, flag, create=create)
 
 
 def setup_logging(verbosity: int, *, optuna_logs: bool = True) -> None:
@@ -109,10 +96,18 @@ def package_version() -> str:
         return __version__
 
 
+STORAGE_EPILOG = (
+    "Storage: a command that takes --storage uses the flag, else $SEARCH_STORAGE, else the config's "
+    f"storage (run, create), else {DEFAULT_STORAGE}."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``search`` parser with every command's subparser (in the order ``search -h`` lists them)."""
     parser = argparse.ArgumentParser(
-        prog="search", description="Hyperparameter search for image-classification ConvNets."
+        prog="search",
+        description="Hyperparameter search for image-classification ConvNets.",
+        epilog=STORAGE_EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
@@ -131,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(-1 if args.quiet else args.verbose, optuna_logs=args.command not in NO_OPTUNA)
     try:
+        resolve_storage(args)
         check_storage_flags(args)
         code: int = args.func(args)
     except SearchError as exc:

@@ -9,13 +9,14 @@ from search import serve
 from search.cli.common import (
     add_config_args,
     add_device_arg,
+    add_storage_arg,
     add_threads_arg,
     config_from_args,
     device,
     log,
     threads_flag,
 )
-from search.config import check_inputs, mask_url
+from search.config import StudyConfig, check_inputs, mask_url
 from search.errors import EXIT_OK, InputError
 from search.store.urls import check_storage
 
@@ -26,7 +27,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("run", help="create or resume a study and run its trials")
     add_config_args(p)
     p.add_argument("--study-name", help="study name (default: the config's name)")
-    p.add_argument("--storage", help="storage URL (default: the config's storage)")
+    add_storage_arg(p, "the config's storage")
     p.add_argument("--n-trials", type=int, help="total finished trials the study should reach")
     p.add_argument("--timeout-s", type=float, help="stop starting trials after this many seconds")
     add_device_arg(p)
@@ -89,17 +90,26 @@ def _check_warm_start_flags(args: argparse.Namespace) -> None:
             )
 
 
-def run(args: argparse.Namespace) -> int:
-    _check_warm_start_flags(args)
+def checked_config(args: argparse.Namespace) -> StudyConfig:
+    """The config of ``run`` / ``create`` with its flags, checked as far as it can be before the
+    data is loaded (keys, inputs, storage, the data's counts); the preflight warnings are logged
+    once, here: ``search worker`` processes do not repeat them."""
     cfg = config_from_args(args)
     check_inputs(cfg)
-    if args.storage is None:  # the config's storage (the --storage flag was checked by main)
+    if args.storage is None:  # the config's storage (--storage / SEARCH_STORAGE was checked by main)
         check_storage(cfg.storage, "storage", create=True)
-    from search.cli.progress import Progress, next_steps, print_outcome, print_warm_start
     from search.study.preflight import preflight
+
+    preflight(cfg).log_warnings()
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_warm_start_flags(args)
+    cfg = checked_config(args)
+    from search.cli.progress import Progress, next_steps, print_outcome, print_warm_start
     from search.study.run import RunOptions, run_study
 
-    preflight(cfg).log_warnings()  # once, here: `search worker` processes do not repeat them
     on = device(args.device)
     devices = _worker_devices(args)
     threads = threads_flag(args)

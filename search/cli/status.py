@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from search.cli.common import DEFAULT_STORAGE
+from search.cli.common import add_storage_arg
 from search.cli.lines import format_params
 from search.config import check_study_name
 from search.errors import EXIT_OK, InputError
@@ -16,7 +16,7 @@ STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("status", help="list studies: trials per state and the best trial")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help="storage URL")
+    add_storage_arg(p)
     p.add_argument("--study-name", help="only this study")
     p.add_argument(
         "--fail-stale",

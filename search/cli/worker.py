@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from search.cli.common import add_device_arg, add_threads_arg, device, log, threads_flag
+from search.cli.common import add_device_arg, add_storage_arg, add_threads_arg, device, log, threads_flag
 from search.cli.lines import trial_line
 from search.config import check_study_name, with_overrides
 from search.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, InputError
@@ -15,7 +15,7 @@ from search.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, InputError
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("worker", help="join an existing study and run its trials (any machine)")
     p.add_argument("--study-name", required=True, help="the study to join")
-    p.add_argument("--storage", help="the study's storage URL (default: $SEARCH_WORKER_STORAGE)")
+    add_storage_arg(p, "none: the URL must be given", "the study's storage URL")
     add_device_arg(p)
     p.add_argument("--n-trials", type=int, help="total finished trials (default: the study's config)")
     p.add_argument("--timeout-s", type=float, help="stop starting trials after this many seconds")
@@ -28,16 +28,18 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Join an existing study (its config is stored in it) and run trials until its total."""
+    from search.store.urls import STORAGE_ENV
     from search.study.run import Outcome, RunOptions, run_study
     from search.study.study import load_study, make_storage
-    from search.study.workers import STORAGE_ENV, StopRequest, worker_config
+    from search.study.workers import StopRequest, worker_config
 
     check_study_name(args.study_name, "--study-name")
-    url = args.storage or os.environ.get(STORAGE_ENV)
+    url = args.storage  # the flag, a parent's hand-off or SEARCH_STORAGE (search.cli.storage.resolve_storage)
     if not url:
         raise InputError(f"--storage: missing (got nothing). Fix: pass --storage URL or set {STORAGE_ENV}")
-    what = "--storage" if args.storage else STORAGE_ENV  # the one the URL came from
-    study = load_study(args.study_name, make_storage(url, what=what, create=False, heartbeat=False))
+    study = load_study(
+        args.study_name, make_storage(url, what=args.storage_from, create=False, heartbeat=False)
+    )
     cfg = with_overrides(worker_config(study, args.n_trials, args.timeout_s), {"storage": url})
     on = device(args.device)
     log.info("worker pid %d on %s joins study %s", os.getpid(), on, cfg.name)

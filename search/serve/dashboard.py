@@ -39,6 +39,7 @@ from search.engine.threads import child_env
 from search.errors import InputError
 from search.serve import network
 from search.serve.network import is_all_interfaces
+from search.store.urls import DASHBOARD_STORAGE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ DEFAULT_PORT = serve.DASHBOARD_PORT
 DEFAULT_ARTIFACT_DIR: str = default_of(StudyConfig, "artifacts_dir")
 READY_TIMEOUT_S = 120.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-STORAGE_ENV = "SEARCH_DASHBOARD_STORAGE"  # how a child dashboard gets the URL (kept out of `ps`)
+STORAGE_ENV = DASHBOARD_STORAGE_ENV  # how a child dashboard gets the URL (kept out of `ps`)
 STOP_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.5
 

@@ -28,6 +28,10 @@ OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
 SQLITE_FILE = "sqlite:///"
 URL_FORMS = "sqlite:///path/to/studies.db or postgresql+psycopg://user:pw@host/db"
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
+# Where a command finds its storage URL when --storage is absent (kept out of scripts and `ps`):
+STORAGE_ENV = "SEARCH_STORAGE"  # the user's, read by every command that takes --storage
+WORKER_STORAGE_ENV = "SEARCH_WORKER_STORAGE"  # `search run --workers` hands its workers the URL
+DASHBOARD_STORAGE_ENV = "SEARCH_DASHBOARD_STORAGE"  # `search run --dashboard` hands its dashboard the URL
 
 
 class StorageError(InputError):
@@ -224,7 +228,10 @@ def _check_tables(parsed: StorageURL, what: str, *, create: bool) -> None:
 
 
 __all__ = [
+    "DASHBOARD_STORAGE_ENV",
     "OPTUNA_TABLES",
+    "STORAGE_ENV",
+    "WORKER_STORAGE_ENV",
     "StorageError",
     "StorageURL",
     "check_storage",

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import optuna
 import torch
@@ -157,7 +157,7 @@ def run_study(cfg: StudyConfig, options: RunOptions | None = None) -> RunResult:
     options = options or RunOptions()
     stop = options.stop or StopRequest()
     policy = use_threads(len(options.workers) or 1, flag=options.threads, configured=cfg.train.threads)
-    objective, storage, study = _prepare(cfg, options, stop)
+    objective, storage, study, _existed = prepare_study(cfg, options, stop)
     budget = FailureBudget.for_run(cfg.search.max_failures, cfg.search.n_trials)
     started = time.perf_counter()
     with options.around(study) if options.around is not None else contextlib.nullcontext():
@@ -172,11 +172,20 @@ def run_study(cfg: StudyConfig, options: RunOptions | None = None) -> RunResult:
     return _result(cfg, study, budget, n_started, interrupted, time.perf_counter() - started)
 
 
-def _prepare(
-    cfg: StudyConfig, options: RunOptions, stop: StopRequest
-) -> tuple[Callable[[optuna.Trial], float], RDBStorage, optuna.Study]:
+class Prepared(NamedTuple):
+    """The objective (holding the checked data), the storage and the open study; ``existed``: the
+    study was there before (resumed, or archived by ``fresh``), never for a ``join``."""
+
+    objective: Callable[[optuna.Trial], float]
+    storage: RDBStorage
+    study: optuna.Study
+    existed: bool
+
+
+def prepare_study(cfg: StudyConfig, options: RunOptions, stop: StopRequest) -> Prepared:
     """Check the data and folders (building the objective), then create, resume or join the study
-    and enqueue its first trials (warm start, or the space's midpoint)."""
+    and enqueue its first trials (warm start, or the space's midpoint). ``search run`` and
+    ``search create`` (:mod:`search.study.create`) both prepare a study with this."""
     objective = options.objective
     data_attrs: dict[str, Any] | None = None
     fits: Callable[[dict[str, Any]], bool] | None = None
@@ -189,7 +198,8 @@ def _prepare(
         if cfg.search.constraints.max_params is not None:
             fits = built.params_fit
     storage = storage_for(cfg, create=not options.join)
-    if not options.join:
+    existed = not options.join and cfg.name in optuna.get_all_study_names(storage)
+    if existed:
         prepare_resume(storage, cfg, data_attrs, fresh=options.fresh)
     study = open_study(cfg, storage, None if options.join else data_attrs, fits=fits)
     if options.warm_start is not None:
@@ -198,7 +208,7 @@ def _prepare(
             options.on_warm_start(options.warm_start.source, ws)
     elif not options.join:
         enqueue_default(study, cfg)  # search.enqueue_default: a new study's trial 0 is the midpoint
-    return objective, storage, study
+    return Prepared(objective, storage, study, existed)
 
 
 def _result(

@@ -26,12 +26,13 @@ from search.config import StudyConfig
 from search.engine.threads import child_env, thread_policy
 from search.errors import InputError
 from search.store.storage import make_storage, retrying
+from search.store.urls import WORKER_STORAGE_ENV
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5
 EXIT_INTERRUPTED = 130
-STORAGE_ENV = "SEARCH_WORKER_STORAGE"  # how `search run --workers` hands its workers the URL (not argv)
+STORAGE_ENV = WORKER_STORAGE_ENV  # how `search run --workers` hands its workers the URL (not argv)
 
 
 # --------------------------------------------------------------------------- signals
