@@ -183,3 +183,16 @@ def test_flops_objective_under_a_budget_keeps_infeasible_trials_off_the_front(tm
         assert t.values[1] == t.user_attrs[FLOPS_ATTR] > 0
     resumed = run_cli("run", "front.yaml", "--set", "search.objectives=[val_accuracy]", cwd=tmp_path, check=2)
     assert "search.objectives: stored" in resumed.stderr
+
+
+def test_hypervolume_and_knee_of_a_known_front() -> None:
+    """Accuracy maximised, cost minimised: the staircase's area up to the reference point."""
+    from search.study.pareto import hypervolume_2d
+
+    points = [(0.5, 1.0), (0.8, 3.0), (0.9, 8.0)]
+    # strips: cost 1..3 at 0.5, 3..8 at 0.8, 8..10 at 0.9
+    assert hypervolume_2d(points, (0.0, 10.0)) == pytest.approx(0.5 * 2 + 0.8 * 5 + 0.9 * 2)
+    dominated = [*points, (0.4, 5.0), (0.95, 12.0)]  # one dominated, one beyond the reference cost
+    assert hypervolume_2d(dominated, (0.0, 10.0)) == pytest.approx(6.8)
+    assert hypervolume_2d(points, (0.6, 10.0)) == pytest.approx(0.2 * 5 + 0.3 * 2)
+    assert hypervolume_2d([], (0.0, 1.0)) == 0.0
