@@ -165,6 +165,20 @@ def test_pruning_quick(tmp_path: Path) -> None:
         assert trials == 4 and 0 <= pruned <= 3 and 4 <= epochs <= 8
 
 
+def test_pareto_quick(tmp_path: Path) -> None:
+    out = lines(run_bench("pareto.py", "--quick", "--plot", "fronts.png", cwd=tmp_path))
+    assert out[-1] == "plot: fronts.png" and png_size(tmp_path / "fronts.png")[0] > 100
+    assert re.fullmatch(r"goal \(>= 30 % fewer epochs, hypervolume within 2 %\): (met|missed)", out[-2])
+    assert "reference point: accuracy 0, cost 1.1 x the dearest trial" in out[1]
+    rows = {r[2]: r for r in table_rows(out)[1:]}
+    assert list(rows) == ["none", "pruned", "pruned vs none"]
+    assert rows["none"][3:5] == ["0", "8"]  # 4 trials of 2 epochs, none pruned
+    epochs, pruned = int(rows["pruned"][4]), int(rows["pruned"][3])
+    assert 4 <= epochs <= 8 and 8 - epochs <= pruned <= 3  # trial 0 has no cheaper peer: never pruned
+    for study in ("none", "pruned"):
+        assert 0 < float(rows[study][6]) < 1  # hypervolume: a fraction of the reference box
+
+
 def test_seed_grid_quick(tmp_path: Path) -> None:
     out = lines(run_bench("seed_grid.py", "--quick", "--device", "cpu", cwd=tmp_path))
     assert re.fullmatch(r"grid: \d+\.\d s, \d+\.\dx the seed's time", out[-1])

@@ -25,9 +25,22 @@ def format_params(params: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-def trial_line(trial: Any) -> str:
-    """One finished trial: number, state, value, params, epochs, how it ended, seconds."""
-    value = "-" if trial.value is None else f"{trial.value:.4f}"
+def value_text(trial: Any, cost_name: str | None = None) -> str:
+    """``0.9790``, or in a two-objective study ``0.9790 n_params=1234`` (``-``: no value)."""
+    values = trial.values
+    if not values:
+        return "-"
+    text = f"{values[0]:.4f}"
+    if len(values) == 2:
+        cost = values[1]
+        shown = f"{cost:.0f}" if float(cost).is_integer() else f"{cost:.4g}"
+        text += f" {cost_name or 'cost'}={shown}"
+    return text
+
+
+def trial_line(trial: Any, cost_name: str | None = None) -> str:
+    """One finished trial: number, state, value (and cost), params, epochs, how it ended, seconds."""
+    value = value_text(trial, cost_name)
     seconds = trial.duration.total_seconds() if trial.duration is not None else 0.0
     epochs = trial.user_attrs.get(EPOCHS_RUN_ATTR, "-")
     extra = ""

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from search.cli.common import DEFAULT_STORAGE
-from search.cli.lines import format_params, trial_line
+from search.cli.lines import format_params, trial_line, value_text
 from search.config import StudyConfig, mask_url
 from search.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 
@@ -74,7 +74,7 @@ class Progress:
 
     def on_trial(self, trial: Any) -> None:
         """Print a finished trial's line above the bar; a COMPLETE or PRUNED one moves the bar."""
-        self.bar.write(trial_line(trial), file=sys.stdout)
+        self.bar.write(trial_line(trial, self.cfg.search.cost), file=sys.stdout)
         sys.stdout.flush()
         if trial.state.name in ("COMPLETE", "PRUNED"):
             self.bar.update(1)
@@ -113,12 +113,15 @@ def print_outcome(result: Any) -> int:
         )
         print(f"study {name}: no trial completed ({elapsed:.1f}s){over}")
         return EXIT_FAILED
-    best = result.best
+    best, front = result.best, result.front
+    which = "" if front is None else " (the front's most accurate)"
     print(
         f"study {name}: {result.finished}/{n} trials finished in "
-        f"{elapsed:.1f}s; best trial {best.number} value={best.value:.4f} "
+        f"{elapsed:.1f}s; best trial {best.number}{which} value={value_text(best, result.cost_name)} "
         f"{format_params(best.params)}"
     )
+    if front is not None:
+        print("\n".join(front.lines()))
     return EXIT_OK
 
 

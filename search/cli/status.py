@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from search.cli.common import add_storage_arg
-from search.cli.lines import format_params
+from search.cli.lines import format_params, value_text
 from search.config import check_study_name
 from search.errors import EXIT_OK, InputError
 
@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     import optuna
 
     from search.study.failures import fail_summary
+    from search.study.pareto import cost_name, front_summary
     from search.study.study import best_trial, make_storage, mask_url, over_budget_counts, state_counts
 
     if args.study_name:
@@ -98,8 +99,13 @@ def run(args: argparse.Namespace) -> int:
         trials = study.get_trials(deepcopy=False)
         counts = state_counts(trials)
         best = best_trial(study)
-        best_text = "-" if best is None else f"#{best.number} {best.value:.4f} {format_params(best.params)}"
+        cost = cost_name(study)
+        value = "-" if best is None else value_text(best, cost)
+        best_text = "-" if best is None else f"#{best.number} {value} {format_params(best.params)}"
         print(f"{name:<24} " + " ".join(f"{counts[s]:>8}" for s in STATES) + f"  {best_text}")
+        front = front_summary(study)
+        if front is not None:  # two objectives: the best above is the front's most accurate member
+            print("\n".join(f"{'':<24} {line}" for line in front.lines()))
         for reason, count in fail_summary(trials):
             print(f"{'':<24} failed x{count}: {reason}")
         for budget, count in over_budget_counts(trials).items():

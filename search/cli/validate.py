@@ -31,10 +31,12 @@ def run(args: argparse.Namespace) -> int:
 
     data = preflight(cfg)  # counts (nothing decoded); DataError for what `run` would refuse
     check_run_folders(cfg)  # the folders `run` writes, checked as `run` checks them (nothing created)
+    cost = cfg.search.cost
+    pareto = "" if cost is None else f", objectives val_accuracy (max) and {cost} (min)"
     size = f", grid of {grid_size(cfg.search.space)}" if cfg.search.sampler.name == "grid" else ""
     print(
         f"ok: study {cfg.name!r} on {cfg.data.dataset}, {cfg.search.n_trials} trials, "
-        f"sampler {cfg.search.sampler.name}{size}, pruner {cfg.search.pruner.name}"
+        f"sampler {cfg.search.sampler.name}{size}, pruner {cfg.search.pruner.name}{pareto}"
     )
     print("\n".join(data.listing()), flush=True)
     data.log_warnings()

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         ignore_sigint=args.parent_pid is not None,
         release_memory=args.shared_gpu,
         threads=threads_flag(args),
-        on_trial=lambda trial: print(trial_line(trial), flush=True),
+        on_trial=lambda trial: print(trial_line(trial, cfg.search.cost), flush=True),
     )
     result = run_study(cfg, options)
     interrupted = result.outcome is Outcome.INTERRUPTED

@@ -13,7 +13,19 @@ from search.config._errors import ALONE, ConfigError
 from search.config._fields import BOOKKEEPING, SECTION, field
 from search.config._sections import DataConfig, ModelConfig, TrainConfig
 from search.config._space import DEFAULT_SPACE, Space, is_int_range
-from search.config._types import Bool, Float, Int, PathStr, PrunerName, SamplerName, Str
+from search.config._types import (
+    COSTS,
+    MULTI_OBJECTIVE_PRUNERS,
+    MULTI_OBJECTIVE_SAMPLERS,
+    Bool,
+    Float,
+    Int,
+    ObjectiveName,
+    PathStr,
+    PrunerName,
+    SamplerName,
+    Str,
+)
 
 MAX_SEED = 2**32 - 1  # numpy's seed range; samplers reduce seed + offset modulo 2**32
 
@@ -24,7 +36,10 @@ class SamplerConfig:
 
     name: SamplerName = field(default="tpe", doc="the sampler", problem="unknown sampler")
     n_startup_trials: Int | None = field(
-        default=None, doc="random trials first", fix="use e.g. 10, or null for the sampler's default", ge=0
+        default=None,
+        doc="random trials first (nsga2: its population size, the first generation being random)",
+        fix="use e.g. 10, or null for the sampler's default",
+        ge=0,
     )
     startup: Literal["random", "sobol"] = field(
         default="random",
@@ -140,6 +155,19 @@ class SearchConfig:
         default_factory=ConstraintsConfig,
         doc="budgets (max_params, max_latency_ms): the best model that fits",
     )
+    objectives: tuple[ObjectiveName, ...] = field(
+        default=("val_accuracy",),
+        doc="[val_accuracy] (one objective), or [val_accuracy, COST] with COST one of "
+        f"{', '.join(COSTS)}: a two-objective (Pareto) study maximising accuracy and minimising the "
+        "built net's cost (docs/pareto.md)",
+        fix=f"use [val_accuracy], or [val_accuracy, COST] with COST one of {', '.join(COSTS)}",
+        problem="unknown objective",
+    )
+
+    @property
+    def cost(self) -> str | None:
+        """The cost objective of a two-objective study (None: accuracy only)."""
+        return self.objectives[1] if len(self.objectives) == 2 else None
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchConfig:
@@ -155,6 +183,7 @@ class SearchConfig:
                 f"must exceed search.heartbeat_interval_s ({self.heartbeat_interval_s})",
                 f"use e.g. {3 * self.heartbeat_interval_s}",
             )
+        self._check_objectives()
         if self.sampler.name == "grid":
             for name, spec in self.space.items():
                 if not (
@@ -167,6 +196,39 @@ class SearchConfig:
                         "give choices, a fixed value, or a step",
                     )
         return self
+
+    def _check_objectives(self) -> None:
+        """[val_accuracy] or [val_accuracy, COST]; a sampler and pruner that handle two objectives."""
+        fix = f"use [val_accuracy], or [val_accuracy, COST] with COST one of {', '.join(COSTS)}"
+        objectives = list(self.objectives)
+        if not objectives or objectives[0] != "val_accuracy" or len(objectives) > 2:
+            raise ConfigError("objectives", objectives, "must be val_accuracy, then at most one cost", fix)
+        if len(objectives) == 2 and objectives[1] not in COSTS:
+            raise ConfigError("objectives", objectives, "the second objective must be a cost", fix)
+        population = self.sampler.n_startup_trials
+        if self.sampler.name == "nsga2" and population is not None and population < 2:
+            raise ConfigError(
+                "sampler.n_startup_trials",
+                population,
+                "nsga2's population (its n_startup_trials) must hold at least 2 trials",
+                "use e.g. 8, or null for NSGA-II's default (50)",
+            )
+        if self.cost is None:
+            return
+        if self.sampler.name not in MULTI_OBJECTIVE_SAMPLERS:
+            raise ConfigError(
+                "sampler.name",
+                self.sampler.name,
+                "this sampler optimises one objective only, and search.objectives has two",
+                f"use one of {', '.join(MULTI_OBJECTIVE_SAMPLERS)}, or search.objectives [val_accuracy]",
+            )
+        if self.pruner.name not in MULTI_OBJECTIVE_PRUNERS:
+            raise ConfigError(
+                "pruner.name",
+                self.pruner.name,
+                "this pruner has no rule for two objectives (docs/pareto.md)",
+                f"use one of {', '.join(MULTI_OBJECTIVE_PRUNERS)}, or search.objectives [val_accuracy]",
+            )
 
 
 @dataclass(frozen=True, config=SECTION)

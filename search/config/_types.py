@@ -13,7 +13,9 @@ from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator, Str
 from search.config._errors import ConfigError
 
 Dataset = Literal["digits", "mnist", "fashion_mnist", "cifar10", "imagefolder", "synthetic"]
-SamplerName = Literal["tpe", "random", "grid", "cmaes", "qmc", "gp"]
+SamplerName = Literal["tpe", "random", "grid", "cmaes", "qmc", "gp", "nsga2"]
+# search.objectives: the accuracy, then optionally one cost of the built net (minimised)
+ObjectiveName = Literal["val_accuracy", "n_params", "flops", "latency_ms"]
 OptimizerName = Literal["adam", "adamw", "sgd"]
 ResizeMode = Literal["stretch", "center_crop", "pad"]
 LrScheduleName = Literal["constant", "cosine", "onecycle"]
@@ -24,6 +26,10 @@ ArchName = Literal["convnet", "resnet18"]
 DATASETS: tuple[str, ...] = typing.get_args(Dataset)
 SAMPLERS: tuple[str, ...] = typing.get_args(SamplerName)
 PRUNERS: tuple[str, ...] = typing.get_args(PrunerName)
+COSTS: tuple[str, ...] = typing.get_args(ObjectiveName)[1:]
+# samplers that take two objectives (CMA-ES models one); pruners with a two-objective rule
+MULTI_OBJECTIVE_SAMPLERS: tuple[str, ...] = ("tpe", "nsga2", "random", "grid", "qmc", "gp")
+MULTI_OBJECTIVE_PRUNERS: tuple[str, ...] = ("median", "percentile", "none")
 BLOCKS: tuple[str, ...] = typing.get_args(BlockName)
 ARCHS: tuple[str, ...] = typing.get_args(ArchName)
 

@@ -8,6 +8,7 @@ This module never searches or trains.
 
 from __future__ import annotations
 
+import copy
 import logging
 import statistics
 import time
@@ -147,6 +148,25 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def forward_flops(model: torch.nn.Module, in_shape: Sequence[int]) -> int:
+    """Forward FLOPs of one image through ``model`` (``search.objectives``' ``flops``).
+
+    Counted by torch's own ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add is 2
+    FLOPs; convolutions and matrix products, the ops it counts) on an all-zero ``(1, *in_shape)``
+    input on the meta device: no memory, no time, no random numbers. The model's device and
+    training mode are left as they were (a copy is counted).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        probe = copy.deepcopy(model).to("meta").eval()
+        x = torch.zeros((1, *in_shape))
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        probe(x)
+    return int(counter.get_total_flops())
 
 
 def plot_confusion(metrics: TestMetrics, path: Path, title: str = "") -> None:

@@ -33,6 +33,7 @@ from search.engine.stream import place
 from search.engine.train import fit
 from search.results.verdict import ConfirmResult, ConfirmRow, summary_attr, write_csv
 from search.store.records import CONFIRM_ATTR, CONFIRM_RUN_PREFIX
+from search.study.pareto import accuracy
 from search.study.recipe import DataFacts, TrialRecipe, data_facts, with_trained_precision
 from search.study.space import params_of
 from search.study.stored import open_existing, study_config, top_trials
@@ -328,7 +329,7 @@ def _rows(
             trial=t.number,
             rank=rank,
             params=params_of(t.params, cfg.search.space),
-            study_value=float(t.value or 0.0),
+            study_value=float(accuracy(t) or 0.0),
             values=[r.value for _, r in sorted(done[t.number].items()) if r.value is not None],
             failed=sum(r.value is None for r in done[t.number].values()),
         )

@@ -40,6 +40,7 @@ from search.store.records import (
     INIT_FROM_LOADED_ATTR,
     INIT_FROM_SKIPPED_ATTR,
 )
+from search.study.pareto import accuracy
 from search.study.recipe import DataFacts, RecipeError, TrialRecipe, load_weights_into
 
 EXPORT_FORMAT = 1
@@ -70,7 +71,7 @@ def export_config(study_name: str, trial: FrozenTrial, recipe: TrialRecipe) -> d
         "precision": recipe.cfg.train.precision,  # what it trained in (rebuild pins it); predict's too
         "params": dict(params),  # every searched parameter, by its Optuna name
         "config": to_dict(cfg),  # the trial's full study config
-        "val_accuracy": trial.value,
+        "val_accuracy": accuracy(trial),
         "best_epoch": trial.user_attrs.get(BEST_EPOCH_ATTR),
         "family": trial.user_attrs.get(FAMILY_ATTR, family(cfg.model)),
         "init_from": _init_from(cfg.model.init_from, trial.user_attrs),

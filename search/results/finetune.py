@@ -59,6 +59,7 @@ from search.engine.train import EpochMetrics, FitResult, fit
 from search.results.export_folder import export_config, model_card, write_export_folder
 from search.store.artifacts import WeightStore, check_writable, save_atomic
 from search.store.records import FINETUNE_ATTR
+from search.study.pareto import accuracy
 from search.study.recipe import RebuiltTrial, TrialRecipe, load_trial
 
 log = logging.getLogger(__name__)
@@ -160,11 +161,12 @@ def finetune(
     )
     summary["artifacts"] = _record_on_study(study, cfg, final_state, folder)
     study.set_user_attr(FINETUNE_ATTR, summary)
-    assert rebuilt.trial.value is not None
+    trial_value = accuracy(rebuilt.trial)
+    assert trial_value is not None
     return FinetuneResult(
         out=folder,
         trial=rebuilt.trial.number,
-        trial_value=rebuilt.trial.value,
+        trial_value=trial_value,
         start_val_acc=tuned.start_val_acc,
         final_val_acc=tuned.final_val_acc,
         best_epoch=tuned.best_epoch,
@@ -261,7 +263,7 @@ def _summary(
     return {
         "study": study.study_name,
         "trial": trial.number,
-        "trial_value": trial.value,
+        "trial_value": accuracy(trial),
         "started_from": started_from or f"trial {trial.number}",
         "params": dict(rebuilt.recipe.params),
         "start_val_acc": tuned.start_val_acc,
@@ -378,23 +380,24 @@ def _start_accuracy(
 ) -> float:
     """Validation accuracy of the loaded weights, measured as the trial measured it (same eval
     batch, precision and cuDNN settings), so it equals the trial's value; a warning when not."""
-    assert trial.value is not None
+    value = accuracy(trial)
+    assert value is not None
     _, start_acc = validate(model, val, transform, batch_size=batch_size, cfg=cfg.train)
     log.info(
         "finetune %s: starting from trial %d, validation accuracy %.4f before any update (trial value %.4f)",
         study.study_name,
         trial.number,
         start_acc,
-        trial.value,
+        value,
     )
-    differing = round(abs(start_acc - trial.value) * len(val))  # accuracies are counts / len(val)
+    differing = round(abs(start_acc - value) * len(val))  # accuracies are counts / len(val)
     if differing:
         log.warning(
             "starting validation accuracy %.4f differs from trial %d's value %.4f by %d of %d images "
             "(different device or data cache?)",
             start_acc,
             trial.number,
-            trial.value,
+            value,
             differing,
             len(val),
         )

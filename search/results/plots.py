@@ -1,7 +1,9 @@
 """The report's plots, each as interactive HTML (plotly) and as PNG (matplotlib).
 
 Optuna's optimization history, parameter importances and parallel coordinates, the top trials'
-learning curves, and the best value so far against the training epochs spent. A plot that cannot
+learning curves, the best value so far against the training epochs spent, and for a
+two-objective study accuracy against cost with its Pareto front (Optuna's plots then show the
+accuracy). A plot that cannot
 be drawn for a study (importances need two finished trials and a parameter that varies) is
 skipped with a note, never an exception. This module reads studies; it never trains.
 """
@@ -20,7 +22,10 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from search.results.pareto import pareto_figure, pareto_png, pareto_points, pareto_problem
 from search.store.records import EPOCHS_RUN_ATTR
+from search.study.pareto import ACCURACY, accuracy, cost_name, is_pareto
+from search.study.pruning import curve_of
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +42,17 @@ def _matplotlib() -> Any:
 
 
 def learning_curves(study: optuna.Study, df: pd.DataFrame, top: int = TOP_CURVES) -> list[FrozenTrial]:
-    """The top trials (by the table's order) that reported intermediate values."""
+    """The top trials (by the table's order) that recorded a learning curve (intermediate values,
+    or in a two-objective study the ``val_accuracy_curve`` user attr)."""
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    picked = [by_number[int(n)] for n in df["number"] if by_number[int(n)].intermediate_values]
+    picked = [by_number[int(n)] for n in df["number"] if curve_of(by_number[int(n)])]
     return picked[:top]
+
+
+def _curve_points(t: FrozenTrial) -> tuple[list[int], list[float]]:
+    """(epochs, val accuracies) of a trial's learning curve."""
+    points = [(e, v) for e, v in enumerate(curve_of(t), start=1) if v is not None]
+    return [e for e, _ in points], [v for _, v in points]
 
 
 class EffortPoint(NamedTuple):
@@ -67,8 +79,9 @@ def best_so_far(study: optuna.Study) -> list[EffortPoint]:
     epochs, best = 0, math.nan
     for t in done:
         epochs += int(t.user_attrs.get(EPOCHS_RUN_ATTR, 0) or 0)
-        if t.state == TrialState.COMPLETE and t.value is not None and not (best >= t.value):
-            best = float(t.value)
+        value = accuracy(t)
+        if t.state == TrialState.COMPLETE and value is not None and not (best >= value):
+            best = value
         points.append(EffortPoint(t.number, epochs, best))
     return points
 
@@ -114,11 +127,11 @@ def _curves_plotly(trials: list[FrozenTrial]) -> Any:
 
     fig = go.Figure()
     for t in trials:
-        steps = sorted(t.intermediate_values)
+        steps, values = _curve_points(t)
         fig.add_trace(
             go.Scatter(
                 x=steps,
-                y=[t.intermediate_values[s] for s in steps],
+                y=values,
                 mode="lines+markers",
                 name=f"trial {t.number} ({t.state.name.lower()})",
             )
@@ -133,10 +146,10 @@ def _curves_png(trials: list[FrozenTrial], path: Path) -> None:
     plt = _matplotlib()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for t in trials:
-        steps = sorted(t.intermediate_values)
+        steps, values = _curve_points(t)
         ax.plot(
             steps,
-            [t.intermediate_values[s] for s in steps],
+            values,
             marker="o",
             label=f"trial {t.number} ({t.state.name.lower()})",
         )
@@ -148,12 +161,20 @@ def _curves_png(trials: list[FrozenTrial], path: Path) -> None:
     plt.close(fig)
 
 
+def _target(study: optuna.Study) -> dict[str, Any]:
+    """Optuna's plots of a two-objective study need one target: the accuracy (the cost is the
+    Pareto plot's other axis)."""
+    if not is_pareto(study):
+        return {}
+    return {"target": accuracy, "target_name": ACCURACY}
+
+
 def _optuna_png(plot: Callable[..., Any], study: optuna.Study, path: Path) -> None:
     plt = _matplotlib()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Optuna's quantile notes, matplotlib's ylim notes
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        ax = plot(study)
+        ax = plot(study, **_target(study))
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         if plot.__name__ == "plot_parallel_coordinate":
             tidy_parallel_coordinate(fig)
@@ -235,6 +256,17 @@ class _Plot:
     png: Callable[[Path], None]
 
 
+def pareto_plot(study: optuna.Study) -> _Plot:
+    """A two-objective study's accuracy against its cost (:mod:`search.results.pareto`)."""
+    points, name = pareto_points(study), cost_name(study) or "cost"
+    return _Plot(
+        "pareto",
+        pareto_problem(points),
+        lambda: pareto_figure(points, name),
+        lambda path: pareto_png(points, name, path),
+    )
+
+
 def _plots(study: optuna.Study, df: pd.DataFrame) -> list[_Plot]:
     from optuna import visualization as vis
     from optuna.visualization import matplotlib as vis_mpl
@@ -242,11 +274,14 @@ def _plots(study: optuna.Study, df: pd.DataFrame) -> list[_Plot]:
     n_done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     curves = learning_curves(study, df)
     effort = best_so_far(study)
+    pareto = [] if not is_pareto(study) else [pareto_plot(study)]
 
     def optuna_plot(
         name: str, html: Callable[..., Any], png: Callable[..., Any], problem: str | None
     ) -> _Plot:
-        return _Plot(name, problem, lambda: html(study), lambda path: _optuna_png(png, study, path))
+        return _Plot(
+            name, problem, lambda: html(study, **_target(study)), lambda path: _optuna_png(png, study, path)
+        )
 
     none_done = None if n_done else "needs a completed trial"
     return [
@@ -282,6 +317,7 @@ def _plots(study: optuna.Study, df: pd.DataFrame) -> list[_Plot]:
             lambda: _effort_plotly(effort),
             lambda path: _effort_png(effort, path),
         ),
+        *pareto,
     ]
 
 

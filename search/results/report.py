@@ -26,6 +26,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import PARAM_NAMES
+from search.results.pareto import write_pareto_csv
 from search.results.plots import EffortPoint, best_so_far, write_plots
 from search.store.records import (
     BEST_EPOCH_ATTR,
@@ -37,6 +38,7 @@ from search.store.records import (
     FAIL_REASON_ATTR,
     FAMILY_ATTR,
     FINETUNE_ATTR,
+    FLOPS_ATTR,
     IMAGES_PER_S_ATTR,
     LATENCY_ATTR,
     N_PARAMS_ATTR,
@@ -45,6 +47,7 @@ from search.store.records import (
     STOP_REASON_ATTR,
 )
 from search.study.budgets import best_trial, is_feasible
+from search.study.pareto import accuracy, front_summary
 from search.study.stored import budgets_of, open_existing, study_config
 
 __all__ = ["EffortPoint", "best_so_far"]  # moved to search.results.plots; re-exported for callers
@@ -119,7 +122,7 @@ def _row(
     row: dict[str, Any] = {
         "number": trial.number,
         "state": trial.state.name,
-        "value": trial.value if trial.value is not None else math.nan,
+        "value": _or_nan(accuracy(trial)),  # a two-objective study: the accuracy (its cost: n_params...)
     }
     for name in PARAM_NAMES:
         row[name] = trial.params.get(name, fixed.get(name, math.nan))
@@ -143,6 +146,10 @@ def _row(
         constraint=attrs.get(CONSTRAINT_ATTR),
     )
     return row
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
 
 
 def frame_of(study: optuna.Study) -> pd.DataFrame:
@@ -175,6 +182,10 @@ def frame_of(study: optuna.Study) -> pd.DataFrame:
     for col in ("fail_reason", "constraint"):
         if df[col].isna().all():
             df = df.drop(columns=col)
+    flops = [t.user_attrs.get(FLOPS_ATTR) for t in study.get_trials(deepcopy=False)]
+    if any(f is not None for f in flops):  # the flops objective: its figure after latency_ms
+        column = pd.Series(flops, index=df.index).astype("Int64")
+        df.insert(int(df.columns.get_loc("latency_ms")) + 1, "flops", column)
     rank = df["state"].map(_STATE_RANK).fillna(len(_STATE_RANK)).astype(int)
     order = df.assign(_rank=rank).sort_values(
         ["_rank", "value", "number"], ascending=[True, False, True], na_position="last"
@@ -218,6 +229,7 @@ class Summary:
     finetune: dict[str, Any] | None = None  # `search finetune`'s figures (study user attr ``finetune``)
     budgets: dict[str, float] = field(default_factory=dict)  # search.constraints that are set
     over_budget: int = 0  # finished trials over a budget (PRUNED before training)
+    front: str | None = None  # two objectives: the front's size and extremes (best: its most accurate)
 
     @property
     def saved_seconds(self) -> float:
@@ -247,7 +259,7 @@ def summarize(study: optuna.Study, df: pd.DataFrame, epochs: int) -> Summary:
         n_trials=len(df),
         states={k: v for k, v in states.items() if v},
         best_number=None if best is None else best.number,
-        best_value=None if best is None else best.value,
+        best_value=None if best is None else accuracy(best),
         best_params={} if best is None else dict(best.params),
         epochs_per_trial=epochs,
         compute_seconds=float(df["duration_s"].fillna(0).sum()),
@@ -259,6 +271,7 @@ def summarize(study: optuna.Study, df: pd.DataFrame, epochs: int) -> Summary:
         finetune=_finetune_attr(study),
         budgets=budgets_of(study),
         over_budget=int((df["state"].isin(["COMPLETE", "PRUNED"]) & ~df["feasible"].fillna(True)).sum()),
+        front=None if (f := front_summary(study)) is None else f.lines()[0],
     )
 
 
@@ -317,6 +330,8 @@ def summary_lines(s: Summary) -> list[str]:
             + f" ({s.over_budget} of {n_finished} finished trials over budget, pruned before training;"
             " best: the best within budget)"
         )
+    if s.front is not None:
+        lines.append(f"{s.front} (pareto.csv; best: the front's most accurate)")
     if s.confirm is not None:
         lines.append(f"confirm: {s.confirm['verdict']}")
     if s.finetune is not None:
@@ -408,6 +423,8 @@ def write_report(study_name: str, storage: str | BaseStorage, out: str | Path | 
     folder.mkdir(parents=True, exist_ok=True)
     plots, notes = write_plots(study, df, folder)
     summary.notes.extend(notes)
+    if summary.front is not None:  # two objectives: the front, exactly study.best_trials
+        write_pareto_csv(study, folder)
     tables = [folder / f"report.{ext}" for ext in ("csv", "parquet", "md", "html")]
     df.to_csv(tables[0], index=False)
     df.to_parquet(tables[1], index=False)

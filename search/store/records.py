@@ -32,8 +32,13 @@ UNUSED_PARAMS_ATTR = "unused_params"  # searched params the trial's arch ignores
 INIT_FROM_LOADED_ATTR = "init_from_loaded"  # model.init_from: tensors loaded from the file
 INIT_FROM_SKIPPED_ATTR = "init_from_skipped"  # tensors left freshly initialised (no name/shape match)
 # budgets (search.constraints)
-LATENCY_ATTR = "latency_ms"  # median batch-1 forward pass (only with max_latency_ms)
+LATENCY_ATTR = "latency_ms"  # median batch-1 forward pass (with max_latency_ms or the latency_ms objective)
 CONSTRAINT_ATTR = "constraint"  # of an over-budget trial: which budget, by how much
+# two-objective studies (search.objectives: [val_accuracy, COST])
+FLOPS_ATTR = "flops"  # forward FLOPs of one image (torch's FlopCounterMode), with the flops objective
+# val accuracy after each epoch (index e-1: epoch e), rewritten every epoch: Optuna refuses
+# trial.report in multi-objective studies, so the two-objective pruning rule reads the curves here
+VAL_CURVE_ATTR = "val_accuracy_curve"
 # how the fit went
 BEST_EPOCH_ATTR = "best_epoch"
 EPOCHS_RUN_ATTR = "epochs_run"

@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.config import ConstraintsConfig
 from search.store.records import LATENCY_ATTR, N_PARAMS_ATTR
+from search.study.pareto import front, is_pareto, most_accurate
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # count toward search.n_trials
 # budget (search.constraints field) -> the user attr it bounds
@@ -67,11 +68,15 @@ def over_budget_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
     """The best COMPLETE trial within the study's budgets, or None when there is none.
 
-    The one place every command (status, report, export, finetune, confirm, the run summary)
-    takes "the best trial" from. Optuna's ``study.best_trial`` already skips a trial whose
+    The one place every command (status, report, export, finetune, confirm, warm start, the run
+    summary) takes "the best trial" from. In a two-objective study (``search.objectives``) it is
+    the most accurate member of the Pareto front (``study.best_trials``, feasible trials only);
+    ``--trial N`` picks any other. Optuna's ``study.best_trial`` already skips a trial whose
     constraint values say it is infeasible (and raises ValueError when no feasible trial is
     complete); over-budget trials of ``search run`` end PRUNED anyway, so they never get here.
     """
+    if is_pareto(study):
+        return most_accurate(front(study))
     try:
         best = study.best_trial
     except ValueError:  # no COMPLETE trial, or none of them feasible

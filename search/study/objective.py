@@ -23,7 +23,6 @@ from torch import nn
 
 from search.config import (
     ConfigError,
-    PrunerConfig,
     StudyConfig,
     unused_params,
 )
@@ -31,7 +30,7 @@ from search.engine.arch import family
 from search.engine.augment import BatchTransform
 from search.engine.data import load_splits
 from search.engine.device import resolve_precision
-from search.engine.evaluate import forward_latency_ms
+from search.engine.evaluate import forward_flops, forward_latency_ms
 from search.engine.model import count_parameters
 from search.engine.stream import place
 from search.engine.train import EpochMetrics, FitResult, FitState, StopKind, fit
@@ -44,6 +43,7 @@ from search.store.records import (
     EPOCHS_RUN_ATTR,
     FAIL_REASON_ATTR,
     FAMILY_ATTR,
+    FLOPS_ATTR,
     HOST_ATTR,
     IMAGES_PER_S_ATTR,
     INIT_FROM_LOADED_ATTR,
@@ -65,7 +65,11 @@ from search.store.records import (
 from search.study.budgets import budget_constraints, over_budget
 from search.study.failures import DeviceFailure, describe_failure, free_memory, is_device_fatal
 from search.study.fits import read_init_from
+from search.study.pareto import accuracy as accuracy_of
+from search.study.pareto import cost as cost_of
+from search.study.pareto import dominates
 from search.study.preflight import check_space_fits
+from search.study.pruning import EpochPruning
 from search.study.recipe import TrialRecipe, data_facts
 from search.study.space import params_of, suggest
 
@@ -129,7 +133,7 @@ class Objective:
         self.weights = weights
         self.should_stop = should_stop or (lambda: False)
         self.fit: FitFn = fit if fit is not None else _default_fit()
-        self.prune_gate = PruneGate(cfg.search.pruner)
+        self.pruning = EpochPruning(cfg)  # Optuna's pruner, or the two-objective rule
         # read once, not per trial: a study's checkpoint folder (its key never changes), and a
         # trial's retry history when the run loop's snapshot already holds it (by trial number)
         self._checkpoint_stores: dict[str, CheckpointStore] = {}
@@ -157,7 +161,7 @@ class Objective:
         """The recipe of the trial with ``params`` (the study's config with its dotted ones applied)."""
         return TrialRecipe.of(self.cfg, params, self.data)
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         """One trial; any exception but pruning becomes a FAIL with ``fail_reason``, never a crash.
 
         Except a broken accelerator context (:func:`is_device_fatal`): then the trial's reason is
@@ -184,7 +188,7 @@ class Objective:
             return value
         free_memory()  # outside the except block, so the traceback's tensors are already gone
         trial.set_user_attr(FAIL_REASON_ATTR, reason)
-        return float("nan")  # Optuna records a NaN objective as FAIL; the study goes on
+        return self._values(float("nan"), None if self.cfg.search.cost is None else float("nan"))
 
     def params_fit(self, params: dict[str, Any]) -> bool:
         """Whether sampled ``params`` (the space's fixed values added; dotted ones such as
@@ -208,12 +212,14 @@ class Objective:
         if self.release_memory:
             free_memory()
 
-    def _run_trial(self, trial: optuna.Trial) -> float:
+    def _run_trial(self, trial: optuna.Trial) -> float | tuple[float, float]:
         recipe = self.recipe(suggest(trial, self.cfg.search.space))
         cfg, params = recipe.cfg, dict(recipe.params)
         torch.manual_seed(cfg.seed + trial.number)
         model, init = recipe.initial_model(self.init_state)
-        self._check_budgets(trial, model, self._record_start(trial, recipe, model))
+        n_params = self._record_start(trial, recipe, model)
+        self._check_budgets(trial, model, n_params)
+        cost = self._cost(trial, model, n_params)  # two objectives: known before any epoch
         if init is not None:
             trial.set_user_attr(INIT_FROM_LOADED_ATTR, init.loaded)
             trial.set_user_attr(INIT_FROM_SKIPPED_ATTR, init.skipped)
@@ -225,7 +231,7 @@ class Objective:
         board = self._trial_log(trial, params, resume)
         if board is not None:
             board.graph(model, self.in_shape)
-        on_epoch, on_checkpoint = self._callbacks(trial, cfg, params, checkpoints, board)
+        on_epoch, on_checkpoint = self._callbacks(trial, cfg, params, checkpoints, board, cost)
         keep_checkpoint = False
         ended, value = "FAIL", None  # how the trial ended, for its TensorBoard hparams
         try:
@@ -254,11 +260,41 @@ class Objective:
             keep_checkpoint = is_device_fatal(exc)  # re-queued: its retry continues from here
             raise
         finally:
+            self.pruning.end(trial.number)
             if not keep_checkpoint:
                 checkpoints.remove(trial.number, *earlier)
             if board is not None:
                 board.finish(ended, value)
-        return self._finish(trial, result)
+        return self._values(self._finish(trial, result, cost), cost)
+
+    def _values(self, accuracy: float, cost: float | None) -> float | tuple[float, float]:
+        """What Optuna records: the accuracy, or (accuracy, cost) in a two-objective study."""
+        return accuracy if cost is None else (accuracy, cost)
+
+    def _cost(self, trial: optuna.Trial, model: nn.Module, n_params: int) -> float | None:
+        """The trial's cost objective (``search.objectives``' second; None with one objective),
+        recorded as a user attr too (``n_params``, ``flops``, ``latency_ms``)."""
+        name = self.cfg.search.cost
+        if name is None:
+            return None
+        if name == "n_params":
+            return float(n_params)
+        if name == "latency_ms":
+            return self._latency(trial, model)
+        known = trial.user_attrs.get(FLOPS_ATTR)  # a retry carries its attempt's count
+        flops = int(known) if known is not None else forward_flops(model, self.in_shape)
+        trial.set_user_attr(FLOPS_ATTR, flops)
+        return float(flops)
+
+    def _latency(self, trial: optuna.Trial, model: nn.Module) -> float:
+        """The batch-1 latency the budget and the objective use (measured once per trial: a retry
+        of an interrupted trial carries its attempt's figure, Optuna copying its user attrs)."""
+        known = trial.user_attrs.get(LATENCY_ATTR)
+        if known is not None:
+            return float(known)
+        value = round(forward_latency_ms(model, self.in_shape, self.device), 4)
+        trial.set_user_attr(LATENCY_ATTR, value)
+        return value
 
     def _checkpoint_store(self, study: optuna.Study) -> CheckpointStore:
         store = self._checkpoint_stores.get(study.study_name)
@@ -284,14 +320,14 @@ class Objective:
         params: dict[str, Any],
         checkpoints: CheckpointStore,
         board: RunLog | None,
+        cost: float | None,
     ) -> tuple[Callable[[int, EpochMetrics], bool], Callable[[FitState], None]]:
         """``fit``'s ``on_epoch`` (report, prune, stop) and ``on_checkpoint`` (throttled saves)."""
 
         def on_epoch(epoch: int, metrics: EpochMetrics) -> bool:
             if board is not None:  # host floats only: no extra sync
                 board.epoch(metrics)
-            trial.report(metrics.val_acc, epoch)  # one storage write an epoch; epochs_run at the end
-            if self.prune_gate.worth_asking(trial.study, epoch) and trial.should_prune():
+            if self.pruning.after_epoch(trial, epoch, metrics.val_acc, cost):
                 return True  # fit stops here and returns its figures; pruned by _finish
             if self.should_stop():
                 trial.set_user_attr(EPOCHS_RUN_ATTR, epoch)
@@ -345,7 +381,8 @@ class Objective:
         Values go through ``trial.set_constraint`` (Optuna 5's replacement for the deprecated
         ``constraints_func``), which every sampler reads from the storage; the latency is
         measured only when the parameter count fits (a model far over budget may not fit the
-        device at all).
+        device at all). In a two-objective study the same holds: an over-budget trial is
+        PRUNED, so it is never on the front (``study.best_trials`` takes COMPLETE trials).
         """
         budgets = self.cfg.search.constraints
         if not budgets.enabled:
@@ -355,11 +392,7 @@ class Objective:
         stored = trial.constraints
         attrs: dict[str, Any] = {N_PARAMS_ATTR: n_params}
         if budgets.max_latency_ms is not None and not over_budget(attrs, budgets):
-            if "max_latency_ms" in stored and LATENCY_ATTR in trial.user_attrs:
-                attrs[LATENCY_ATTR] = trial.user_attrs[LATENCY_ATTR]
-            else:
-                attrs[LATENCY_ATTR] = round(forward_latency_ms(model, self.in_shape, self.device), 4)
-                trial.set_user_attr(LATENCY_ATTR, attrs[LATENCY_ATTR])
+            attrs[LATENCY_ATTR] = self._latency(trial, model)
         for key, value in budget_constraints(attrs, budgets).items():
             if key not in stored:
                 trial.set_constraint(key, value)
@@ -371,7 +404,7 @@ class Objective:
             log.debug("trial %d over budget (%s): pruned before training", trial.number, text)
             raise optuna.TrialPruned(f"over budget: {text}")
 
-    def _finish(self, trial: optuna.Trial, result: FitResult) -> float:
+    def _finish(self, trial: optuna.Trial, result: FitResult, cost: float | None) -> float:
         """Record the fit, then prune, fail (NaN) or keep the weights and return the value."""
         self._record_fit(trial, result)
         if result.stop.kind is StopKind.PRUNED:
@@ -381,8 +414,8 @@ class Objective:
         if result.failed or result.best_state is None:
             trial.set_user_attr(FAIL_REASON_ATTR, result.stop_reason)
             log.warning("trial %d failed: %s", trial.number, result.stop_reason)
-            return float("nan")  # Optuna records a NaN objective as FAIL; the study goes on
-        self._keep_weights(trial, result.best_val_acc, result.best_state)
+            return float("nan")  # Optuna records a NaN objective as FAIL (both values when two)
+        self._keep_weights(trial, result.best_val_acc, cost, result.best_state)
         return result.best_val_acc
 
     def _record_fit(self, trial: optuna.Trial, result: FitResult) -> None:
@@ -426,58 +459,35 @@ class Objective:
             return state
         return None
 
-    def _keep_weights(self, trial: optuna.Trial, value: float, state: dict[str, torch.Tensor]) -> None:
-        """Save this trial's best weights if it ranks in the top-k, and drop the ones it beats."""
+    def _keep_weights(
+        self, trial: optuna.Trial, value: float, cost: float | None, state: dict[str, torch.Tensor]
+    ) -> None:
+        """Save this trial's best weights if it ranks in the top-k, and drop the ones it beats.
+
+        In a two-objective study a trial on the Pareto front (with this one) keeps its weights
+        too, whatever its rank: every front member can be exported, fine-tuned or confirmed.
+        """
         k = self.cfg.search.keep_top_k
         if self.weights is None or k == 0:
             return
         kept = [
-            (t.value, t.user_attrs[WEIGHTS_ATTR])
+            (v, cost_of(t), t.user_attrs[WEIGHTS_ATTR])
             for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if WEIGHTS_ATTR in t.user_attrs
-            and t.value is not None
+            and (v := accuracy_of(t)) is not None
             and self.weights.exists(t.user_attrs[WEIGHTS_ATTR])
         ]
         kept.sort(key=lambda vk: vk[0], reverse=True)
-        if len(kept) >= k and value <= kept[k - 1][0]:
+        on_front = cost is not None and not any(dominates((v, c), (value, cost)) for v, c, _ in kept)
+        if len(kept) >= k and value <= kept[k - 1][0] and not on_front:
             return
         artifact_id = self.weights.save(trial, state, f"trial-{trial.number}-best.pt")
         trial.set_user_attr(WEIGHTS_ATTR, artifact_id)
-        ranked = sorted([*kept, (value, artifact_id)], key=lambda vk: vk[0], reverse=True)
-        self.weights.keep_top([a for _, a in ranked], k)
-
-
-class PruneGate:
-    """Whether ``trial.should_prune()`` could say yes at an epoch: when not, it is not asked.
-
-    Asking reads the trial back and all of the study's COMPLETE trials (about 7 SQL statements and
-    a commit on SQLite). The median and percentile pruners never prune before step
-    ``n_warmup_steps`` nor while fewer than ``n_startup_trials`` (and at least one) trials are
-    COMPLETE, and no pruner never prunes, so those calls are skipped; the answer is the same. The
-    COMPLETE count is read (the pruner's own read, without the trial's) only until it is reached:
-    it never falls, so from then on every epoch past the warm-up asks the pruner directly.
-    Successive halving and hyperband are always asked (their rungs are kept in the storage).
-    """
-
-    def __init__(self, pruner: PrunerConfig) -> None:
-        self.name = pruner.name
-        self.startup = max(1, pruner.n_startup_trials)
-        self.warmup = pruner.n_warmup_steps
-        self._started: set[str] = set()  # studies known to hold `startup` COMPLETE trials
-
-    def worth_asking(self, study: optuna.Study, step: int) -> bool:
-        if self.name == "none":
-            return False
-        if self.name not in ("median", "percentile"):
-            return True
-        if step < self.warmup:
-            return False
-        if study.study_name not in self._started:
-            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if len(complete) < self.startup:
-                return False
-            self._started.add(study.study_name)
-        return True
+        ranked = sorted([*kept, (value, cost, artifact_id)], key=lambda vk: vk[0], reverse=True)
+        keep = [a for _, _, a in ranked[:k]]
+        if cost is not None:  # the front's members stay, then the rest of the top-k
+            keep += [a for v, c, a in ranked[k:] if not any(dominates((w, d), (v, c)) for w, d, _ in ranked)]
+        self.weights.keep_top([*keep, *(a for _, _, a in ranked if a not in keep)], len(keep))
 
 
 def _default_fit() -> FitFn:

@@ -43,6 +43,7 @@ from search.store.storage import retrying
 from search.study.budgets import is_feasible
 from search.study.failures import FAIL_REASON_ATTR, DeviceFailure, FailureBudget
 from search.study.objective import Objective, TrialInterrupted
+from search.study.pareto import FrontSummary, front_summary
 from search.study.preflight import check_run_folders
 from search.study.resume import prepare_resume
 from search.study.sampling import grid_point, grid_points_left
@@ -65,6 +66,7 @@ from search.study.workers import POLL_S, StopRequest, run_parallel, sleep_unless
 log = logging.getLogger(__name__)
 
 TrialCallback = Callable[[FrozenTrial], None]
+ObjectiveFn = Callable[[optuna.Trial], float | tuple[float, float]]  # (accuracy, cost): two objectives
 Space = Mapping[str, ParamSpec]
 
 
@@ -90,6 +92,8 @@ class RunResult:
     elapsed_s: float  # from the first trial's start
     stop_message: str = ""  # with FAILURE_BUDGET: why the run stopped
     over_budget: int = 0  # finished trials over a search.constraints budget (PRUNED, never trained)
+    front: FrontSummary | None = None  # two objectives: the Pareto front's size and extremes
+    cost_name: str | None = None  # two objectives: the cost's name (search.objectives' second)
 
 
 def _ignore(_trial: FrozenTrial) -> None:
@@ -122,7 +126,7 @@ class RunOptions:
     workers: Sequence[str] = ()
     fresh: bool = False
     join: bool = False
-    objective: Callable[[optuna.Trial], float] | None = None
+    objective: ObjectiveFn | None = None
     stop: StopRequest | None = None
     ignore_sigint: bool = False
     on_trial: TrialCallback = _ignore
@@ -176,7 +180,7 @@ class Prepared(NamedTuple):
     """The objective (holding the checked data), the storage and the open study; ``existed``: the
     study was there before (resumed, or archived by ``fresh``), never for a ``join``."""
 
-    objective: Callable[[optuna.Trial], float]
+    objective: ObjectiveFn
     storage: RDBStorage
     study: optuna.Study
     existed: bool
@@ -239,6 +243,8 @@ def _result(
         elapsed_s=elapsed_s,
         stop_message=budget.stop_message() if budget.tripped else "",
         over_budget=sum(not is_feasible(t) for t in study.get_trials(deepcopy=False, states=FINISHED_STATES)),
+        front=front_summary(study),
+        cost_name=cfg.search.cost,
     )
 
 
@@ -287,7 +293,7 @@ class _Guarded:
 
     def __init__(
         self,
-        objective: Callable[[optuna.Trial], float],
+        objective: ObjectiveFn,
         n_trials: int,
         storage: RDBStorage,
         grace_s: float,
@@ -300,7 +306,7 @@ class _Guarded:
         self.grid = grid  # the grid sampler's space: a point another trial holds is not trained again
         self.current: int | None = None
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self.current = trial.number
         study = trial.study
         trials = study.get_trials(deepcopy=False)  # one snapshot
@@ -389,7 +395,7 @@ def _log_grid_end(cfg: StudyConfig, taken: int) -> None:
 
 def _loop(
     study: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
+    objective: ObjectiveFn,
     cfg: StudyConfig,
     storage: RDBStorage,
     stop: Callable[[], bool],

@@ -169,6 +169,8 @@ def _startup_trials(cfg: StudyConfig) -> int:
     s = cfg.search.sampler
     if s.n_startup_trials is not None:
         return s.n_startup_trials
+    if s.name == "nsga2":  # its first generation is its start-up
+        return int(inspect.signature(optuna.samplers.NSGAIISampler).parameters["population_size"].default)
     cls = {
         "tpe": optuna.samplers.TPESampler,
         "cmaes": optuna.samplers.CmaEsSampler,
@@ -183,14 +185,15 @@ def make_sampler(
 ) -> optuna.samplers.BaseSampler:
     """The configured sampler; missing optional dependencies fail here, before any trial.
 
-    TPE, random, CMA-ES and GP are seeded per trial with ``seed + trial number`` (see
+    TPE, random, CMA-ES, GP and NSGA-II are seeded per trial with ``seed + trial number`` (see
     :class:`TrialSeeded`, which also gets ``fits``); grid and QMC keep one seed: their order of
     points hangs on it, and they pick each trial's point from the trials in the storage (the
     trial number, the sample id).
 
     Budgets (``search.constraints``) need no sampler option: the objective stores each trial's
     constraint values with ``Trial.set_constraint`` (Optuna 5; the samplers' ``constraints_func``
-    is deprecated since 5.0) and TPE, GP and NSGA-II read them from the storage.
+    is deprecated since 5.0) and TPE, GP and NSGA-II read them from the storage (also in a
+    two-objective study, where ``study.best_trials`` keeps feasible trials only).
 
     With ``search.sampler.startup: sobol``, TPE / CMA-ES / GP take their start-up trials from one
     such QMC sequence (:class:`SobolStartup`).
@@ -292,6 +295,10 @@ def _sampler(cfg: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.GridSampler(grid_values(cfg.search.space), seed=seed)  # type: ignore[arg-type]
     if s.name == "qmc":
         return optuna.samplers.QMCSampler(seed=seed, scramble=True)
+    if s.name == "nsga2":  # search.sampler.n_startup_trials is its population (the first is random)
+        if s.n_startup_trials is None:
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=s.n_startup_trials)
     # with max_params, TrialSeeded replaces an over-budget proposal by independent sampling on
     # purpose: the samplers' warning about it (which blames a dynamic search space) is off then
     warn = cfg.search.constraints.max_params is None

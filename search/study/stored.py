@@ -16,6 +16,7 @@ from search.config import ConfigError, StudyConfig, config_from_dict
 from search.store.records import CONFIG_ATTR
 from search.store.storage import load_study, make_storage
 from search.study.budgets import is_feasible
+from search.study.pareto import accuracy, front, is_pareto
 
 
 def open_existing(study_name: str, storage: str | BaseStorage) -> optuna.Study:
@@ -46,11 +47,16 @@ def budgets_of(study: optuna.Study) -> dict[str, float]:
 
 
 def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
-    """The ``k`` best COMPLETE trials within the study's budgets, best first (ties: lower number first)."""
+    """The ``k`` best COMPLETE trials within the study's budgets, best first (ties: lower number first).
+
+    In a two-objective study the Pareto front's members come first (the most accurate first, so
+    the first is :func:`search.study.budgets.best_trial`), then the other trials by accuracy.
+    """
+    on_front = {t.number for t in front(study)} if is_pareto(study) else set()
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.value is not None and math.isfinite(t.value) and is_feasible(t)
+        if (value := accuracy(t)) is not None and math.isfinite(value) and is_feasible(t)
     ]
-    done.sort(key=lambda t: (-float(t.value or 0.0), t.number))
+    done.sort(key=lambda t: (t.number not in on_front, -float(accuracy(t) or 0.0), t.number))
     return done[:k]

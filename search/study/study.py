@@ -24,6 +24,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import StudyConfig, mask_url, to_dict
+from search.errors import InputError
 from search.store.records import CONFIG_ATTR, DATA_ATTR, DEVICE_ATTR, FAIL_REASON_ATTR, HOST_ATTR, PID_ATTR
 from search.store.storage import (
     GRACE_PERIOD_S,
@@ -35,11 +36,12 @@ from search.store.storage import (
     sqlite_path,
 )
 from search.study.budgets import FINISHED_STATES, best_trial, is_feasible, over_budget_counts
+from search.study.pareto import directions, metric_names
 from search.study.sampling import SobolStartup, TrialSeeded, enqueue_default, make_pruner, make_sampler
 
 log = logging.getLogger(__name__)
 
-METRIC_NAME = "val_accuracy"  # the one objective: accuracy on the validation split
+METRIC_NAME = "val_accuracy"  # the first objective: accuracy on the validation split
 
 __all__ = [  # re-exported: callers that only need a study import this module
     "CONFIG_ATTR",
@@ -93,18 +95,24 @@ def open_study(
     study = optuna.create_study(
         storage=storage,
         study_name=cfg.name,
-        direction="maximize",
+        directions=directions(cfg),  # [val_accuracy, COST]: a multi-objective (Pareto) study
         load_if_exists=True,
         sampler=sampler,
         pruner=pruner,
     )
+    if len(study.directions) != len(cfg.search.objectives):  # e.g. a worker joining another study
+        raise InputError(
+            f"study {cfg.name!r} has {len(study.directions)} objective(s), the config "
+            f"{len(cfg.search.objectives)} (search.objectives {list(cfg.search.objectives)}). Fix: restore "
+            "the study's search.objectives, or pass --study-name NEW_NAME or --fresh"
+        )
     n_existing = len(study.get_trials(deepcopy=False))
     if n_existing:
         log.info("resuming study %s (%d trials so far)", cfg.name, n_existing)
-    if study.metric_names is None:  # the dashboard's plots and best-trial card name the objective
+    if study.metric_names is None:  # the dashboard's plots and best-trial card name the objectives
         with warnings.catch_warnings():  # experimental since optuna 3.2, still the public API
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([METRIC_NAME])
+            study.set_metric_names(metric_names(cfg))
     from search.store.artifacts import ensure_checkpoint_key  # torch: only where a study is opened to run
 
     ensure_checkpoint_key(study)  # before any trial: checkpoints are keyed by it, not by the name

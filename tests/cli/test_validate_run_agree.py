@@ -34,6 +34,9 @@ CASES: list[tuple[list[str], str | None]] = [
     (["storage=sqlite:///junk.db"], "storage"),
     (["storage=foo://bar"], "storage"),
     (["search.constraints.max_params=1000000"], None),
+    (["search.objectives=[val_accuracy, flops]", "search.sampler.name=cmaes"], "search.sampler.name"),
+    (["search.objectives=[val_accuracy, n_params]", "search.pruner.name=hyperband"], "search.pruner.name"),
+    (["search.objectives=[val_accuracy, n_params]", "search.sampler.name=nsga2"], None),
 ]
 FIELD = re.compile(r"^error: (\S+): ", re.MULTILINE)
 

@@ -149,7 +149,7 @@ def test_prune_gate_skips_only_calls_the_pruner_answers_no(name: str) -> None:
     from optuna.distributions import FloatDistribution
 
     from search.config import PrunerConfig
-    from search.study.objective import PruneGate
+    from search.study.pruning import PruneGate
     from search.study.study import make_pruner
 
     pruning = {"name": name, "n_startup_trials": 2, "n_warmup_steps": 2}
