@@ -68,6 +68,7 @@ from search.study.fits import read_init_from
 from search.study.preflight import check_space_fits
 from search.study.recipe import TrialRecipe, data_facts
 from search.study.space import params_of, suggest
+from search.study.tally import StudyReader
 
 if TYPE_CHECKING:
     from search.engine.tensorboard import RunLog
@@ -134,6 +135,8 @@ class Objective:
         # trial's retry history when the run loop's snapshot already holds it (by trial number)
         self._checkpoint_stores: dict[str, CheckpointStore] = {}
         self.known_retry_history: dict[int, list[int]] = {}
+        # set by the run loop: counts and COMPLETE trials read without re-reading running trials
+        self.reader: StudyReader | None = None
         if cfg.train.tensorboard:
             from search.engine.tensorboard import require_tensorboard
 
@@ -291,7 +294,7 @@ class Objective:
             if board is not None:  # host floats only: no extra sync
                 board.epoch(metrics)
             trial.report(metrics.val_acc, epoch)  # one storage write an epoch; epochs_run at the end
-            if self.prune_gate.worth_asking(trial.study, epoch) and trial.should_prune():
+            if self.prune_gate.worth_asking(trial.study, epoch, self.reader) and trial.should_prune():
                 return True  # fit stops here and returns its figures; pruned by _finish
             if self.should_stop():
                 trial.set_user_attr(EPOCHS_RUN_ATTR, epoch)
@@ -433,7 +436,7 @@ class Objective:
             return
         kept = [
             (t.value, t.user_attrs[WEIGHTS_ATTR])
-            for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            for t in _complete(trial.study, self.reader)
             if WEIGHTS_ATTR in t.user_attrs
             and t.value is not None
             and self.weights.exists(t.user_attrs[WEIGHTS_ATTR])
@@ -465,7 +468,7 @@ class PruneGate:
         self.warmup = pruner.n_warmup_steps
         self._started: set[str] = set()  # studies known to hold `startup` COMPLETE trials
 
-    def worth_asking(self, study: optuna.Study, step: int) -> bool:
+    def worth_asking(self, study: optuna.Study, step: int, reader: StudyReader | None = None) -> bool:
         if self.name == "none":
             return False
         if self.name not in ("median", "percentile"):
@@ -473,11 +476,21 @@ class PruneGate:
         if step < self.warmup:
             return False
         if study.study_name not in self._started:
-            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if len(complete) < self.startup:
+            if reader is not None:  # a count: no trial is read
+                n_complete = reader.counts(study.study_name)[TrialState.COMPLETE]
+            else:
+                n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            if n_complete < self.startup:
                 return False
             self._started.add(study.study_name)
         return True
+
+
+def _complete(study: optuna.Study, reader: StudyReader | None) -> list[optuna.trial.FrozenTrial]:
+    """The study's COMPLETE trials (through ``reader`` when the run loop gave one: new ones only)."""
+    if reader is not None:
+        return reader.complete_trials(study.study_name)
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
 def _default_fit() -> FitFn:
