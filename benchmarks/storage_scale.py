@@ -11,8 +11,10 @@ in the exact-total check and each epoch). Optuna's journal file storage and its 
 of PostgreSQL) run plain Optuna (``study.optimize``) for the record: the tool does not use them.
 
 Printed per backend, pattern and N: trials/s, the p50 / p95 time a worker spends per trial (all of
-it storage work and Python: the trial trains nothing), errors, and the database's CPU per trial
-(PostgreSQL's processes, plus PgBouncer or the gRPC proxy, from /proc). Then TPE's ``ask()`` (and
+it storage work and Python: the trial trains nothing), errors, the workers' own CPU per trial, and
+the database's CPU per trial (PostgreSQL's processes, plus PgBouncer or the gRPC proxy, from
+/proc). On a shared machine the CPU figures are the ones that hold still: wall times and trials/s
+move with the other processes' load. Then TPE's ``ask()`` (and
 its 5 suggestions) at 100, 1,000 and 3,000 finished trials, and a new worker's first read of that
 study, on PostgreSQL. Every process shares this machine's cores: compare within one run.
 
@@ -122,6 +124,7 @@ def worker_main(backend: str, url: str, name: str, pattern: str, window: float, 
     sys.stdin.readline()
     durations: list[float] = []
     errors = 0
+    cpu0 = time.process_time()
     end = time.monotonic() + window
     while time.monotonic() < end:
         start = time.perf_counter()
@@ -141,7 +144,8 @@ def worker_main(backend: str, url: str, name: str, pattern: str, window: float, 
             errors += 1
             continue
         durations.append(time.perf_counter() - start)
-    print(json.dumps({"durations": durations, "errors": errors}), flush=True)
+    cpu = time.process_time() - cpu0  # this worker's own CPU (all its threads): load-independent
+    print(json.dumps({"durations": durations, "errors": errors, "cpu_s": cpu}), flush=True)
 
 
 # --------------------------------------------------------------------------- the driver
@@ -259,6 +263,9 @@ def run_cell(
         "errors": sum(r["errors"] for r in results),
         "stalled": sum(r.get("stalled", 0) for r in results),
         "db_cpu_ms": 1000 * cpu / trials if db_pids and trials else float("nan"),
+        "worker_cpu_ms": 1000 * sum(r.get("cpu_s", 0.0) for r in results) / trials
+        if trials
+        else float("nan"),
     }
 
 
@@ -356,7 +363,7 @@ def _row(backend: str, pattern: str, n: int, r: dict[str, Any]) -> str:
     cpu = "-" if r["db_cpu_ms"] != r["db_cpu_ms"] else f"{r['db_cpu_ms']:.1f}"  # NaN: in the workers
     return (
         f"| {backend} | {pattern} | {n} | {r['trials_s']:.1f} | {r['p50_ms']:.0f} | "
-        f"{r['p95_ms']:.0f} | {r['errors']}{stalled} | {cpu} |"
+        f"{r['p95_ms']:.0f} | {r['errors']}{stalled} | {r['worker_cpu_ms']:.0f} | {cpu} |"
     )
 
 
