@@ -391,9 +391,10 @@ def main() -> None:
         f"{HEARTBEAT_S} s heartbeats; {args.prefill} finished trials first; {args.window:g} s per cell"
     )
     print(
-        "| backend | pattern | workers | trials/s | p50 ms/trial | p95 ms/trial | errors | db CPU ms/trial |"
+        "| backend | pattern | workers | trials/s | p50 ms/trial | p95 ms/trial | errors "
+        "| worker CPU ms/trial | db CPU ms/trial |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="storage-scale-") as tmp:
         for backend in args.backends:
             with ExitStack() as stack:
