@@ -72,6 +72,7 @@ from search.study.preflight import check_space_fits
 from search.study.pruning import EpochPruning
 from search.study.recipe import TrialRecipe, data_facts
 from search.study.space import params_of, suggest
+from search.study.tally import StudyReader, complete_trials
 
 if TYPE_CHECKING:
     from search.engine.tensorboard import RunLog
@@ -138,6 +139,8 @@ class Objective:
         # trial's retry history when the run loop's snapshot already holds it (by trial number)
         self._checkpoint_stores: dict[str, CheckpointStore] = {}
         self.known_retry_history: dict[int, list[int]] = {}
+        # set by the run loop: counts and COMPLETE trials read without re-reading running trials
+        self.reader: StudyReader | None = None
         if cfg.train.tensorboard:
             from search.engine.tensorboard import require_tensorboard
 
@@ -327,7 +330,7 @@ class Objective:
         def on_epoch(epoch: int, metrics: EpochMetrics) -> bool:
             if board is not None:  # host floats only: no extra sync
                 board.epoch(metrics)
-            if self.pruning.after_epoch(trial, epoch, metrics.val_acc, cost):
+            if self.pruning.after_epoch(trial, epoch, metrics.val_acc, cost, self.reader):
                 return True  # fit stops here and returns its figures; pruned by _finish
             if self.should_stop():
                 trial.set_user_attr(EPOCHS_RUN_ATTR, epoch)
@@ -472,7 +475,7 @@ class Objective:
             return
         kept = [
             (v, cost_of(t), t.user_attrs[WEIGHTS_ATTR])
-            for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            for t in complete_trials(trial.study, self.reader)
             if WEIGHTS_ATTR in t.user_attrs
             and (v := accuracy_of(t)) is not None
             and self.weights.exists(t.user_attrs[WEIGHTS_ATTR])

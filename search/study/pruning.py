@@ -26,6 +26,7 @@ from search.config import PrunerConfig, StudyConfig
 from search.store.records import VAL_CURVE_ATTR
 from search.study.budgets import is_feasible
 from search.study.pareto import cost
+from search.study.tally import StudyReader, complete_trials
 
 Curve = list[float | None]  # val accuracy after epoch e at index e - 1 (None: not recorded)
 
@@ -48,7 +49,7 @@ class PruneGate:
         self.warmup = pruner.n_warmup_steps
         self._started: set[str] = set()  # studies known to hold `startup` COMPLETE trials
 
-    def worth_asking(self, study: optuna.Study, step: int) -> bool:
+    def worth_asking(self, study: optuna.Study, step: int, reader: StudyReader | None = None) -> bool:
         if self.name == "none":
             return False
         if self.name not in ("median", "percentile"):
@@ -56,8 +57,11 @@ class PruneGate:
         if step < self.warmup:
             return False
         if study.study_name not in self._started:
-            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if len(complete) < self.startup:
+            if reader is not None:  # a count: no trial is read
+                n_complete = reader.counts(study.study_name)[TrialState.COMPLETE]
+            else:
+                n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            if n_complete < self.startup:
                 return False
             self._started.add(study.study_name)
         return True
@@ -108,13 +112,16 @@ class CostRule:
             return math.nan
         return float(np.nanpercentile(np.asarray(at_epoch, dtype=float), 100.0 - self.percentile))
 
-    def should_prune(self, study: optuna.Study, epoch: int, curve: Curve, my_cost: float) -> bool:
-        """Whether the trial of cost ``my_cost`` whose curve is ``curve`` (up to ``epoch``) stops now."""
+    def should_prune(
+        self, study: optuna.Study, epoch: int, curve: Curve, my_cost: float, reader: StudyReader | None = None
+    ) -> bool:
+        """Whether the trial of cost ``my_cost`` whose curve is ``curve`` (up to ``epoch``) stops now
+        (the COMPLETE trials through ``reader`` when the run loop gave one: each read once)."""
         if self.name == "none" or epoch < self.warmup:
             return False
         peers = [
             t
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            for t in complete_trials(study, reader)
             if (c := cost(t)) is not None and c <= my_cost and is_feasible(t)
         ]
         bar = self.threshold(peers, epoch)
@@ -130,15 +137,22 @@ class EpochPruning:
         self.rule = CostRule(cfg.search.pruner) if cfg.search.cost is not None else None
         self._curves: dict[int, Curve] = {}  # by trial number: this process's running trials
 
-    def after_epoch(self, trial: optuna.Trial, epoch: int, val_acc: float, my_cost: float | None) -> bool:
+    def after_epoch(
+        self,
+        trial: optuna.Trial,
+        epoch: int,
+        val_acc: float,
+        my_cost: float | None,
+        reader: StudyReader | None,
+    ) -> bool:
         """Report (one objective) or store the curve (two), then True to prune the trial."""
         if self.rule is None or my_cost is None:
             trial.report(val_acc, epoch)  # one storage write an epoch; epochs_run at the end
-            return self.gate.worth_asking(trial.study, epoch) and trial.should_prune()
+            return self.gate.worth_asking(trial.study, epoch, reader) and trial.should_prune()
         curve = self._curve(trial, epoch)
         curve.append(val_acc)
         trial.set_user_attr(VAL_CURVE_ATTR, curve)
-        return self.rule.should_prune(trial.study, epoch, curve, my_cost)
+        return self.rule.should_prune(trial.study, epoch, curve, my_cost, reader)
 
     def end(self, number: int) -> None:
         """Forget a finished trial's curve."""

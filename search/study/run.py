@@ -60,6 +60,7 @@ from search.study.study import (
     running_trials,
     storage_for,
 )
+from search.study.tally import CompleteTrialsPruner, StudyReader
 from search.study.warmstart import WarmStartPlan, WarmStartResult, apply_warm_start
 from search.study.workers import POLL_S, StopRequest, run_parallel, sleep_unless_stopped
 
@@ -161,27 +162,32 @@ def run_study(cfg: StudyConfig, options: RunOptions | None = None) -> RunResult:
     options = options or RunOptions()
     stop = options.stop or StopRequest()
     policy = use_threads(len(options.workers) or 1, flag=options.threads, configured=cfg.train.threads)
-    objective, storage, study, _existed = prepare_study(cfg, options, stop)
+    objective, reader, study, _existed = prepare_study(cfg, options, stop)
     budget = FailureBudget.for_run(cfg.search.max_failures, cfg.search.n_trials)
     started = time.perf_counter()
     with options.around(study) if options.around is not None else contextlib.nullcontext():
         if options.workers:
             del objective  # the workers hold the data; free this process's copy
             n_started, interrupted = run_parallel(
-                cfg, options.workers, on_trial=options.on_trial, threads=policy.threads
+                cfg,
+                options.workers,
+                on_trial=options.on_trial,
+                threads=policy.threads,
+                storage=reader.storage,
             )
         else:
             with stop.installed(ignore_sigint=options.ignore_sigint):
-                n_started, interrupted = _loop(study, objective, cfg, storage, stop, options.on_trial, budget)
+                n_started, interrupted = _loop(study, objective, cfg, reader, stop, options.on_trial, budget)
     return _result(cfg, study, budget, n_started, interrupted, time.perf_counter() - started)
 
 
 class Prepared(NamedTuple):
-    """The objective (holding the checked data), the storage and the open study; ``existed``: the
-    study was there before (resumed, or archived by ``fresh``), never for a ``join``."""
+    """The objective (holding the checked data), the study's reader (its storage and the loop's
+    counts, :class:`~search.study.tally.StudyReader`) and the open study; ``existed``: the study was
+    there before (resumed, or archived by ``fresh``), never for a ``join``."""
 
     objective: ObjectiveFn
-    storage: RDBStorage
+    reader: StudyReader
     study: optuna.Study
     existed: bool
 
@@ -189,7 +195,8 @@ class Prepared(NamedTuple):
 def prepare_study(cfg: StudyConfig, options: RunOptions, stop: StopRequest) -> Prepared:
     """Check the data and folders (building the objective), then create, resume or join the study
     and enqueue its first trials (warm start, or the space's midpoint). ``search run`` and
-    ``search create`` (:mod:`search.study.create`) both prepare a study with this."""
+    ``search create`` (:mod:`search.study.create`) both prepare a study with this. The study's
+    reader serves the loop, the objective and the pruner."""
     objective = options.objective
     data_attrs: dict[str, Any] | None = None
     fits: Callable[[dict[str, Any]], bool] | None = None
@@ -206,13 +213,18 @@ def prepare_study(cfg: StudyConfig, options: RunOptions, stop: StopRequest) -> P
     if existed:
         prepare_resume(storage, cfg, data_attrs, fresh=options.fresh)
     study = open_study(cfg, storage, None if options.join else data_attrs, fits=fits)
+    reader = StudyReader(storage)
+    if cfg.search.pruner.name in ("median", "percentile"):
+        study.pruner = CompleteTrialsPruner(study.pruner, reader)
+    if isinstance(objective, Objective):
+        objective.reader = reader
     if options.warm_start is not None:
         ws = apply_warm_start(study, options.warm_start)
         if options.on_warm_start is not None:
             options.on_warm_start(options.warm_start.source, ws)
     elif not options.join:
         enqueue_default(study, cfg)  # search.enqueue_default: a new study's trial 0 is the midpoint
-    return Prepared(objective, storage, study, existed)
+    return Prepared(objective, reader, study, existed)
 
 
 def _result(
@@ -256,22 +268,28 @@ class SurplusTrial(Exception):  # control flow inside the loop, never shown to a
 
 
 def _slots(
-    study: optuna.Study, storage: RDBStorage, grace_s: float, retry: RetryStale, grid: Space | None
+    study: optuna.Study, reader: StudyReader, grace_s: float, retry: RetryStale, grid: Space | None
 ) -> tuple[int, int, bool]:
     """Fail (and re-queue) stale RUNNING trials, then (finished trials, live RUNNING trials,
     whether the ``grid`` (the grid sampler's space) has no point left for a new trial).
 
     One snapshot of the study serves all: failing a stale trial changes neither count (stale
     trials hold no slot; its retry is WAITING, so the grid is not used up while one is stale).
+    Without a grid the snapshot is counts and the RUNNING trials' heartbeats only
+    (:meth:`StudyReader.running`): no trial is read, however many workers run.
     """
-    trials = study.get_trials(deepcopy=False)
+    storage = reader.storage
+    if grid is None:
+        counts, running = reader.running(study.study_name, grace_s)
+        fail_stale_trials(study, storage, grace_s, retry, running)
+        return sum(counts[s] for s in FINISHED_STATES), sum(not rt.stale for rt in running), False
+    trials = study.get_trials(deepcopy=False)  # the grid's points need every trial's params
     running = running_trials(study, storage, grace_s, trials)
     fail_stale_trials(study, storage, grace_s, retry, running)
     finished = sum(t.state in FINISHED_STATES for t in trials)
     live = sum(not rt.stale for rt in running)
     grid_used_up = (
-        grid is not None
-        and live == len(running)
+        live == len(running)
         and not any(t.state == TrialState.WAITING for t in trials)
         and grid_points_left(trials, grid) == 0
     )
@@ -295,13 +313,13 @@ class _Guarded:
         self,
         objective: ObjectiveFn,
         n_trials: int,
-        storage: RDBStorage,
+        reader: StudyReader,
         grace_s: float,
         grid: Space | None = None,
     ) -> None:
         self.objective = objective
         self.n_trials = n_trials
-        self.storage = storage
+        self.reader = reader
         self.grace_s = grace_s
         self.grid = grid  # the grid sampler's space: a point another trial holds is not trained again
         self.current: int | None = None
@@ -309,15 +327,21 @@ class _Guarded:
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self.current = trial.number
         study = trial.study
-        trials = study.get_trials(deepcopy=False)  # one snapshot
-        running = running_trials(study, self.storage, self.grace_s, trials)
+        trials: Sequence[FrozenTrial] = ()
+        if self.grid is None:  # counts and heartbeats: no other trial is read
+            counts, running = self.reader.running(study.study_name, self.grace_s)
+            finished = sum(counts[s] for s in FINISHED_STATES)
+        else:  # one snapshot with every trial's params
+            trials = study.get_trials(deepcopy=False)
+            running = running_trials(study, self.reader.storage, self.grace_s, trials)
+            finished = sum(t.state in FINISHED_STATES for t in trials)
         me = next(rt for rt in running if rt.number == trial.number)
-        if isinstance(self.objective, Objective):  # the snapshot holds its retry history: no re-read
-            frozen = next(t for t in trials if t.number == trial.number)
+        if isinstance(self.objective, Objective):  # its retry history, from its own record
+            mine = next((t for t in trials if t.number == trial.number), None)
+            frozen = mine or self.reader.storage.get_trial(me.trial_id)
             history = frozen.system_attrs.get(RETRY_HISTORY_SYSTEM_ATTR, [])
             self.objective.known_retry_history[trial.number] = [int(n) for n in history]
-        ahead = sum(t.state in FINISHED_STATES for t in trials)
-        ahead += sum(not rt.stale and _started_before(rt, me) for rt in running)
+        ahead = finished + sum(not rt.stale and _started_before(rt, me) for rt in running)
         if ahead >= self.n_trials:
             trial.set_user_attr(FAIL_REASON_ATTR, "surplus")
             raise SurplusTrial(f"trial {trial.number}: the study's {self.n_trials} trials were already taken")
@@ -397,7 +421,7 @@ def _loop(
     study: optuna.Study,
     objective: ObjectiveFn,
     cfg: StudyConfig,
-    storage: RDBStorage,
+    reader: StudyReader,
     stop: Callable[[], bool],
     on_trial: TrialCallback,
     budget: FailureBudget,
@@ -408,7 +432,8 @@ def _loop(
     retry = RetryStale(cfg.search.max_retry, cfg.checkpoints_dir)
     deadline = None if cfg.search.timeout_s is None else time.monotonic() + cfg.search.timeout_s
     grid = cfg.search.space if cfg.search.sampler.name == "grid" else None
-    guarded = _Guarded(objective, n, storage, grace, grid)
+    guarded = _Guarded(objective, n, reader, grace, grid)
+    storage = reader.storage
     _quiet_optuna()
     started = 0
     waiting_logged = False
@@ -421,7 +446,7 @@ def _loop(
             log.info("timeout: not starting more trials")
             return started, False
         finished, live, grid_used_up = retrying(
-            "counting trials", lambda: _slots(study, storage, grace, retry, grid)
+            "counting trials", lambda: _slots(study, reader, grace, retry, grid)
         )
         if finished >= n:
             return started, False

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 
 import optuna
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 
 from search.config import StudyConfig
@@ -27,6 +28,7 @@ from search.engine.threads import child_env, thread_policy
 from search.errors import InputError
 from search.store.storage import make_storage, retrying
 from search.store.urls import WORKER_STORAGE_ENV
+from search.study.tally import StudyReader
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +174,7 @@ def run_parallel(
     *,
     on_trial: Callable[[FrozenTrial], None] = lambda t: None,
     threads: int | None = None,
+    storage: RDBStorage | None = None,
 ) -> tuple[int, bool]:
     """Start one ``search worker`` process per device on the (existing) study and follow it.
 
@@ -179,12 +182,15 @@ def run_parallel(
     for this many workers and ``train.threads``) through ``OMP_NUM_THREADS``.
 
     Returns when every worker has exited; finished trials are passed to ``on_trial`` as they
-    appear in the storage. SIGINT/SIGTERM are forwarded to the workers as SIGTERM.
+    appear in the storage (``storage``: the study's, already open; default: opened here).
+    SIGINT/SIGTERM are forwarded to the workers as SIGTERM.
     Returns (trials finished by the workers, interrupted).
     """
-    storage = make_storage(cfg.storage, create=False, heartbeat=False)
+    if storage is None:
+        storage = make_storage(cfg.storage, create=False, heartbeat=False)
     study = optuna.load_study(study_name=cfg.name, storage=storage)
     seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    reader = StudyReader(storage)
     env = _workers_env(cfg, len(devices), threads)
     stop = StopRequest()
     procs: list[subprocess.Popen[bytes]] = []
@@ -207,7 +213,7 @@ def run_parallel(
             cmd, worker_env = worker_process(cfg, device, i, env, shared_gpu=shared)
             procs.append(subprocess.Popen(cmd, env=worker_env, stdout=subprocess.DEVNULL))
             log.info("worker %d: pid %d on %s%s", i, procs[-1].pid, device, " (shared)" if shared else "")
-        _follow(study, procs, seen, on_trial)
+        _follow(study, reader, procs, seen, on_trial)
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
@@ -233,15 +239,21 @@ def _workers_env(cfg: StudyConfig, n_workers: int, threads: int | None) -> dict[
 
 def _follow(
     study: optuna.Study,
+    reader: StudyReader,
     procs: Sequence[subprocess.Popen[bytes]],
     seen: set[int],
     on_trial: Callable[[FrozenTrial], None],
 ) -> None:
-    """Pass each newly finished trial to ``on_trial`` (adding it to ``seen``) until every worker exited."""
+    """Pass each newly finished trial to ``on_trial`` (adding it to ``seen``) until every worker exited.
+
+    Each poll counts the study's trials by state (one query); only the trials that finished since
+    are read, each once, so following costs the database next to nothing however many workers run.
+    """
     while True:
         alive = [p for p in procs if p.poll() is None]
-        for t in retrying("polling trials", lambda: study.get_trials(deepcopy=False)):
-            if t.state.is_finished() and t.number not in seen:
+        counts = retrying("polling trials", lambda: reader.counts(study.study_name))
+        if sum(n for state, n in counts.items() if state.is_finished()) > len(seen):
+            for t in retrying("polling trials", lambda: reader.finished_since(study.study_name, seen)):
                 seen.add(t.number)
                 on_trial(t)
         if not alive:
