@@ -3,7 +3,9 @@
 Seed-style: CIFAR-shaped uint8 images held on the host as HWC arrays (as torchvision's CIFAR10
 holds them), turned into a PIL image per sample and put through torchvision's per-sample
 transforms inside a ``DataLoader``; fp32, NCHW; ``loss.item()`` every step (the seed's running
-loss). Ours: ``search.engine.train.fit`` on the same images as one uint8 tensor on the device, index-slice
+loss); ``torch.nn``'s Dropout and Flatten, as the seed wrote its net (ours are
+:mod:`search.engine.layers`': the same function, cheaper on the CPU). Ours:
+``search.engine.train.fit`` on the same images as one uint8 tensor on the device, index-slice
 batches, ``BatchTransform`` (batched per-sample augmentation on the device), channels_last,
 optionally ``torch.compile``; twice: the default path (``train.precision: auto``: bf16 autocast on
 CUDA and on CPUs with native bf16, fp32 elsewhere) and fp32 (``train.precision: fp32``).
@@ -100,6 +102,17 @@ def cifar_like(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def new_model(seed: int) -> ConvNet:
     torch.manual_seed(seed)
     return build_convnet(ModelConfig(padding=0), C1, C2, L1, SHAPE, N_CLASSES)
+
+
+def seed_model(seed: int) -> ConvNet:
+    """``new_model(seed)`` with the seed notebook's own layers: ``torch.nn``'s Dropout and Flatten
+    in place of ours (:mod:`search.engine.layers`: the same function, cheaper on the CPU)."""
+    model = new_model(seed)
+    model.classifier[0] = nn.Flatten()
+    for i, layer in enumerate(model.features):
+        if isinstance(layer, nn.Dropout):
+            model.features[i] = nn.Dropout(layer.p)
+    return model
 
 
 # ------------------------------------------------------------------------------------- seed-style
@@ -305,7 +318,7 @@ def breakdown(
         (f"ours: train step only ({default})", True),
     )
     for name, channels_last in parts:
-        model = new_model(0).to(device)
+        model = (new_model(0) if channels_last else seed_model(0)).to(device)
         x = transform(batch_u8, train=False)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -399,14 +412,14 @@ def main(argv: list[str] | None = None) -> int:
     # pays the autotuning of a shape the other side's warm-up already tuned
     torch.backends.cudnn.benchmark = CUDNN_BENCHMARK
     # warm-up (loader workers, allocators, kernel choice, oneDNN primitive caches; compilation for ours)
-    seed_epoch(new_model(0), loader, device)
+    seed_epoch(seed_model(0), loader, device)
     _, compile_s = ours_epoch(new_model(0), warm, val, transform, args, 0)
     ours_epoch(new_model(0), warm, val, transform, args, 0, "fp32")
 
     seed_rates, our_rates, fp32_rates = [], [], []
     for r in range(args.repeats):
         torch.backends.cudnn.benchmark = CUDNN_BENCHMARK  # as fit left it, whatever that did
-        seed_rates.append(seed_epoch(new_model(r), loader, device))
+        seed_rates.append(seed_epoch(seed_model(r), loader, device))
         our_rates.append(ours_epoch(new_model(r), train, val, transform, args, r)[0])
         fp32_rates.append(ours_epoch(new_model(r), train, val, transform, args, r, "fp32")[0])
         log.info(
