@@ -1,7 +1,8 @@
 """The study's ConvNet: the seed's net by default, in stages of two convs each.
 
 Stage i has two ``kernel_size`` convs (ReLU after each, BatchNorm2d before the ReLU with
-``batchnorm``), then optional 2x2 pooling, then dropout: ``dropout[0]`` after every stage but the
+``batchnorm``), then optional 2x2 pooling (max pooling computed before the last ReLU: the same
+function, cheaper), then dropout: ``dropout[0]`` after every stage but the
 last, ``dropout[1]`` after the last. The last stage's second conv has stride 2. Widths are c1, c2,
 then doubling (c2·2, c2·4, …). ``block`` picks what a stage is (:mod:`search.engine.blocks`):
 plain convs; residual (ReLU(convs(x) + 1x1 projection(x)), the shortcut sampled at the pixels the
@@ -119,20 +120,31 @@ def _feature_layers(
             conv_out(conv_out(hw[0], k, pad, 1), k, pad, stride),
             conv_out(conv_out(hw[1], k, pad, 1), k, pad, stride),
         )
+        stage: list[nn.Module]
         if cfg.block == "residual":
-            layers.append(ResidualStage(c_in, c_out, k, pad, stride, cfg.batchnorm, hw))
+            stage = [ResidualStage(c_in, c_out, k, pad, stride, cfg.batchnorm, hw)]
         elif cfg.block == "depthwise":
-            layers.append(DepthwiseStage(c_in, c_out, k, pad, stride, first=i == 0))
+            stage = [DepthwiseStage(c_in, c_out, k, pad, stride, first=i == 0)]
         elif cfg.block == "inception":
-            layers.append(InceptionStage(c_in, c_out, stride, cfg.batchnorm))
+            stage = [InceptionStage(c_in, c_out, stride, cfg.batchnorm)]
         else:
-            layers += plain_layers(c_in, c_out, k, pad, stride, cfg.batchnorm)
+            stage = plain_layers(c_in, c_out, k, pad, stride, cfg.batchnorm)
         if cfg.pool != "none":
-            layers.append(nn.MaxPool2d(2) if cfg.pool == "max" else nn.AvgPool2d(2))
+            stage = _pooled(stage, cfg.pool)
             hw = (hw[0] // 2, hw[1] // 2)
+        layers += stage
         layers.append(Dropout(cfg.dropout[1] if last else cfg.dropout[0]))
         c_in = c_out
     return layers, hw
+
+
+def _pooled(stage: list[nn.Module], pool: str) -> list[nn.Module]:
+    """``stage`` then 2x2 pooling. Max pooling goes before a plain stage's last ReLU: the two
+    commute exactly (values and gradients), and the ReLU then works on a quarter of the elements.
+    Neither has parameters, so the modules' names (and the weights' keys) stay as in the other order."""
+    if pool == "max" and isinstance(stage[-1], nn.ReLU):
+        return [*stage[:-1], nn.MaxPool2d(2), stage[-1]]
+    return [*stage, nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2)]
 
 
 def build_convnet(
