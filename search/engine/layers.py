@@ -69,6 +69,7 @@ class Dropout(nn.Dropout):
             and 0.0 < self.p < 1.0
             and _dense(x)
             and not torch.compiler.is_compiling()
+            and not torch.compiler.is_exporting()
         )
         if not fast:
             return F.dropout(x, self.p, self.training, self.inplace)
@@ -99,7 +100,10 @@ class Flatten(nn.Flatten):
             and not input.is_contiguous()
             and input.is_contiguous(memory_format=torch.channels_last)
         )
-        if not channels_last:
+        # only where a backward will run, eagerly (compile and export trace torch's own flatten)
+        training = input.requires_grad and torch.is_grad_enabled()
+        traced = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        if not (channels_last and training) or traced:
             return super().forward(input)
         out: torch.Tensor = _FlattenKeepFormat.apply(input)
         return out
