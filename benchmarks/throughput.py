@@ -366,6 +366,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="ours with torch.compile (compile time apart)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--breakdown", action="store_true", help="also time each pipeline's parts alone")
+    p.add_argument(
+        "--torch-layers",
+        action="store_true",
+        help="also ours (the default path) with torch.nn's Dropout and Flatten, alternating with the rest",
+    )
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
     if args.batch_size is None:
@@ -384,6 +389,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.batch_size < 2:
         p.error("--batch-size must be >= 2 (BatchNorm)")
     return args
+
+
+def timed_repeats(
+    args: argparse.Namespace,
+    device: torch.device,
+    loader: DataLoader[object],
+    train: ImageSet,
+    val: ImageSet,
+    transform: BatchTransform,
+) -> dict[str, list[float]]:
+    """Each pipeline's images/s per repeat, the pipelines alternating within every repeat."""
+    rates: dict[str, list[float]] = {"seed": [], "ours": [], "fp32": [], "torch-layers": []}
+    for r in range(args.repeats):
+        torch.backends.cudnn.benchmark = CUDNN_BENCHMARK  # as fit left it, whatever that did
+        rates["seed"].append(seed_epoch(seed_model(r), loader, device))
+        rates["ours"].append(ours_epoch(new_model(r), train, val, transform, args, r)[0])
+        rates["fp32"].append(ours_epoch(new_model(r), train, val, transform, args, r, "fp32")[0])
+        if args.torch_layers:
+            rates["torch-layers"].append(ours_epoch(seed_model(r), train, val, transform, args, r)[0])
+        log.info("repeat %d: %s", r, {k: round(v[-1], 1) for k, v in rates.items() if v})
+    return rates
+
+
+def _row(name: str, rates: list[float]) -> list[object]:
+    """A table row: the pipeline, its median, min and max images/s."""
+    return [name, f"{median(rates):.1f}", f"{min(rates):.1f}", f"{max(rates):.1f}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -416,43 +447,22 @@ def main(argv: list[str] | None = None) -> int:
     _, compile_s = ours_epoch(new_model(0), warm, val, transform, args, 0)
     ours_epoch(new_model(0), warm, val, transform, args, 0, "fp32")
 
-    seed_rates, our_rates, fp32_rates = [], [], []
-    for r in range(args.repeats):
-        torch.backends.cudnn.benchmark = CUDNN_BENCHMARK  # as fit left it, whatever that did
-        seed_rates.append(seed_epoch(seed_model(r), loader, device))
-        our_rates.append(ours_epoch(new_model(r), train, val, transform, args, r)[0])
-        fp32_rates.append(ours_epoch(new_model(r), train, val, transform, args, r, "fp32")[0])
-        log.info(
-            "repeat %d: seed %.1f, ours %.1f, fp32 %.1f img/s",
-            r,
-            seed_rates[-1],
-            our_rates[-1],
-            fp32_rates[-1],
-        )
+    rates = timed_repeats(args, device, loader, train, val, transform)
+    seed_rates, our_rates, fp32_rates = rates["seed"], rates["ours"], rates["fp32"]
 
     default = resolve_precision(train_config(args.compile), device)
     compiled = f", torch.compile ({compile_s:.1f} s compile, not timed)" if args.compile else ""
     ours_name = "ours: uint8 on device, BatchTransform, channels_last"
-    rows: list[list[object]] = [
-        [
+    rows = [
+        _row(
             f"seed-style: PIL transforms in a DataLoader ({args.seed_workers} workers), fp32, NCHW",
-            f"{median(seed_rates):.1f}",
-            f"{min(seed_rates):.1f}",
-            f"{max(seed_rates):.1f}",
-        ],
-        [
-            f"{ours_name}, {default} (the default: train.precision auto){compiled}",
-            f"{median(our_rates):.1f}",
-            f"{min(our_rates):.1f}",
-            f"{max(our_rates):.1f}",
-        ],
-        [
-            f"{ours_name}, fp32 (train.precision fp32){compiled}",
-            f"{median(fp32_rates):.1f}",
-            f"{min(fp32_rates):.1f}",
-            f"{max(fp32_rates):.1f}",
-        ],
+            seed_rates,
+        ),
+        _row(f"{ours_name}, {default} (the default: train.precision auto){compiled}", our_rates),
+        _row(f"{ours_name}, fp32 (train.precision fp32){compiled}", fp32_rates),
     ]
+    if rates["torch-layers"]:
+        rows.append(_row(f"{ours_name}, {default}, torch.nn's Dropout and Flatten", rates["torch-layers"]))
     print(f"machine: {machine(device)}")
     cudnn = ""
     if device.type == "cuda":
