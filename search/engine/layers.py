@@ -11,9 +11,9 @@ on the CPU they avoid two costs measured in the seed net's bf16 training step:
   epoch, so resumed runs stay exact), and turned into the noise tensor in place: an element is
   kept when its word is below ``round(q * 2**bits)`` (``q = 1 - p``), its noise is ``1 / q`` in the
   input's dtype, exactly what ``torch.nn.Dropout`` multiplies by. Kept with probability ``q``
-  rounded to 2**-32 (fp32: finer than MKL's own 31-bit Bernoulli) or 2**-16 (bf16: at most
+  rounded to 2**-32 (fp32: a 32-bit uniform draw's resolution) or 2**-16 (bf16: at most
   7.6e-6 off, far below the 0.16 % that bf16 already rounds ``1 / 0.9`` by). CUDA, other dtypes
-  and ``torch.compile`` (which fuses dropout itself) use ``torch.nn.Dropout``'s own path.
+  and ``torch.compile`` or export (which trace dropout themselves) use ``torch.nn.Dropout``'s own path.
 - :class:`Flatten`: flattening a channels_last feature map copies it into (C, H, W) order (the
   order the Linear weights index); ``torch.nn.Flatten``'s backward then hands the layers before
   it gradients in NCHW order while their saved tensors are channels_last, and every elementwise
