@@ -3,7 +3,9 @@
 Seed-style: CIFAR-shaped uint8 images held on the host as HWC arrays (as torchvision's CIFAR10
 holds them), turned into a PIL image per sample and put through torchvision's per-sample
 transforms inside a ``DataLoader``; fp32, NCHW; ``loss.item()`` every step (the seed's running
-loss). Ours: ``search.engine.train.fit`` on the same images as one uint8 tensor on the device, index-slice
+loss); ``torch.nn``'s Dropout and Flatten, as the seed wrote its net (ours are
+:mod:`search.engine.layers`': the same function, cheaper on the CPU). Ours:
+``search.engine.train.fit`` on the same images as one uint8 tensor on the device, index-slice
 batches, ``BatchTransform`` (batched per-sample augmentation on the device), channels_last,
 optionally ``torch.compile``; twice: the default path (``train.precision: auto``: bf16 autocast on
 CUDA and on CPUs with native bf16, fp32 elsewhere) and fp32 (``train.precision: fp32``).
@@ -100,6 +102,17 @@ def cifar_like(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def new_model(seed: int) -> ConvNet:
     torch.manual_seed(seed)
     return build_convnet(ModelConfig(padding=0), C1, C2, L1, SHAPE, N_CLASSES)
+
+
+def seed_model(seed: int) -> ConvNet:
+    """``new_model(seed)`` with the seed notebook's own layers: ``torch.nn``'s Dropout and Flatten
+    in place of ours (:mod:`search.engine.layers`: the same function, cheaper on the CPU)."""
+    model = new_model(seed)
+    model.classifier[0] = nn.Flatten()
+    for i, layer in enumerate(model.features):
+        if isinstance(layer, nn.Dropout):
+            model.features[i] = nn.Dropout(layer.p)
+    return model
 
 
 # ------------------------------------------------------------------------------------- seed-style
@@ -305,7 +318,7 @@ def breakdown(
         (f"ours: train step only ({default})", True),
     )
     for name, channels_last in parts:
-        model = new_model(0).to(device)
+        model = (new_model(0) if channels_last else seed_model(0)).to(device)
         x = transform(batch_u8, train=False)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -353,6 +366,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="ours with torch.compile (compile time apart)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--breakdown", action="store_true", help="also time each pipeline's parts alone")
+    p.add_argument(
+        "--torch-layers",
+        action="store_true",
+        help="also ours (the default path) with torch.nn's Dropout and Flatten, alternating with the rest",
+    )
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
     if args.batch_size is None:
@@ -371,6 +389,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.batch_size < 2:
         p.error("--batch-size must be >= 2 (BatchNorm)")
     return args
+
+
+def timed_repeats(
+    args: argparse.Namespace,
+    device: torch.device,
+    loader: DataLoader[object],
+    train: ImageSet,
+    val: ImageSet,
+    transform: BatchTransform,
+) -> dict[str, list[float]]:
+    """Each pipeline's images/s per repeat, the pipelines alternating within every repeat."""
+    rates: dict[str, list[float]] = {"seed": [], "ours": [], "fp32": [], "torch-layers": []}
+    for r in range(args.repeats):
+        torch.backends.cudnn.benchmark = CUDNN_BENCHMARK  # as fit left it, whatever that did
+        rates["seed"].append(seed_epoch(seed_model(r), loader, device))
+        rates["ours"].append(ours_epoch(new_model(r), train, val, transform, args, r)[0])
+        rates["fp32"].append(ours_epoch(new_model(r), train, val, transform, args, r, "fp32")[0])
+        if args.torch_layers:
+            rates["torch-layers"].append(ours_epoch(seed_model(r), train, val, transform, args, r)[0])
+        log.info("repeat %d: %s", r, {k: round(v[-1], 1) for k, v in rates.items() if v})
+    return rates
+
+
+def _row(name: str, rates: list[float]) -> list[object]:
+    """A table row: the pipeline, its median, min and max images/s."""
+    return [name, f"{median(rates):.1f}", f"{min(rates):.1f}", f"{max(rates):.1f}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -399,47 +443,26 @@ def main(argv: list[str] | None = None) -> int:
     # pays the autotuning of a shape the other side's warm-up already tuned
     torch.backends.cudnn.benchmark = CUDNN_BENCHMARK
     # warm-up (loader workers, allocators, kernel choice, oneDNN primitive caches; compilation for ours)
-    seed_epoch(new_model(0), loader, device)
+    seed_epoch(seed_model(0), loader, device)
     _, compile_s = ours_epoch(new_model(0), warm, val, transform, args, 0)
     ours_epoch(new_model(0), warm, val, transform, args, 0, "fp32")
 
-    seed_rates, our_rates, fp32_rates = [], [], []
-    for r in range(args.repeats):
-        torch.backends.cudnn.benchmark = CUDNN_BENCHMARK  # as fit left it, whatever that did
-        seed_rates.append(seed_epoch(new_model(r), loader, device))
-        our_rates.append(ours_epoch(new_model(r), train, val, transform, args, r)[0])
-        fp32_rates.append(ours_epoch(new_model(r), train, val, transform, args, r, "fp32")[0])
-        log.info(
-            "repeat %d: seed %.1f, ours %.1f, fp32 %.1f img/s",
-            r,
-            seed_rates[-1],
-            our_rates[-1],
-            fp32_rates[-1],
-        )
+    rates = timed_repeats(args, device, loader, train, val, transform)
+    seed_rates, our_rates, fp32_rates = rates["seed"], rates["ours"], rates["fp32"]
 
     default = resolve_precision(train_config(args.compile), device)
     compiled = f", torch.compile ({compile_s:.1f} s compile, not timed)" if args.compile else ""
     ours_name = "ours: uint8 on device, BatchTransform, channels_last"
-    rows: list[list[object]] = [
-        [
+    rows = [
+        _row(
             f"seed-style: PIL transforms in a DataLoader ({args.seed_workers} workers), fp32, NCHW",
-            f"{median(seed_rates):.1f}",
-            f"{min(seed_rates):.1f}",
-            f"{max(seed_rates):.1f}",
-        ],
-        [
-            f"{ours_name}, {default} (the default: train.precision auto){compiled}",
-            f"{median(our_rates):.1f}",
-            f"{min(our_rates):.1f}",
-            f"{max(our_rates):.1f}",
-        ],
-        [
-            f"{ours_name}, fp32 (train.precision fp32){compiled}",
-            f"{median(fp32_rates):.1f}",
-            f"{min(fp32_rates):.1f}",
-            f"{max(fp32_rates):.1f}",
-        ],
+            seed_rates,
+        ),
+        _row(f"{ours_name}, {default} (the default: train.precision auto){compiled}", our_rates),
+        _row(f"{ours_name}, fp32 (train.precision fp32){compiled}", fp32_rates),
     ]
+    if rates["torch-layers"]:
+        rows.append(_row(f"{ours_name}, {default}, torch.nn's Dropout and Flatten", rates["torch-layers"]))
     print(f"machine: {machine(device)}")
     cudnn = ""
     if device.type == "cuda":

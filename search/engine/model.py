@@ -1,7 +1,8 @@
 """The study's ConvNet: the seed's net by default, in stages of two convs each.
 
 Stage i has two ``kernel_size`` convs (ReLU after each, BatchNorm2d before the ReLU with
-``batchnorm``), then optional 2x2 pooling, then dropout: ``dropout[0]`` after every stage but the
+``batchnorm``), then optional 2x2 pooling (max pooling computed before the last ReLU: the same
+function, cheaper), then dropout: ``dropout[0]`` after every stage but the
 last, ``dropout[1]`` after the last. The last stage's second conv has stride 2. Widths are c1, c2,
 then doubling (c2·2, c2·4, …). ``block`` picks what a stage is (:mod:`search.engine.blocks`):
 plain convs; residual (ReLU(convs(x) + 1x1 projection(x)), the shortcut sampled at the pixels the
@@ -13,7 +14,8 @@ Linear(→l1) → ReLU → Linear(→n_classes).
 The defaults with padding 0 are the seed's net exactly, with today's module names (old weights
 load). Feature sizes are computed from the input shape. Dropout is a module, so it is off in
 ``eval()`` (the seed applied functional dropout at evaluation time). :func:`build_convnet` is the
-one place a study's net is built from its ``ModelConfig``. Does not import optuna.
+one place a study's net is built from its ``ModelConfig``. Its dropout and flatten are
+:mod:`search.engine.layers`' (``torch.nn``'s, cheaper on the CPU). Does not import optuna.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from search.engine.geometry import (
     feature_hw,
     min_input_size,
 )
+from search.engine.layers import Dropout, Flatten
 from search.errors import InputError
 
 # the net's geometry lives in geometry (torch-free, for `search validate`): re-exported
@@ -86,7 +89,7 @@ class ConvNet(nn.Module):
         c_last = stage_widths[-1]
         self.flat_features = c_last * fh * fw if cfg.head == "flatten" else c_last
         self.classifier = nn.Sequential(
-            nn.Flatten() if cfg.head == "flatten" else GlobalAvgPool(),
+            Flatten() if cfg.head == "flatten" else GlobalAvgPool(),
             nn.BatchNorm1d(self.flat_features),
             nn.Linear(self.flat_features, l1),
             nn.ReLU(inplace=True),
@@ -117,20 +120,31 @@ def _feature_layers(
             conv_out(conv_out(hw[0], k, pad, 1), k, pad, stride),
             conv_out(conv_out(hw[1], k, pad, 1), k, pad, stride),
         )
+        stage: list[nn.Module]
         if cfg.block == "residual":
-            layers.append(ResidualStage(c_in, c_out, k, pad, stride, cfg.batchnorm, hw))
+            stage = [ResidualStage(c_in, c_out, k, pad, stride, cfg.batchnorm, hw)]
         elif cfg.block == "depthwise":
-            layers.append(DepthwiseStage(c_in, c_out, k, pad, stride, first=i == 0))
+            stage = [DepthwiseStage(c_in, c_out, k, pad, stride, first=i == 0)]
         elif cfg.block == "inception":
-            layers.append(InceptionStage(c_in, c_out, stride, cfg.batchnorm))
+            stage = [InceptionStage(c_in, c_out, stride, cfg.batchnorm)]
         else:
-            layers += plain_layers(c_in, c_out, k, pad, stride, cfg.batchnorm)
+            stage = plain_layers(c_in, c_out, k, pad, stride, cfg.batchnorm)
         if cfg.pool != "none":
-            layers.append(nn.MaxPool2d(2) if cfg.pool == "max" else nn.AvgPool2d(2))
+            stage = _pooled(stage, cfg.pool)
             hw = (hw[0] // 2, hw[1] // 2)
-        layers.append(nn.Dropout(cfg.dropout[1] if last else cfg.dropout[0]))
+        layers += stage
+        layers.append(Dropout(cfg.dropout[1] if last else cfg.dropout[0]))
         c_in = c_out
     return layers, hw
+
+
+def _pooled(stage: list[nn.Module], pool: str) -> list[nn.Module]:
+    """``stage`` then 2x2 pooling. Max pooling goes before a plain stage's last ReLU: the two
+    commute exactly (values and gradients), and the ReLU then works on a quarter of the elements.
+    Neither has parameters, so the modules' names (and the weights' keys) stay as in the other order."""
+    if pool == "max" and isinstance(stage[-1], nn.ReLU):
+        return [*stage[:-1], nn.MaxPool2d(2), stage[-1]]
+    return [*stage, nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2)]
 
 
 def build_convnet(

@@ -295,3 +295,30 @@ def test_dropout_is_off_in_eval() -> None:
 def test_first_conv_is_the_input_conv_with_residual_stages() -> None:
     model = build_convnet(ModelConfig(residual=True, batchnorm=True), 4, 8, 8, (1, 8, 8), 3)
     assert model.first_conv.in_channels == 1 and model.first_conv.out_channels == 4
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_max_pooling_before_the_last_relu_is_the_same_function(batchnorm: bool) -> None:
+    """Max pooling runs before a plain stage's last ReLU (cheaper): the same outputs and gradients
+    as ReLU then pooling, bit for bit, and the same weights' names."""
+    cfg = ModelConfig(padding=1, pool="max", batchnorm=batchnorm, dropout=(0.0, 0.0))
+    ours = build_convnet(cfg, 4, 8, 16, (3, 16, 16), 5)
+    kinds = [type(m).__name__ for m in ours.features]
+    assert kinds[kinds.index("MaxPool2d") + 1] == "ReLU"
+    usual = build_convnet(cfg, 4, 8, 16, (3, 16, 16), 5)
+    layers = list(usual.features)
+    for i in [i for i, layer in enumerate(layers) if isinstance(layer, nn.MaxPool2d)]:
+        layers[i], layers[i + 1] = layers[i + 1], layers[i]  # the usual order: ReLU, then pooling
+    usual.features = nn.Sequential(*layers)
+    assert list(usual.state_dict()) == list(ours.state_dict())
+    usual.load_state_dict(ours.state_dict())
+    x = torch.randn(6, 3, 16, 16)
+    y = torch.arange(6) % 5
+    outs = []
+    for net in (ours, usual):
+        out = net.train()(x)
+        torch.nn.functional.cross_entropy(out, y).backward()  # type: ignore[no-untyped-call]
+        outs.append(out.detach())
+    assert torch.equal(outs[0], outs[1])
+    for (name, a), b in zip(ours.named_parameters(), usual.parameters(), strict=True):
+        assert a.grad is not None and b.grad is not None and torch.equal(a.grad, b.grad), name
