@@ -9,11 +9,23 @@ import statistics
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The benchmarks' two small real datasets, as `data` sections: digits and the CIFAR-10 sample.
+REAL_DATASETS: dict[str, dict[str, Any]] = {
+    "digits": {"dataset": "digits"},
+    "cifar10-sample": {
+        "dataset": "imagefolder",
+        "root": str(REPO / "tests" / "data" / "cifar10-sample"),
+        "val_fraction": 0.2,
+        "test_fraction": 0.1,
+    },
+}
 
 
 def gpu_name(device: torch.device | None = None) -> str:

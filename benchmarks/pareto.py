@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import optuna
 from optuna.trial import TrialState
 
-from benchmarks._common import REPO, machine, quiet_logging, table
+from benchmarks._common import REAL_DATASETS, machine, quiet_logging, table
 from search.config import config_from_dict
 from search.store.storage import make_storage
 from search.study.pareto import accuracy, cost, hypervolume_2d
@@ -47,13 +47,7 @@ from search.study.run import RunOptions, run_study
 log = logging.getLogger("pareto")
 
 DATASETS: dict[str, dict[str, Any]] = {
-    "digits": {"dataset": "digits"},
-    "cifar10-sample": {
-        "dataset": "imagefolder",
-        "root": str(REPO / "tests" / "data" / "cifar10-sample"),
-        "val_fraction": 0.2,
-        "test_fraction": 0.1,
-    },
+    **REAL_DATASETS,
 }
 SPACE: dict[str, Any] = {  # digits.yaml's space, widths from tiny to its largest
     "c1": {"choices": [4, 8, 16, 32]},

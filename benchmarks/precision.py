@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from benchmarks._common import REPO, machine, median, quiet_logging, table
+from benchmarks._common import REAL_DATASETS, machine, median, quiet_logging, table
 from search.config import ModelConfig, TrainConfig, config_from_dict
 from search.engine.augment import BatchTransform, channel_stats
 from search.engine.data import Splits, load_splits
@@ -42,13 +42,7 @@ from search.engine.model import build_convnet
 from search.engine.train import fit
 
 DATASETS: dict[str, dict[str, Any]] = {
-    "digits": {"dataset": "digits"},
-    "cifar10-sample": {
-        "dataset": "imagefolder",
-        "root": str(REPO / "tests" / "data" / "cifar10-sample"),
-        "val_fraction": 0.2,
-        "test_fraction": 0.1,
-    },
+    **REAL_DATASETS,
     "synthetic": {
         "dataset": "synthetic",
         "synthetic": {"shape": [3, 32, 32], "n_classes": 10, "n_samples": 1000},

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import optuna
 from optuna.trial import FrozenTrial
 
-from benchmarks._common import REPO, machine, quiet_logging, table
+from benchmarks._common import REAL_DATASETS, REPO, machine, quiet_logging, table
 from search.config import ConfigError, config_from_dict
 from search.results.report import EffortPoint, best_so_far
 from search.store.storage import make_storage
@@ -70,13 +70,7 @@ GRID: dict[str, Any] = {
 }
 
 DATASETS: dict[str, dict[str, Any]] = {
-    "digits": {"dataset": "digits"},
-    "cifar10-sample": {
-        "dataset": "imagefolder",
-        "root": str(REPO / "tests" / "data" / "cifar10-sample"),
-        "val_fraction": 0.2,
-        "test_fraction": 0.1,
-    },
+    **REAL_DATASETS,
     "synthetic": {
         "dataset": "synthetic",
         "synthetic": {"shape": [1, 8, 8], "n_classes": 40, "n_samples": 1200},

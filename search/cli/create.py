@@ -10,18 +10,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from search.cli.common import add_config_args, add_storage_arg
-from search.cli.run import checked_config
+from search.cli.run import add_study_config_args, checked_config
 from search.config import mask_url
 from search.errors import EXIT_OK
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("create", help="check the config and data, create the study; no trial runs")
-    add_config_args(p)
-    p.add_argument("--study-name", help="study name (default: the config's name)")
-    add_storage_arg(p, "the config's storage")
-    p.add_argument("--n-trials", type=int, help="total finished trials the study should reach")
+    add_study_config_args(p)
     p.add_argument(
         "--fresh",
         action="store_true",

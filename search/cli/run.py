@@ -23,12 +23,18 @@ from search.store.urls import check_storage
 WARM_START_TOP = 5
 
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser("run", help="create or resume a study and run its trials")
+def add_study_config_args(p: argparse.ArgumentParser) -> None:
+    """What ``search run`` and ``search create`` share: CONFIG, ``--set``, ``--study-name``,
+    ``--storage`` (after ``SEARCH_STORAGE``, the config's) and ``--n-trials``."""
     add_config_args(p)
     p.add_argument("--study-name", help="study name (default: the config's name)")
     add_storage_arg(p, "the config's storage")
     p.add_argument("--n-trials", type=int, help="total finished trials the study should reach")
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("run", help="create or resume a study and run its trials")
+    add_study_config_args(p)
     p.add_argument("--timeout-s", type=float, help="stop starting trials after this many seconds")
     add_device_arg(p)
     p.add_argument(
