@@ -23,9 +23,10 @@ def test_a_run_shows_trial_lines_the_summary_and_next_steps_and_no_housekeeping(
 ) -> None:
     """keep_top_k 1: trial 2 beats trial 0, whose weights file is removed; that is not logged
     (DEBUG) at the default verbosity, and the log-midpoint's lr is rounded to 4 digits."""
-    cfg = write_config(
-        workdir / "tiny.yaml", tiny_config(search={**tiny_config()["search"], "keep_top_k": 1})
-    )
+    search = tiny_config()["search"]
+    # lr from 1e-4: trial 0 (lr 0.00173) trains to 0.33 and trial 2 (lr 0.0023) to 0.42 in 2 epochs
+    space = {**search["space"], "lr": {"low": 1.0e-4, "high": 3.0e-2, "log": True}}
+    cfg = write_config(workdir / "tiny.yaml", tiny_config(search={**search, "space": space, "keep_top_k": 1}))
     assert main(["run", str(cfg), "--device", "cpu"]) == 0
     out, err = capsys.readouterr()
     lines = out.splitlines()
@@ -44,8 +45,8 @@ def test_a_run_shows_trial_lines_the_summary_and_next_steps_and_no_housekeeping(
     assert len(ids) >= 2 and sum(a in kept for a in ids) == 1
     # ... and the log said nothing about it; floats in log lines are rounded
     assert "removed" not in err and "weights file" not in err
-    assert "the space's log-midpoint c1=4 c2=8 l1=16 lr=0.003162 batch_size=64" in err
-    assert "0.0031622776" not in err
+    assert "the space's log-midpoint c1=4 c2=8 l1=16 lr=0.001732 batch_size=64" in err
+    assert "0.0017320508" not in err
 
 
 def test_next_steps_name_a_storage_that_is_not_the_default_without_its_password() -> None:
