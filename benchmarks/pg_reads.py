@@ -33,6 +33,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.conftest import tiny_config  # noqa: E402
 from tests.pg import PostgresServer, postgres  # noqa: E402
 
 FLUSH_S = 1.5  # backends send their counters at exit or at most once a second
@@ -45,26 +46,17 @@ OPEN_STUDY = (
 
 
 def study_config(n_trials: int) -> dict[str, Any]:
-    """The tiny digits study: 2 epochs, TPE, the median pruner asked at every epoch."""
-    return {
-        "name": "reads",
-        "seed": 0,
-        "data": {"dataset": "digits", "root": "storage/data"},
-        "model": {"padding": 1},
-        "train": {"epochs": 2, "patience": 2, "threads": 1},
-        "search": {
-            "n_trials": n_trials,
-            "sampler": {"name": "tpe"},
-            "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
-            "space": {
-                "c1": {"choices": [4, 8]},
-                "c2": {"choices": [8]},
-                "l1": {"choices": [16]},
-                "lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True},
-                "batch_size": {"choices": [64]},
-            },
-        },
+    """The tests' tiny digits study (tests/conftest.py): 2 epochs, TPE, the median pruner asked at
+    every epoch, one thread."""
+    cfg = tiny_config(name="reads", train={"threads": 1})
+    cfg["data"] = {**cfg["data"], "root": "storage/data"}
+    cfg["search"] = {
+        **cfg["search"],
+        "n_trials": n_trials,
+        "sampler": {"name": "tpe"},
+        "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
     }
+    return cfg
 
 
 def counters(server: PostgresServer, dbname: str) -> dict[str, int]:
