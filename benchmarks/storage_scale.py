@@ -73,7 +73,7 @@ def _objective(pattern: str, reader: Any, grace: float) -> Callable[[Any], float
                 study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             trial.should_prune()  # the answer is ignored: every trial does the same work
         if pattern == "new":
-            reader.complete_trials(study.study_name)  # keeping the top-k weights
+            study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))  # keeping the top-k weights
         elif reader is not None:
             study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         return sum(x)
@@ -82,23 +82,28 @@ def _objective(pattern: str, reader: Any, grace: float) -> Callable[[Any], float
 
 
 def _open(backend: str, url: str, name: str, pattern: str, seed: int) -> tuple[Any, Any, float]:
-    """(study, reader or None, grace period) as a worker of this backend opens them."""
+    """(study, reader or None, grace period) as a worker of this backend opens them: ``new`` as the
+    tool's loop does (its storage, :class:`search.study.cached.StudyStorage`, and its TPE, seeded per
+    trial, reading finished trials only), ``today`` with Optuna's own."""
     import optuna
 
     from search.config import config_from_dict
+    from search.study.cached import StudyStorage
+    from search.study.sampling import make_sampler
     from search.study.study import storage_for
-    from search.study.tally import CompleteTrialsPruner, StudyReader
+    from search.study.tally import StudyReader
 
-    sampler = optuna.samplers.TPESampler(seed=seed)
-    pruner: optuna.pruners.BasePruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+    sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=seed)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
     if backend in RDB:
         search = {"heartbeat_interval_s": HEARTBEAT_S, "grace_period_s": 3 * HEARTBEAT_S}
-        cfg = config_from_dict({"name": name, "storage": url, "search": search})
-        storage = storage_for(cfg, create=False)
-        reader = StudyReader(storage)
+        cfg = config_from_dict({"name": name, "storage": url, "seed": seed, "search": search})
+        rdb = storage_for(cfg, create=False)
+        reader = StudyReader(rdb)
+        opened: optuna.storages.BaseStorage = rdb
         if pattern == "new":
-            pruner = CompleteTrialsPruner(pruner, reader)
-        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+            sampler, opened = make_sampler(cfg), StudyStorage(rdb)
+        study = optuna.load_study(study_name=name, storage=opened, sampler=sampler, pruner=pruner)
         return study, reader, float(cfg.search.grace_period_s)
     if backend == "journal":
         from optuna.storages.journal import JournalFileBackend, JournalStorage

@@ -24,6 +24,7 @@ import optuna
 import sqlalchemy.engine
 import sqlalchemy.event
 import sqlalchemy.exc
+import sqlalchemy.pool
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
@@ -39,6 +40,10 @@ MAX_RETRY: int = default_of(SearchConfig, "max_retry")
 # Server databases whose tables this process has created or checked: opening one again skips both
 # (each costs a dozen catalog queries and a second connection that every worker would repeat).
 _READY: set[str] = set()
+# One connection pool per server database and process: every storage this process opens on it
+# (a worker reads the study's config, then runs it with heartbeats) shares its connections, so a
+# worker holds one or two server connections, not one or two per storage it opened.
+_POOLS: dict[str, sqlalchemy.pool.Pool] = {}
 
 
 # mask_url lives in config (the lowest floor); the attribute names in records, the URL checks in
@@ -106,7 +111,11 @@ def make_storage(
         engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if db is None and url in _READY:
             kwargs.update(skip_table_creation=True, skip_compatibility_check=True)
-        if _driver(url) == "psycopg":
+        elif db is None and not create:  # a reader: the tables must exist (the schema is checked)
+            kwargs.update(skip_table_creation=True)
+        if url in _POOLS:
+            engine_kwargs = {"pool": _POOLS[url]}
+        elif _driver(url) == "psycopg":
             # psycopg 3 prepares a statement on the server after its 5th use, under a name unique
             # per connection only; behind PgBouncer in transaction pooling mode the next transaction
             # may land on a server connection that already holds that name
@@ -120,16 +129,48 @@ def make_storage(
             with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8; we rely on them
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as exc:
-            raise StorageError(
-                scrub(f"{what}: cannot open storage {mask_url(url)}: {exc}", url)
-                + ". Fix: check the URL, that the database server is up and its driver installed"
-            ) from exc
+        except (
+            sqlalchemy.exc.SQLAlchemyError,
+            optuna.exceptions.StorageInternalError,
+            ImportError,
+            ValueError,
+            RuntimeError,
+        ) as exc:
+            raise _open_error(exc, url, what) from exc
     if db is None:
         _READY.add(url)
+        _POOLS.setdefault(url, storage.engine.pool)
     if db is not None:
         _sqlite_fast_commits(storage.engine)
     return storage
+
+
+def _open_error(exc: Exception, url: str, what: str) -> StorageError:
+    """The error for a storage that did not open: a reader that found no study tables (Optuna
+    wraps the driver's "relation does not exist"), or anything else (the server, the driver)."""
+    if isinstance(exc.__cause__, sqlalchemy.exc.ProgrammingError):
+        return StorageError(
+            scrub(f"{what}: cannot read study tables at {mask_url(url)}: {_first_line(exc)}", url)
+            + ". Fix: check the database name in the URL, or create the study first with "
+            "`search create CONFIG --storage URL`"
+        )
+    return StorageError(
+        scrub(f"{what}: cannot open storage {mask_url(url)}: {_wrapped(exc)}", url)
+        + ". Fix: check the URL, that the database server is up and its driver installed"
+    )
+
+
+def _wrapped(exc: Exception) -> BaseException:
+    """The error Optuna's StorageInternalError wraps (the driver's), else ``exc`` itself."""
+    internal = isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None
+    return exc.__cause__ if internal and exc.__cause__ is not None else exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of the error under ``exc`` (Optuna wraps the driver's), without SQLAlchemy's
+    class prefix."""
+    line = str(exc.__cause__ or exc).strip().split("\n", 1)[0]
+    return line.split(") ", 1)[1] if line.startswith("(") and ") " in line else line
 
 
 def _driver(url: str) -> str:

@@ -475,7 +475,7 @@ class Objective:
             return
         kept = [
             (v, cost_of(t), t.user_attrs[WEIGHTS_ATTR])
-            for t in complete_trials(trial.study, self.reader)
+            for t in complete_trials(trial.study)
             if WEIGHTS_ATTR in t.user_attrs
             and (v := accuracy_of(t)) is not None
             and self.weights.exists(t.user_attrs[WEIGHTS_ATTR])

@@ -112,16 +112,14 @@ class CostRule:
             return math.nan
         return float(np.nanpercentile(np.asarray(at_epoch, dtype=float), 100.0 - self.percentile))
 
-    def should_prune(
-        self, study: optuna.Study, epoch: int, curve: Curve, my_cost: float, reader: StudyReader | None = None
-    ) -> bool:
+    def should_prune(self, study: optuna.Study, epoch: int, curve: Curve, my_cost: float) -> bool:
         """Whether the trial of cost ``my_cost`` whose curve is ``curve`` (up to ``epoch``) stops now
-        (the COMPLETE trials through ``reader`` when the run loop gave one: each read once)."""
+        (the COMPLETE trials as the run loop's storage keeps them: each read once per process)."""
         if self.name == "none" or epoch < self.warmup:
             return False
         peers = [
             t
-            for t in complete_trials(study, reader)
+            for t in complete_trials(study)
             if (c := cost(t)) is not None and c <= my_cost and is_feasible(t)
         ]
         bar = self.threshold(peers, epoch)
@@ -152,7 +150,7 @@ class EpochPruning:
         curve = self._curve(trial, epoch)
         curve.append(val_acc)
         trial.set_user_attr(VAL_CURVE_ATTR, curve)
-        return self.rule.should_prune(trial.study, epoch, curve, my_cost, reader)
+        return self.rule.should_prune(trial.study, epoch, curve, my_cost)
 
     def end(self, number: int) -> None:
         """Forget a finished trial's curve."""

@@ -60,7 +60,7 @@ from search.study.study import (
     running_trials,
     storage_for,
 )
-from search.study.tally import CompleteTrialsPruner, StudyReader
+from search.study.tally import StudyReader
 from search.study.warmstart import WarmStartPlan, WarmStartResult, apply_warm_start
 from search.study.workers import POLL_S, StopRequest, run_parallel, sleep_unless_stopped
 
@@ -214,8 +214,6 @@ def prepare_study(cfg: StudyConfig, options: RunOptions, stop: StopRequest) -> P
         prepare_resume(storage, cfg, data_attrs, fresh=options.fresh)
     study = open_study(cfg, storage, None if options.join else data_attrs, fits=fits)
     reader = StudyReader(storage)
-    if cfg.search.pruner.name in ("median", "percentile"):
-        study.pruner = CompleteTrialsPruner(study.pruner, reader)
     if isinstance(objective, Objective):
         objective.reader = reader
     if options.warm_start is not None:

@@ -22,28 +22,48 @@ from optuna.trial import FrozenTrial, TrialState
 from search.config import ConfigError, ParamSpec, StudyConfig
 from search.store.records import ENQUEUED_ATTR
 from search.study.budgets import FINISHED_STATES
+from search.study.cached import FinishedView
 from search.study.space import grid_size, grid_values, log_midpoint, suggest
 
 log = logging.getLogger(__name__)
+# samplers that read unfinished trials only through explicit states or as a search-space cache barrier
+_FRESH_SNAPSHOT_EXACT = (optuna.samplers.TPESampler, optuna.samplers.RandomSampler)
 
 
 class _Delegating(optuna.samplers.BaseSampler):
-    """A sampler that hands every call to ``self._inner`` (subclasses choose it per trial)."""
+    """A sampler that hands every call to ``self._inner`` (subclasses choose it per trial), with
+    the study as a :class:`search.study.cached.FinishedView`: the sampler's reads of finished
+    trials go to the storage as asked for, once per trial, and no RUNNING trial is read unless the
+    sampler asks for it."""
 
     _inner: optuna.samplers.BaseSampler
+    _view: FinishedView | None = None
+
+    def _seen(self, study: optuna.Study, trial: FrozenTrial) -> optuna.Study:
+        """The study as the sampler reads it during ``trial``."""
+        view: FinishedView
+        if isinstance(study, FinishedView):  # a delegating sampler inside another one
+            view = study
+        elif self._view is None or self._view.study is not study or self._view.number != trial.number:
+            view = self._view = FinishedView(study, trial.number)
+        else:
+            view = self._view
+        if isinstance(self, TrialSeeded) and isinstance(self._inner, _FRESH_SNAPSHOT_EXACT):
+            view.finished_snapshot = True  # see FinishedView: a fresh TPE or random sampler each trial
+        return view  # type: ignore[return-value]
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._inner.before_trial(study, trial)
+        self._inner.before_trial(self._seen(study, trial), trial)
 
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
-        return self._inner.infer_relative_search_space(study, trial)
+        return self._inner.infer_relative_search_space(self._seen(study, trial), trial)
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        return self._inner.sample_relative(study, trial, search_space)
+        return self._inner.sample_relative(self._seen(study, trial), trial, search_space)
 
     def sample_independent(
         self,
@@ -52,7 +72,7 @@ class _Delegating(optuna.samplers.BaseSampler):
         param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
-        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+        return self._inner.sample_independent(self._seen(study, trial), trial, param_name, param_distribution)
 
     def after_trial(
         self,
@@ -61,6 +81,7 @@ class _Delegating(optuna.samplers.BaseSampler):
         state: TrialState,
         values: Sequence[float] | None,
     ) -> None:
+        self._view = None
         self._inner.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:
@@ -100,7 +121,7 @@ class TrialSeeded(_Delegating):
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._inner = self._make(_seed32(self._seed + trial.number))
         self._drawn = (-1, {})
-        self._inner.before_trial(study, trial)
+        self._inner.before_trial(self._seen(study, trial), trial)
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -108,6 +129,7 @@ class TrialSeeded(_Delegating):
         """The sampler's relative proposal, checked whole against max_params: the parameters it
         leaves to independent sampling (CMA-ES: the choices) are drawn now, checked with it and
         kept for :meth:`sample_independent`, so the check sees every value the trial trains."""
+        study = self._seen(study, trial)
         params = self._inner.sample_relative(study, trial, search_space)
         if not params or self._fits is None:
             return params
@@ -133,7 +155,7 @@ class TrialSeeded(_Delegating):
         number, drawn = self._drawn
         if number == trial.number and param_name in drawn:
             return drawn[param_name]
-        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+        return self._inner.sample_independent(self._seen(study, trial), trial, param_name, param_distribution)
 
 
 class SobolStartup(_Delegating):
@@ -155,6 +177,7 @@ class SobolStartup(_Delegating):
         self._inner = main
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        study = self._seen(study, trial)
         done = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
         self._inner = self._qmc if done < self._n_startup else self._main
         self._inner.before_trial(study, trial)

@@ -36,6 +36,7 @@ from search.store.storage import (
     sqlite_path,
 )
 from search.study.budgets import FINISHED_STATES, best_trial, is_feasible, over_budget_counts
+from search.study.cached import StudyStorage
 from search.study.pareto import directions, metric_names
 from search.study.sampling import SobolStartup, TrialSeeded, enqueue_default, make_pruner, make_sampler
 
@@ -93,7 +94,7 @@ def open_study(
     pruner = make_pruner(cfg)
     sampler = make_sampler(cfg, fits)  # checks dependencies before touching the storage
     study = optuna.create_study(
-        storage=storage,
+        storage=StudyStorage(storage),  # finished trials read once, RUNNING ones only when asked for
         study_name=cfg.name,
         directions=directions(cfg),  # [val_accuracy, COST]: a multi-objective (Pareto) study
         load_if_exists=True,

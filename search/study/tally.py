@@ -1,25 +1,22 @@
-"""What a worker reads of its study while it runs: counts, the RUNNING trials' heartbeats, and the
-COMPLETE trials its pruner compares against, each read so that its cost does not grow with the
-number of workers.
+"""What a worker counts of its study while it runs: trials by state and the RUNNING trials'
+heartbeats, in one query whose cost does not grow with the number of workers.
 
-Why not ``study.get_trials(states=...)``: Optuna wraps an RDB storage in a cache
-(``_CachedStorage``) that, on every such call, re-reads each unfinished trial of the study in
-full (params, user and system attrs, intermediate values) whatever ``states`` asks for. A loop that
-took such a snapshot on every turn, every epoch (``should_prune``) and for every check re-read each
-running trial about 14 times per trial, so a trial's storage work grew with the number of running
-workers and the database's with its square. Here:
+Why not a snapshot (``study.get_trials()``): Optuna's RDB cache re-reads each unfinished trial of
+the study in full on every such call (see :mod:`search.study.cached`, which the run loop's study
+reads through). A loop that took a snapshot on every turn, every epoch and for every check re-read
+each running trial about 14 times per trial, so a trial's storage work grew with the number of
+running workers and the database's with its square. Here:
 
 - :meth:`StudyReader.running` is one SQL statement (one snapshot): the study's trial counts by
   state and its RUNNING trials' number, start and last heartbeat (no params, no attrs);
-- :meth:`StudyReader.complete_trials` keeps the COMPLETE trials this process has seen (a finished
-  trial never changes) and reads only the ones that are new, each once;
-- :class:`CompleteTrialsPruner` hands Optuna's median and percentile pruners those trials.
+- :meth:`StudyReader.finished_since` lists the finished trials' ids and reads the new ones once
+  (``search run --workers N`` following its workers).
 
 Optuna has no public API that counts trials by state or lists their ids without reading them in
 full, nor one that reads a heartbeat, so these queries name the storage schema's tables and columns
 (``trials``, ``trial_heartbeats``: unchanged since Optuna 2.x) instead of importing the private
 ``optuna.storages._rdb.models``. Trials themselves are read through the public
-``RDBStorage.get_trial`` / ``get_all_trials`` (whose ``states`` filter runs in the database).
+``RDBStorage.get_trial``.
 """
 
 from __future__ import annotations
@@ -56,13 +53,9 @@ _TALLY = sqlalchemy.text(
     sqlalchemy.column("started", sqlalchemy.DateTime),
     sqlalchemy.column("heartbeat", sqlalchemy.DateTime),
 )
-_COMPLETE_IDS = sqlalchemy.text(
-    "SELECT trial_id, number FROM trials WHERE study_id = :sid AND state = 'COMPLETE'"
-).columns(sqlalchemy.column("trial_id", sqlalchemy.Integer), sqlalchemy.column("number", sqlalchemy.Integer))
 _FINISHED_IDS = sqlalchemy.text(
     "SELECT trial_id, number FROM trials WHERE study_id = :sid AND state IN ('COMPLETE', 'PRUNED', 'FAIL')"
 ).columns(sqlalchemy.column("trial_id", sqlalchemy.Integer), sqlalchemy.column("number", sqlalchemy.Integer))
-_BULK = 8  # more new COMPLETE trials than this: one bulk read (6 queries) instead of one read each
 
 
 @dataclass(frozen=True)
@@ -147,22 +140,6 @@ class StudyReader:
             stale=stale,
         )
 
-    def complete_trials(self, name: str) -> list[FrozenTrial]:
-        """The study's COMPLETE trials by number; each is read from the storage once per process."""
-        sid = self.study_id(name)
-        known = self._complete.setdefault(name, {})
-        with self.storage.engine.connect() as conn:
-            rows = [(int(r[0]), int(r[1])) for r in conn.execute(_COMPLETE_IDS, {"sid": sid})]
-        missing = [trial_id for trial_id, number in rows if number not in known]
-        if len(missing) > _BULK:  # e.g. a new worker on a large study: one read, states filtered in SQL
-            for t in self.storage.get_all_trials(sid, deepcopy=False, states=(TrialState.COMPLETE,)):
-                known[t.number] = t
-        else:
-            for trial_id in missing:
-                t = self.storage.get_trial(trial_id)
-                known[t.number] = t
-        return sorted(known.values(), key=lambda t: t.number)
-
     def finished_since(self, name: str, seen: Container[int]) -> list[FrozenTrial]:
         """The study's finished trials (COMPLETE, PRUNED, FAIL) whose number is not in ``seen``, by
         number: their ids in one query, then each new one read once."""
@@ -173,40 +150,7 @@ class StudyReader:
         return sorted(new, key=lambda t: t.number)
 
 
-class _CompleteView:
-    """The study as Optuna's median and percentile pruners read it: its COMPLETE trials come from
-    :meth:`StudyReader.complete_trials`; everything else is the study's own."""
-
-    def __init__(self, study: optuna.Study, reader: StudyReader) -> None:
-        self._study = study
-        self._reader = reader
-
-    def get_trials(
-        self, deepcopy: bool = True, states: Container[TrialState] | None = None
-    ) -> list[FrozenTrial]:
-        if not deepcopy and states is not None and tuple(states) == (TrialState.COMPLETE,):  # type: ignore[arg-type]
-            return self._reader.complete_trials(self._study.study_name)
-        return self._study.get_trials(deepcopy=deepcopy, states=states)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-
-class CompleteTrialsPruner(optuna.pruners.BasePruner):
-    """A median or percentile pruner that reads the study's COMPLETE trials through a
-    :class:`StudyReader` (new ones only) instead of a snapshot that re-reads every running trial."""
-
-    def __init__(self, pruner: optuna.pruners.BasePruner, reader: StudyReader) -> None:
-        self.pruner = pruner
-        self.reader = reader
-
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        return self.pruner.prune(_CompleteView(study, self.reader), trial)  # type: ignore[arg-type]
-
-
-def complete_trials(study: optuna.Study, reader: StudyReader | None) -> list[FrozenTrial]:
-    """The study's COMPLETE trials: through ``reader`` when the run loop gave one (each trial read
-    once per process), else Optuna's own read."""
-    if reader is not None:
-        return reader.complete_trials(study.study_name)
+def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's COMPLETE trials: through the run loop's :class:`search.study.cached.StudyStorage`
+    each is read once per process."""
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

@@ -9,6 +9,7 @@ import pytest
 
 from search.cli import main
 from tests.conftest import run_cli, tiny_config, write_config
+from tests.pg import PostgresServer, postgres_server  # noqa: F401  (fixture)
 
 
 def _trials(url: str, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
@@ -108,3 +109,48 @@ def test_run_workers_hand_their_storage_past_an_inherited_search_storage(
     run_cli("run", str(cfg), "--workers", "2", "--storage", url, "--n-trials", "2", cwd=workdir, check=0)
     assert sum(t.state.is_finished() for t in _trials(url)) == 2
     assert not (workdir / "elsewhere.db").exists()
+
+
+def test_a_worker_on_a_server_database_without_study_tables_says_so_and_creates_nothing(
+    workdir: Path,
+    postgres_server: PostgresServer,  # noqa: F811
+) -> None:
+    url = postgres_server.new_database()  # empty: no `search create` ran on it
+    proc = run_cli("worker", "--study-name", "tiny", "--storage", url, cwd=workdir, check=2)
+    assert "cannot read study tables at postgresql+psycopg://" in proc.stderr
+    assert "create the study first with `search create CONFIG --storage URL`" in proc.stderr
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        assert sqlalchemy.inspect(engine).get_table_names() == []  # a reader made no tables
+    finally:
+        engine.dispose()
+
+
+def test_storages_a_process_opens_on_one_server_share_its_connections(
+    postgres_server: PostgresServer,  # noqa: F811
+) -> None:
+    from search.store.storage import make_storage
+
+    url = postgres_server.new_database()
+    writer = make_storage(url, heartbeat=False)
+    optuna.create_study(study_name="s", storage=writer)
+    reader = make_storage(url, create=False)  # as a worker: read the config, then run with heartbeats
+    assert optuna.load_study(study_name="s", storage=reader).study_name == "s"
+    assert reader.engine.pool is writer.engine.pool
+    # both storages were served by the writer's connections (its table creation opens two at once)
+    assert writer.engine.pool.checkedin() <= 2
+    assert _connections(postgres_server, url) == writer.engine.pool.checkedin()
+
+
+def _connections(server: PostgresServer, url: str) -> int:
+    """Server connections open on ``url``'s database (PostgreSQL's own view)."""
+    import psycopg
+
+    dsn = f"host=127.0.0.1 port={server.port} user={server.user} dbname=postgres"
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (url.rsplit("/", 1)[1],)
+        ).fetchone()
+    return int(row[0]) if row else 0

@@ -1,11 +1,11 @@
 """Storage work per trial does not grow with the workers, and workers run through PgBouncer.
 
-The reads are counted where Optuna takes a snapshot of the study: every ``get_all_trials`` on the
-cached storage Optuna wraps an RDB storage in re-reads each unfinished trial in full, so the number
-of such snapshots a finished trial costs is what made the database's load grow with the workers.
-A ``sitecustomize`` on the CLI's ``PYTHONPATH`` counts them in every process ``search run`` starts,
-split into those taken while trials run (the study loop, following the workers) and the others
-(opening the study, the summary).
+Every trial a process reads from the database is counted where Optuna's RDB storage builds it
+(``RDBStorage._build_frozen_trial_from_trial_model``, under ``get_trial`` and every bulk read),
+with its state and id, by a ``sitecustomize`` on the CLI's ``PYTHONPATH`` in every process
+``search run`` starts, split into the reads made while trials run (the study loop, following the
+workers) and the others (opening the study, the summary). Optuna's own cache re-read every RUNNING
+trial at each snapshot, so the RUNNING trials read per finished trial grew with the workers.
 """
 
 from __future__ import annotations
@@ -25,28 +25,30 @@ from tests.bouncer import Bouncer, bouncer  # noqa: F401  (fixture)
 from tests.conftest import cli_env, tiny_config, write_config
 from tests.pg import PostgresServer, postgres_server  # noqa: F401  (fixture)
 
+FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 COUNTER = """
 import atexit, json, os, sys
-_counts = {"loop": 0, "other": 0}
+_reads = []  # [where, state, trial id] of each trial read from the database
 try:
-    from optuna.storages import _CachedStorage
-    _orig = _CachedStorage.get_all_trials
-    def _counted(self, *args, **kwargs):
+    from optuna.storages import RDBStorage
+    _orig = RDBStorage._build_frozen_trial_from_trial_model
+    def _counted(self, model):
+        trial = _orig(self, model)
         frame, where = sys._getframe(1), "other"
         while frame is not None:
             if frame.f_code.co_name in ("_loop", "_follow"):
                 where = "loop"
                 break
             frame = frame.f_back
-        _counts[where] += 1
-        return _orig(self, *args, **kwargs)
-    _CachedStorage.get_all_trials = _counted
+        _reads.append([where, trial.state.name, trial._trial_id])
+        return trial
+    RDBStorage._build_frozen_trial_from_trial_model = _counted
 except ImportError:
     pass
 @atexit.register
 def _dump():
     with open(os.path.join(os.environ["READS_DIR"], f"{os.getpid()}.json"), "w") as f:
-        json.dump(_counts, f)
+        json.dump(_reads, f)
 """
 
 
@@ -60,8 +62,11 @@ def _config(url: str, n_trials: int) -> dict[str, Any]:
     return tiny_config(storage=url, train={"epochs": 2, "patience": 2}, search=search)
 
 
-def _run(tmp: Path, url: str, workers: int, n_trials: int) -> tuple[dict[str, int], int]:
-    """``search run --workers N`` with the counter; (snapshots by kind, finished trials)."""
+Reads = list[list[list[Any]]]  # per process: [where, state, trial id] of each trial read
+
+
+def _run(tmp: Path, url: str, workers: int, n_trials: int) -> tuple[Reads, int]:
+    """``search run --workers N`` with the counter; (the trials each process read, finished trials)."""
     reads = tmp / "reads"
     reads.mkdir(parents=True)
     (tmp / "hook").mkdir()
@@ -80,27 +85,31 @@ def _run(tmp: Path, url: str, workers: int, n_trials: int) -> tuple[dict[str, in
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    totals = {"loop": 0, "other": 0, "processes": 0}
-    for f in reads.glob("*.json"):
-        totals["processes"] += 1
-        for key, n in json.loads(f.read_text()).items():
-            totals[key] += n
+    per_process = [json.loads(f.read_text()) for f in reads.glob("*.json")]
     study = optuna.load_study(study_name="tiny", storage=url)
     finished = len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    return totals, finished
+    return per_process, finished
 
 
-def test_snapshots_per_trial_do_not_grow_with_the_workers(
+def _running_reads(per_process: Reads) -> int:
+    return sum(where == "loop" and state == "RUNNING" for reads in per_process for where, state, _ in reads)
+
+
+def test_trials_read_per_trial_do_not_grow_with_the_workers(
     postgres_server: PostgresServer,  # noqa: F811
     tmp_path: Path,
 ) -> None:
     one, n_one = _run(tmp_path / "one", postgres_server.new_database(), workers=1, n_trials=6)
     three, n_three = _run(tmp_path / "three", postgres_server.new_database(), workers=3, n_trials=6)
     assert n_one == n_three == 6  # the exact total either way
-    assert three["processes"] == 4  # search run and its 3 workers were all counted
-    # each trial: Optuna's own ask and sampler reads (the loop's own counts read no trial)
-    assert one["loop"] <= 3 * n_one
-    assert three["loop"] / n_three <= 1.2 * one["loop"] / n_one, (one, three)
+    assert len(three) == 4  # search run and its 3 workers were all counted
+    # RUNNING trials read: each worker its own (the trial's start, the pruner each epoch), no other
+    assert 0 < _running_reads(one) <= 5 * n_one
+    assert _running_reads(three) / n_three <= 1.2 * _running_reads(one) / n_one, (one, three)
+    for reads in three:  # a finished trial is read at most once by each process while trials run
+        finished_ids = [tid for where, state, tid in reads if where == "loop" and state in FINISHED]
+        assert len(finished_ids) == len(set(finished_ids)), reads
+        assert len(finished_ids) <= n_three + 1  # + a trial ended as surplus
 
 
 def test_two_workers_run_a_study_through_pgbouncer_in_transaction_mode(
