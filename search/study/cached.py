@@ -11,7 +11,8 @@ with the number of workers. :class:`StudyStorage` answers the calls that ask onl
 trials (COMPLETE, PRUNED, FAIL: the samplers' and pruners' reads) and the WAITING queue from:
 
 - one query listing the study's finished trials (id and state, no attrs), then a read of each one
-  this process has not seen, once (a finished trial never changes; Optuna refuses writes to it);
+  this process has not seen, once (a finished trial never changes; Optuna refuses writes to it),
+  or one read of them all when most are unseen (a worker joining a large study);
 - one query listing the WAITING trials (usually none), each then read (it may be taken meanwhile).
 
 Every other call (RUNNING asked for, or every state) is Optuna's own. Samplers ask through
@@ -46,7 +47,9 @@ _FINISHED_ROWS = sqlalchemy.text(
 _WAITING_IDS = sqlalchemy.text(
     "SELECT trial_id FROM trials WHERE study_id = :sid AND state = 'WAITING' ORDER BY trial_id"
 ).columns(sqlalchemy.column("trial_id", sqlalchemy.Integer))
-BULK = 8  # more unseen finished trials than this: one read of them all (6 queries), not one each
+# More unseen finished trials than this and than half the study's (a worker joining a large study):
+# one read of them all (6 queries) instead of one read each (6 queries each)
+BULK = 8
 
 
 def _wanted(states: Container[TrialState] | None) -> frozenset[TrialState] | None:
@@ -102,7 +105,7 @@ class StudyStorage(_CachedStorage):
             rows = [(int(tid), str(state)) for tid, state in conn.execute(_FINISHED_ROWS, {"sid": study_id})]
         with self._guard:
             unseen = [tid for tid, _ in rows if tid not in self._finished]
-            if len(unseen) > BULK:  # e.g. a new worker on a large study: states filtered in SQL
+            if len(unseen) > max(BULK, len(rows) // 2):  # a new worker on a large study: in SQL
                 for t in self.rdb.get_all_trials(study_id, deepcopy=False, states=tuple(FINISHED)):
                     self._finished[t._trial_id] = t
             else:

@@ -1,0 +1,103 @@
+"""The storage a running study reads through (search/study/cached.py): finished trials read once
+per process, no other worker's RUNNING trial read for the sampler, and the same samples as
+Optuna's own storage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+
+from search.config import config_from_dict
+from search.store.storage import make_storage
+from search.study.cached import StudyStorage
+from search.study.sampling import make_sampler
+
+
+def _counting(storage: StudyStorage) -> list[int]:
+    """The ids of the trials ``storage`` reads from its database from now on."""
+    reads: list[int] = []
+    original: Callable[[int], FrozenTrial] = storage.rdb.get_trial
+
+    def counted(trial_id: int) -> FrozenTrial:
+        reads.append(trial_id)
+        return original(trial_id)
+
+    storage.rdb.get_trial = counted  # type: ignore[method-assign]
+    return reads
+
+
+def _two_views(tmp_path: Path) -> tuple[optuna.Study, optuna.Study, StudyStorage]:
+    """One study seen by another worker (Optuna's storage) and by this one (StudyStorage)."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    other = optuna.create_study(study_name="s", storage=make_storage(url, heartbeat=False))
+    mine = StudyStorage(make_storage(url, heartbeat=False))
+    return other, optuna.load_study(study_name="s", storage=mine), mine
+
+
+def test_finished_trials_are_read_once_and_running_ones_only_when_asked_for(tmp_path: Path) -> None:
+    other, study, storage = _two_views(tmp_path)
+    for x in (1.0, 2.0):
+        t = other.ask()
+        other.tell(t, x)
+    running = other.ask()  # another worker's trial, still running
+    reads = _counting(storage)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert [t.value for t in complete] == [1.0, 2.0]
+    assert len(reads) == 2  # each finished trial read once
+    assert running._trial_id not in reads
+    study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(reads) == 2  # and never again
+    other.tell(running, 3.0)
+    assert [t.value for t in study.get_trials(states=(TrialState.COMPLETE,))] == [1.0, 2.0, 3.0]
+    assert reads[2:] == [running._trial_id]  # the newly finished trial only
+    everything = study.get_trials(deepcopy=False)  # every state: Optuna's own read
+    assert [t.state for t in everything] == [TrialState.COMPLETE] * 3
+
+
+def test_the_waiting_queue_is_read_as_it_is_now(tmp_path: Path) -> None:
+    other, study, _ = _two_views(tmp_path)
+    other.enqueue_trial({"x": 1.0})
+    other.enqueue_trial({"x": 2.0})
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    assert [t.number for t in waiting] == [0, 1]
+    taken = other.ask()  # another worker takes trial 0
+    assert taken.number == 0
+    assert [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))] == [1]
+    assert study.ask().number == 1
+
+
+def _sampled(study: optuna.Study, n: int) -> list[dict[str, Any]]:
+    """Run ``n`` trials of a deterministic objective; their params."""
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+        c1 = trial.suggest_int("c1", 4, 32)
+        act = trial.suggest_categorical("act", ["relu", "gelu"])
+        return -abs(lr - 0.01) * 10 + c1 / 100 + (0.05 if act == "gelu" else 0.0)
+
+    study.optimize(objective, n_trials=n)
+    return [t.params for t in study.get_trials(states=(TrialState.COMPLETE,))]
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_samples_are_the_same_as_through_optunas_own_storage(tmp_path: Path, sampler: str) -> None:
+    """The sampler sees only finished trials through StudyStorage: with another worker's trial
+    RUNNING throughout, the same seed gives the same params as through Optuna's storage."""
+    sampling = {"name": sampler, "n_startup_trials": 3}
+    cfg = config_from_dict({"name": "s", "seed": 7, "search": {"sampler": sampling}})
+    params = []
+    for storage_kind in ("optuna", "ours"):
+        url = f"sqlite:///{tmp_path / storage_kind}.db"
+        rdb = make_storage(url, heartbeat=False)
+        storage: optuna.storages.BaseStorage = rdb if storage_kind == "optuna" else StudyStorage(rdb)
+        study = optuna.create_study(study_name="s", storage=storage, sampler=make_sampler(cfg))
+        stuck = optuna.load_study(study_name="s", storage=url, sampler=optuna.samplers.RandomSampler(0))
+        stuck.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
+        params.append(_sampled(study, 10))
+    assert params[0] == params[1]
+    assert len({p["c1"] for p in params[0]}) > 3  # sampled, not one point over and over
