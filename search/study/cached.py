@@ -10,9 +10,11 @@ sampler's snapshot) and every pruner call; on PostgreSQL those reads of several 
 with the number of workers. :class:`StudyStorage` answers the calls that ask only for finished
 trials (COMPLETE, PRUNED, FAIL: the samplers' and pruners' reads) and the WAITING queue from:
 
-- one query listing the study's finished trials (id and state, no attrs), then a read of each one
-  this process has not seen, once (a finished trial never changes; Optuna refuses writes to it),
-  or one read of them all when most are unseen (a worker joining a large study);
+- one query listing the study's finished trials (id and state, no attrs), then a read of the ones
+  this process has not seen, once (a finished trial never changes; Optuna refuses writes to it):
+  each by its id when they are few, in one read when many workers finished trials since (that
+  read names Optuna's private ``RDBStorage._get_trials``, the one Optuna's cache uses: no public
+  method reads a set of trials), all at once when most are unseen (a worker joining a study);
 - one query listing the WAITING trials (usually none), each then read (it may be taken meanwhile).
 
 Every other call (RUNNING asked for, or every state) is Optuna's own. Samplers ask through
@@ -47,8 +49,10 @@ _FINISHED_ROWS = sqlalchemy.text(
 _WAITING_IDS = sqlalchemy.text(
     "SELECT trial_id FROM trials WHERE study_id = :sid AND state = 'WAITING' ORDER BY trial_id"
 ).columns(sqlalchemy.column("trial_id", sqlalchemy.Integer))
-# More unseen finished trials than this and than half the study's (a worker joining a large study):
-# one read of them all (6 queries) instead of one read each (6 queries each)
+# Unseen finished trials: more than FEW, one read of them (6 queries) instead of one read each (6
+# queries each); more than BULK and than half the study's (a worker joining a large study), one
+# read of every finished trial, states filtered in SQL.
+FEW = 4
 BULK = 8
 
 
@@ -106,11 +110,15 @@ class StudyStorage(_CachedStorage):
         with self._guard:
             unseen = [tid for tid, _ in rows if tid not in self._finished]
             if len(unseen) > max(BULK, len(rows) // 2):  # a new worker on a large study: in SQL
-                for t in self.rdb.get_all_trials(study_id, deepcopy=False, states=tuple(FINISHED)):
-                    self._finished[t._trial_id] = t
-            else:
-                for tid in unseen:
-                    self.get_trial(tid)
+                read = self.rdb.get_all_trials(study_id, deepcopy=False, states=tuple(FINISHED))
+            elif len(unseen) > FEW:
+                # Many workers: the trials finished since this worker's last look, in one read of
+                # 6 queries instead of 6 each. No public RDBStorage method reads a set of trials;
+                # Optuna's own cache reads its new trials with this one (`trial_id IN (...)`).
+                read = self.rdb._get_trials(study_id, tuple(FINISHED), set(unseen), max(unseen))
+            else:  # a few: each by its id (index reads; an IN list can scan small tables whole)
+                read = [self.rdb.get_trial(tid) for tid in unseen]
+            self._finished.update((t._trial_id, t) for t in read if t.state.is_finished())
             trials = [self._finished[tid] for tid, state in rows if state in names and tid in self._finished]
         return sorted(trials, key=lambda t: t.number)
 

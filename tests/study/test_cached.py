@@ -101,3 +101,19 @@ def test_samples_are_the_same_as_through_optunas_own_storage(tmp_path: Path, sam
         params.append(_sampled(study, 10))
     assert params[0] == params[1]
     assert len({p["c1"] for p in params[0]}) > 3  # sampled, not one point over and over
+
+
+def test_trials_many_workers_finished_since_are_read_in_one_go(tmp_path: Path) -> None:
+    other, study, storage = _two_views(tmp_path)
+    for x in range(20):
+        t = other.ask()
+        other.tell(t, float(x))
+    assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 20  # seen
+    for x in range(6):  # six finished elsewhere since: more than a few, not most of the study
+        t = other.ask()
+        other.tell(t, 100.0 + x)
+    reads = _counting(storage)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert [t.value for t in complete][-6:] == [100.0 + x for x in range(6)]
+    assert len(complete) == 26
+    assert reads == []  # one read of the six, not one get_trial each
