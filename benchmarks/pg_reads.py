@@ -12,7 +12,12 @@ caches, and the study's first read) times the connections the run opened (its wo
 trial and their ratio to N = 1 at the same size, with and without that start-up cost, and the rows
 read from the study's own tables alone (``pg_stat_user_tables``).
 
-    python benchmarks/pg_reads.py [--workers 1 4] [--trials 8 32]
+With ``--bouncer`` the runs connect through PgBouncer in transaction pooling mode (the cluster
+set-up docs/scale-out.md recommends; ``tests/bouncer.py``, a pool of 20 server connections per
+database), the counters are read at the server as before: a worker's connection then reuses a
+server backend instead of warming a new one.
+
+    python benchmarks/pg_reads.py [--workers 1 4] [--trials 8 32] [--bouncer]
     python benchmarks/pg_reads.py --quick   # N = 1 and 2, 4 trials: does it still run
 """
 
@@ -25,6 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +95,10 @@ def study_table_rows(server: PostgresServer, dbname: str) -> int:
     return int(row[0]) if row else 0
 
 
-def measured(server: PostgresServer, url: str, cmd: list[str], cwd: Path) -> dict[str, int]:
-    """The counters' change on ``url``'s database while ``cmd`` runs (it must exit 0)."""
-    dbname = url.rsplit("/", 1)[1]
+def measured(server: PostgresServer, url: str, cmd: list[str], cwd: Path, direct: str) -> dict[str, int]:
+    """The counters' change on ``direct``'s database (``url``: how ``cmd`` reaches it) while
+    ``cmd`` runs (it must exit 0)."""
+    dbname = direct.rsplit("/", 1)[1]
     # the side connection to the study's database is read before ``before`` and after ``after``
     tables_before = study_table_rows(server, dbname)
     before = counters(server, dbname)
@@ -103,14 +111,20 @@ def measured(server: PostgresServer, url: str, cmd: list[str], cwd: Path) -> dic
     return {"tables": tables, **{k: after[k] - before[k] for k in COUNTERS}}
 
 
-def startup(server: PostgresServer, url: str, study: str, cwd: Path, repeats: int = 3) -> tuple[float, float]:
+def startup(
+    server: PostgresServer, url: str, study: str, cwd: Path, direct: str, repeats: int = 3
+) -> tuple[float, float]:
     """Rows per connection of a process that only opens the storage and the study (median of
     ``repeats``), and of one that only connects and runs ``SELECT 1``."""
     psycopg_url = url.replace("postgresql+psycopg://", "postgresql://")
     opens = [
-        measured(server, url, [sys.executable, "-c", OPEN_STUDY, url, study], cwd) for _ in range(repeats)
+        measured(server, url, [sys.executable, "-c", OPEN_STUDY, url, study], cwd, direct)
+        for _ in range(repeats)
     ]
-    bare = [measured(server, url, [sys.executable, "-c", CONNECT, psycopg_url], cwd) for _ in range(repeats)]
+    bare = [
+        measured(server, url, [sys.executable, "-c", CONNECT, psycopg_url], cwd, direct)
+        for _ in range(repeats)
+    ]
     per_open = statistics.median(o["rows"] / max(o["sessions"], 1) for o in opens)
     per_bare = statistics.median(b["rows"] / max(b["sessions"], 1) for b in bare)
     return per_open, per_bare
@@ -126,9 +140,13 @@ def finished(url: str) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def one_run(server: PostgresServer, workers: int, n_trials: int, work: Path) -> dict[str, float]:
-    """One ``search run --workers N`` on a fresh database: its counters, start-up and finished trials."""
-    url = server.new_database()
+def one_run(
+    server: PostgresServer, workers: int, n_trials: int, work: Path, via: Callable[[str], str] = str
+) -> dict[str, float]:
+    """One ``search run --workers N`` on a fresh database (reached through ``via(url)``): its
+    counters, start-up and finished trials."""
+    direct = server.new_database()
+    url = via(direct)
     cwd = work / f"w{workers}_t{n_trials}"
     cwd.mkdir()
     (work / "data").mkdir(exist_ok=True)
@@ -137,8 +155,8 @@ def one_run(server: PostgresServer, workers: int, n_trials: int, work: Path) -> 
     config = cwd / "reads.yaml"
     config.write_text(yaml.safe_dump(study_config(n_trials), sort_keys=False))
     cmd = [sys.executable, "-m", "search", "run", str(config), "--workers", str(workers), "--storage", url]
-    counts = measured(server, url, cmd, cwd)
-    per_open, per_bare = startup(server, url, "reads", cwd)
+    counts = measured(server, url, cmd, cwd, direct)
+    per_open, per_bare = startup(server, url, "reads", cwd, direct)
     return {
         **counts,
         "finished": finished(url),
@@ -185,6 +203,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--trials", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--quick", action="store_true", help="N = 1 and 2, 4 trials")
+    parser.add_argument(
+        "--bouncer", action="store_true", help="connect through PgBouncer (transaction pooling)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.workers, args.trials = [1, 2], [4]
@@ -193,10 +214,18 @@ def main() -> None:
     print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f}")
     print("study: digits, 2 epochs, TPE, median pruner asked every epoch, 1 OpenMP thread per process")
     results: dict[tuple[int, int], dict[str, float]] = {}
-    with postgres() as server, tempfile.TemporaryDirectory(prefix="pg-reads-") as tmp:
+    with ExitStack() as stack:
+        server = stack.enter_context(postgres())
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="pg-reads-"))
+        via: Callable[[str], str] = str
+        if args.bouncer:
+            from tests.bouncer import pgbouncer
+
+            via = stack.enter_context(pgbouncer(server, pool_size=20)).url
+            print("through PgBouncer (transaction pooling, 20 server connections per database)")
         for size in args.trials:
             for n in args.workers:
-                results[(n, size)] = one_run(server, n, size, Path(tmp))
+                results[(n, size)] = one_run(server, n, size, Path(tmp), via)
                 r = results[(n, size)]
                 print(
                     f"N={n} trials={size}: {r['rows']:.0f} rows, {r['sessions']:.0f} connections, "

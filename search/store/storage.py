@@ -108,23 +108,12 @@ def make_storage(
                 max_retry=max_retry, inherit_intermediate_values=True
             )
     with _creation_lock(db):
-        engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
-        if db is None and url in _READY:
-            kwargs.update(skip_table_creation=True, skip_compatibility_check=True)
-        elif db is None and not create:  # a reader: the tables must exist (the schema is checked)
-            kwargs.update(skip_table_creation=True)
-        if url in _POOLS:
-            engine_kwargs = {"pool": _POOLS[url]}
-        elif _driver(url) == "psycopg":
-            # psycopg 3 prepares a statement on the server after its 5th use, under a name unique
-            # per connection only; behind PgBouncer in transaction pooling mode the next transaction
-            # may land on a server connection that already holds that name
-            # (DuplicatePreparedStatement). Off: a few % more parsing on the server, PgBouncer works.
-            engine_kwargs["connect_args"] = {"prepare_threshold": None}
         if db is not None:
             check_storage(url, what, create=create)  # again, under the lock: another process may have made it
             _sqlite_wal(db)
-            engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+            engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+        else:
+            engine_kwargs = _server_options(url, create, kwargs)
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8; we rely on them
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -143,6 +132,24 @@ def make_storage(
     if db is not None:
         _sqlite_fast_commits(storage.engine)
     return storage
+
+
+def _server_options(url: str, create: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The engine options of a server database's storage (adding RDBStorage's to ``kwargs``)."""
+    if url in _READY:
+        kwargs.update(skip_table_creation=True, skip_compatibility_check=True)
+    elif not create:  # a reader: the tables must exist (the schema is checked)
+        kwargs.update(skip_table_creation=True)
+    if url in _POOLS:
+        return {"pool": _POOLS[url]}
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if _driver(url) == "psycopg":
+        # psycopg 3 prepares a statement on the server after its 5th use, under a name unique
+        # per connection only; behind PgBouncer in transaction pooling mode the next transaction
+        # may land on a server connection that already holds that name
+        # (DuplicatePreparedStatement). Off: a few % more parsing on the server, PgBouncer works.
+        engine_kwargs["connect_args"] = {"prepare_threshold": None}
+    return engine_kwargs
 
 
 def _open_error(exc: Exception, url: str, what: str) -> StorageError:
