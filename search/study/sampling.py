@@ -48,9 +48,14 @@ class _Delegating(optuna.samplers.BaseSampler):
             view = self._view = FinishedView(study, trial.number)
         else:
             view = self._view
-        if isinstance(self, TrialSeeded) and isinstance(self._inner, _FRESH_SNAPSHOT_EXACT):
-            view.finished_snapshot = True  # see FinishedView: a fresh TPE or random sampler each trial
+        if self._fresh_snapshot_exact():
+            view.finished_snapshot = True
         return view  # type: ignore[return-value]
+
+    def _fresh_snapshot_exact(self) -> bool:
+        """Whether a snapshot of every state may be served by the finished trials (see
+        :class:`FinishedView`): only a sampler built fresh each trial says so."""
+        return False
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._inner.before_trial(self._seen(study, trial), trial)
@@ -117,6 +122,9 @@ class TrialSeeded(_Delegating):
         self._fits = fits
         self._space = dict(space or {})
         self._drawn: tuple[int, dict[str, Any]] = (-1, {})
+
+    def _fresh_snapshot_exact(self) -> bool:
+        return isinstance(self._inner, _FRESH_SNAPSHOT_EXACT)  # a fresh TPE or random sampler each trial
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._inner = self._make(_seed32(self._seed + trial.number))

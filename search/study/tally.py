@@ -5,12 +5,9 @@ Why not a snapshot (``study.get_trials()``): Optuna's RDB cache re-reads each un
 the study in full on every such call (see :mod:`search.study.cached`, which the run loop's study
 reads through). A loop that took a snapshot on every turn, every epoch and for every check re-read
 each running trial about 14 times per trial, so a trial's storage work grew with the number of
-running workers and the database's with its square. Here:
-
-- :meth:`StudyReader.running` is one SQL statement (one snapshot): the study's trial counts by
-  state and its RUNNING trials' number, start and last heartbeat (no params, no attrs);
-- :meth:`StudyReader.finished_since` lists the finished trials' ids and reads the new ones once
-  (``search run --workers N`` following its workers).
+running workers and the database's with its square. Here :meth:`StudyReader.running` is one SQL
+statement (one snapshot): the study's trial counts by state and its RUNNING trials' number, start
+and last heartbeat (no params, no attrs).
 
 Optuna has no public API that counts trials by state or lists their ids without reading them in
 full, nor one that reads a heartbeat, so these queries name the storage schema's tables and columns
@@ -23,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Container
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -53,9 +49,6 @@ _TALLY = sqlalchemy.text(
     sqlalchemy.column("started", sqlalchemy.DateTime),
     sqlalchemy.column("heartbeat", sqlalchemy.DateTime),
 )
-_FINISHED_IDS = sqlalchemy.text(
-    "SELECT trial_id, number FROM trials WHERE study_id = :sid AND state IN ('COMPLETE', 'PRUNED', 'FAIL')"
-).columns(sqlalchemy.column("trial_id", sqlalchemy.Integer), sqlalchemy.column("number", sqlalchemy.Integer))
 
 
 @dataclass(frozen=True)
@@ -139,15 +132,6 @@ class StudyReader:
             heartbeat_age_s=hb_age,
             stale=stale,
         )
-
-    def finished_since(self, name: str, seen: Container[int]) -> list[FrozenTrial]:
-        """The study's finished trials (COMPLETE, PRUNED, FAIL) whose number is not in ``seen``, by
-        number: their ids in one query, then each new one read once."""
-        sid = self.study_id(name)
-        with self.storage.engine.connect() as conn:
-            rows = list(conn.execute(_FINISHED_IDS, {"sid": sid}))
-        new = [self.storage.get_trial(int(trial_id)) for trial_id, number in rows if number not in seen]
-        return sorted(new, key=lambda t: t.number)
 
 
 def complete_trials(study: optuna.Study) -> list[FrozenTrial]:

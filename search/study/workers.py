@@ -28,6 +28,7 @@ from search.engine.threads import child_env, thread_policy
 from search.errors import InputError
 from search.store.storage import make_storage, retrying
 from search.store.urls import WORKER_STORAGE_ENV
+from search.study.cached import FINISHED, StudyStorage
 from search.study.tally import StudyReader
 
 log = logging.getLogger(__name__)
@@ -247,13 +248,21 @@ def _follow(
     """Pass each newly finished trial to ``on_trial`` (adding it to ``seen``) until every worker exited.
 
     Each poll counts the study's trials by state (one query); only the trials that finished since
-    are read, each once, so following costs the database next to nothing however many workers run.
+    are read, each once (:class:`search.study.cached.StudyStorage`), so following costs the
+    database next to nothing however many workers run.
     """
+    finished = StudyStorage(reader.storage)
+    sid = reader.study_id(study.study_name)
+
+    def new() -> list[FrozenTrial]:
+        trials = finished.get_all_trials(sid, deepcopy=False, states=FINISHED)
+        return [t for t in trials if t.number not in seen]
+
     while True:
         alive = [p for p in procs if p.poll() is None]
         counts = retrying("polling trials", lambda: reader.counts(study.study_name))
         if sum(n for state, n in counts.items() if state.is_finished()) > len(seen):
-            for t in retrying("polling trials", lambda: reader.finished_since(study.study_name, seen)):
+            for t in retrying("polling trials", new):
                 seen.add(t.number)
                 on_trial(t)
         if not alive:
