@@ -11,10 +11,10 @@ with the number of workers. :class:`StudyStorage` answers the calls that ask onl
 trials (COMPLETE, PRUNED, FAIL: the samplers' and pruners' reads) and the WAITING queue from:
 
 - one query listing the study's finished trials (id and state, no attrs), then a read of the ones
-  this process has not seen, once (a finished trial never changes; Optuna refuses writes to it):
-  each by its id when they are few, in one read when many workers finished trials since (that
-  read names Optuna's private ``RDBStorage._get_trials``, the one Optuna's cache uses: no public
-  method reads a set of trials), all at once when most are unseen (a worker joining a study);
+  this process has not seen, once (a finished trial never changes; Optuna refuses writes to it),
+  with plain SQL (:mod:`search.store.trial_rows`: a tenth of the ORM's CPU): each by its id when
+  they are few, in one read when many workers finished trials since, all at once when most are
+  unseen (a worker joining a study);
 - one query listing the WAITING trials (usually none), each then read (it may be taken meanwhile).
 
 Every other call (RUNNING asked for, or every state) is Optuna's own. Samplers ask through
@@ -42,6 +42,8 @@ import sqlalchemy
 from optuna.storages import RDBStorage, _CachedStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from search.store.trial_rows import read_finished, read_trials
+
 FINISHED = frozenset((TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
 _FINISHED_ROWS = sqlalchemy.text(
     "SELECT trial_id, state FROM trials WHERE study_id = :sid AND state IN ('COMPLETE', 'PRUNED', 'FAIL')"
@@ -49,10 +51,8 @@ _FINISHED_ROWS = sqlalchemy.text(
 _WAITING_IDS = sqlalchemy.text(
     "SELECT trial_id FROM trials WHERE study_id = :sid AND state = 'WAITING' ORDER BY trial_id"
 ).columns(sqlalchemy.column("trial_id", sqlalchemy.Integer))
-# Unseen finished trials: more than FEW, one read of them (6 queries) instead of one read each (6
-# queries each); more than BULK and than half the study's (a worker joining a large study), one
-# read of every finished trial, states filtered in SQL.
-FEW = 4
+# Unseen finished trials: more than BULK and than half the study's (a worker joining a large
+# study), one read of every finished trial, states filtered in SQL; otherwise a read of those.
 BULK = 8
 
 
@@ -110,14 +110,9 @@ class StudyStorage(_CachedStorage):
         with self._guard:
             unseen = [tid for tid, _ in rows if tid not in self._finished]
             if len(unseen) > max(BULK, len(rows) // 2):  # a new worker on a large study: in SQL
-                read = self.rdb.get_all_trials(study_id, deepcopy=False, states=tuple(FINISHED))
-            elif len(unseen) > FEW:
-                # Many workers: the trials finished since this worker's last look, in one read of
-                # 6 queries instead of 6 each. No public RDBStorage method reads a set of trials;
-                # Optuna's own cache reads its new trials with this one (`trial_id IN (...)`).
-                read = self.rdb._get_trials(study_id, tuple(FINISHED), set(unseen), max(unseen))
-            else:  # a few: each by its id (index reads; an IN list can scan small tables whole)
-                read = [self.rdb.get_trial(tid) for tid in unseen]
+                read = read_finished(self.rdb.engine, study_id)
+            else:  # those finished since this process last looked
+                read = read_trials(self.rdb.engine, unseen)
             self._finished.update((t._trial_id, t) for t in read if t.state.is_finished())
             trials = [self._finished[tid] for tid, state in rows if state in names and tid in self._finished]
         return sorted(trials, key=lambda t: t.number)

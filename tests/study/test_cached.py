@@ -13,22 +13,39 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import config_from_dict
+from search.store import trial_rows
 from search.store.storage import make_storage
 from search.study.cached import StudyStorage
 from search.study.sampling import make_sampler
 
+Reads = tuple[list[int], list[str]]
 
-def _counting(storage: StudyStorage) -> list[int]:
-    """The ids of the trials ``storage`` reads from its database from now on."""
-    reads: list[int] = []
+
+def _counting(storage: StudyStorage, monkeypatch: pytest.MonkeyPatch) -> Reads:
+    """From now on: (the ids of the trials ``storage`` reads from its database, by Optuna's ORM or
+    with plain SQL; the trials each plain SQL read asked for: by id, a list, or the study's)."""
+    ids: list[int] = []
+    reads: list[str] = []
     original: Callable[[int], FrozenTrial] = storage.rdb.get_trial
+    frozen, fetch = trial_rows._frozen, trial_rows._fetch
 
     def counted(trial_id: int) -> FrozenTrial:
-        reads.append(trial_id)
+        ids.append(trial_id)
         return original(trial_id)
 
-    storage.rdb.get_trial = counted  # type: ignore[method-assign]
-    return reads
+    def counted_frozen(row: Any, rows: trial_rows.Rows) -> FrozenTrial:
+        trial = frozen(row, rows)
+        ids.append(trial._trial_id)
+        return trial
+
+    def counted_fetch(conn: Any, where: str, params: dict[str, Any], rows: trial_rows.Rows) -> None:
+        reads.append(where)
+        fetch(conn, where, params, rows)
+
+    monkeypatch.setattr(storage.rdb, "get_trial", counted)
+    monkeypatch.setattr(trial_rows, "_frozen", counted_frozen)
+    monkeypatch.setattr(trial_rows, "_fetch", counted_fetch)
+    return ids, reads
 
 
 def _two_views(tmp_path: Path) -> tuple[optuna.Study, optuna.Study, StudyStorage]:
@@ -39,16 +56,19 @@ def _two_views(tmp_path: Path) -> tuple[optuna.Study, optuna.Study, StudyStorage
     return other, optuna.load_study(study_name="s", storage=mine), mine
 
 
-def test_finished_trials_are_read_once_and_running_ones_only_when_asked_for(tmp_path: Path) -> None:
+def test_finished_trials_are_read_once_and_running_ones_only_when_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     other, study, storage = _two_views(tmp_path)
     for x in (1.0, 2.0):
         t = other.ask()
         other.tell(t, x)
     running = other.ask()  # another worker's trial, still running
-    reads = _counting(storage)
+    reads, queries = _counting(storage, monkeypatch)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     assert [t.value for t in complete] == [1.0, 2.0]
     assert len(reads) == 2  # each finished trial read once
+    assert queries == ["trial_id = :tid"] * 2  # a few: each by its id
     assert running._trial_id not in reads
     study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(reads) == 2  # and never again
@@ -103,7 +123,9 @@ def test_samples_are_the_same_as_through_optunas_own_storage(tmp_path: Path, sam
     assert len({p["c1"] for p in params[0]}) > 3  # sampled, not one point over and over
 
 
-def test_trials_many_workers_finished_since_are_read_in_one_go(tmp_path: Path) -> None:
+def test_trials_many_workers_finished_since_are_read_in_one_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     other, study, storage = _two_views(tmp_path)
     for x in range(20):
         t = other.ask()
@@ -112,8 +134,25 @@ def test_trials_many_workers_finished_since_are_read_in_one_go(tmp_path: Path) -
     for x in range(6):  # six finished elsewhere since: more than a few, not most of the study
         t = other.ask()
         other.tell(t, 100.0 + x)
-    reads = _counting(storage)
+    ids, reads = _counting(storage, monkeypatch)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     assert [t.value for t in complete][-6:] == [100.0 + x for x in range(6)]
     assert len(complete) == 26
-    assert reads == []  # one read of the six, not one get_trial each
+    assert sorted(ids) == sorted(t._trial_id for t in complete[-6:])  # the six only, once each
+    assert reads == ["trial_id IN :ids"]  # in one read, not one each
+
+
+def test_a_worker_joining_a_large_study_reads_its_finished_trials_in_one_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other, study, storage = _two_views(tmp_path)
+    for x in range(30):
+        t = other.ask()
+        other.tell(t, float(x)) if x % 3 else other.tell(t, state=TrialState.PRUNED)
+    other.ask()  # running elsewhere: not read
+    ids, reads = _counting(storage, monkeypatch)
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    assert [t.number for t in pruned] == list(range(0, 30, 3))
+    assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 20
+    assert sorted(ids) == sorted(t._trial_id for t in other.get_trials() if t.state.is_finished())
+    assert reads == [trial_rows.STUDY_FINISHED]  # one read of the study's finished trials

@@ -1,7 +1,8 @@
 """Storage work per trial does not grow with the workers, and workers run through PgBouncer.
 
-Every trial a process reads from the database is counted where Optuna's RDB storage builds it
-(``RDBStorage._build_frozen_trial_from_trial_model``, under ``get_trial`` and every bulk read),
+Every trial a process reads from the database is counted where it is built: by Optuna's RDB
+storage (``RDBStorage._build_frozen_trial_from_trial_model``, under ``get_trial`` and every bulk
+read) or with plain SQL (``search.store.trial_rows._frozen``, the finished trials a study reads),
 with its state and id, by a ``sitecustomize`` on the CLI's ``PYTHONPATH`` in every process
 ``search run`` starts, split into the reads made while trials run (the study loop, following the
 workers) and the others (opening the study, the summary). Optuna's own cache re-read every RUNNING
@@ -14,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +31,21 @@ FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 COUNTER = """
 import atexit, json, os, sys
 _reads = []  # [where, state, trial id] of each trial read from the database
+def _note(trial):
+    frame, where = sys._getframe(2), "other"
+    while frame is not None:
+        if frame.f_code.co_name in ("_loop", "_follow"):
+            where = "loop"
+            break
+        frame = frame.f_back
+    _reads.append([where, trial.state.name, trial._trial_id])
+    return trial
 try:
     from optuna.storages import RDBStorage
-    _orig = RDBStorage._build_frozen_trial_from_trial_model
-    def _counted(self, model):
-        trial = _orig(self, model)
-        frame, where = sys._getframe(1), "other"
-        while frame is not None:
-            if frame.f_code.co_name in ("_loop", "_follow"):
-                where = "loop"
-                break
-            frame = frame.f_back
-        _reads.append([where, trial.state.name, trial._trial_id])
-        return trial
-    RDBStorage._build_frozen_trial_from_trial_model = _counted
+    from search.store import trial_rows
+    _orm, _sql = RDBStorage._build_frozen_trial_from_trial_model, trial_rows._frozen
+    RDBStorage._build_frozen_trial_from_trial_model = lambda self, model: _note(_orm(self, model))
+    trial_rows._frozen = lambda row, rows: _note(_sql(row, rows))
 except ImportError:
     pass
 @atexit.register
@@ -91,8 +94,17 @@ def _run(tmp: Path, url: str, workers: int, n_trials: int) -> tuple[Reads, int]:
     return per_process, finished
 
 
-def _running_reads(per_process: Reads) -> int:
-    return sum(where == "loop" and state == "RUNNING" for reads in per_process for where, state, _ in reads)
+def _running_reads(per_process: Reads) -> Counter[int]:
+    """RUNNING trials read while trials run: how many times each, checking that no trial was read
+    RUNNING by two processes (a worker reads its own trial only, never another's)."""
+    owners: dict[int, int] = {}
+    counts: Counter[int] = Counter()
+    for process, reads in enumerate(per_process):
+        for where, state, tid in reads:
+            if where == "loop" and state == "RUNNING":
+                assert owners.setdefault(tid, process) == process, f"trial {tid} read RUNNING twice"
+                counts[tid] += 1
+    return counts
 
 
 def test_trials_read_per_trial_do_not_grow_with_the_workers(
@@ -103,13 +115,20 @@ def test_trials_read_per_trial_do_not_grow_with_the_workers(
     three, n_three = _run(tmp_path / "three", postgres_server.new_database(), workers=3, n_trials=6)
     assert n_one == n_three == 6  # the exact total either way
     assert len(three) == 4  # search run and its 3 workers were all counted
-    # RUNNING trials read: each worker its own (the trial's start, the pruner each epoch), no other
-    assert 0 < _running_reads(one) <= 5 * n_one
-    assert _running_reads(three) / n_three <= 1.2 * _running_reads(one) / n_one, (one, three)
+    # RUNNING trials read: each worker its own (the trial's start, the pruner each epoch), no other;
+    # per trial run (a trial started beyond the total and ended as surplus counts as run)
+    running_one, running_three = _running_reads(one), _running_reads(three)
+    assert len(running_one) >= n_one and len(running_three) >= n_three
+    assert max(running_one.values()) <= 3 and max(running_three.values()) <= 3  # 1 + 2 epochs
+    per_trial_one = running_one.total() / len(running_one)
+    assert running_three.total() / len(running_three) <= 1.2 * per_trial_one, (one, three)
+    finished_reads = []
     for reads in three:  # a finished trial is read at most once by each process while trials run
         finished_ids = [tid for where, state, tid in reads if where == "loop" and state in FINISHED]
         assert len(finished_ids) == len(set(finished_ids)), reads
         assert len(finished_ids) <= n_three + 1  # + a trial ended as surplus
+        finished_reads.append(len(finished_ids))
+    assert max(finished_reads) >= n_three  # counted: search run follows (and prints) every one
 
 
 def test_two_workers_run_a_study_through_pgbouncer_in_transaction_mode(
