@@ -11,9 +11,11 @@ objective, infinities and NaN from their stored type, params in insertion order 
 distribution's ``to_external_repr``, attrs as JSON); ``tests/store/test_trial_rows.py`` checks
 the two give equal trials on SQLite and PostgreSQL.
 
-Only finished trials are read here (a finished trial never changes: Optuna refuses writes to it),
-so the six reads need not share one snapshot. The queries name the storage schema's tables and
-columns, unchanged since Optuna 2.x, as :mod:`search.study.tally` does.
+A finished trial never changes (Optuna refuses writes to it), so the six reads need not share one
+snapshot; a RUNNING trial read here may gain a param, a step or its end between them, as with
+Optuna's own read (each statement of a PostgreSQL transaction sees what was committed before it).
+The queries name the storage schema's tables and columns, unchanged since Optuna 2.x, as
+:mod:`search.study.tally` does.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ def _empty() -> Rows:
 
 
 def read_trials(engine: sqlalchemy.Engine, trial_ids: Iterable[int]) -> list[FrozenTrial]:
-    """The finished trials among ``trial_ids`` (unfinished or unknown ids are left out), by id."""
+    """The trials of ``trial_ids`` (an unknown id is left out), by id."""
     ids = sorted(set(trial_ids))
     rows = _empty()
     with engine.connect() as conn:
@@ -143,7 +145,7 @@ def read_trials(engine: sqlalchemy.Engine, trial_ids: Iterable[int]) -> list[Fro
                 _fetch(conn, "trial_id = :tid", {"tid": tid}, rows)
         elif ids:
             _fetch(conn, "trial_id IN :ids", {"ids": ids}, rows)
-    return [t for t in _built(rows) if t.state.is_finished()]
+    return _built(rows)
 
 
 def read_finished(engine: sqlalchemy.Engine, study_id: int) -> list[FrozenTrial]:

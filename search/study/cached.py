@@ -15,12 +15,16 @@ trials (COMPLETE, PRUNED, FAIL: the samplers' and pruners' reads) and the WAITIN
   with plain SQL (:mod:`search.store.trial_rows`: a tenth of the ORM's CPU): each by its id when
   they are few, in one read when many workers finished trials since, all at once when most are
   unseen (a worker joining a study);
+- when RUNNING trials are asked for too (TPE's constant liar, on by default in Optuna 5, lies
+  about the other workers' running trials): the same list with their ids, and those read afresh
+  at each call (a running trial changes), with plain SQL too;
 - one query listing the WAITING trials (usually none), each then read (it may be taken meanwhile).
 
-Every other call (RUNNING asked for, or every state) is Optuna's own. Samplers ask through
+Every other call (every state, or WAITING with others) is Optuna's own. Samplers ask through
 ``Study._get_trials(use_cache=True)``, which reads every state once per ``ask()`` and filters
 afterwards; :class:`FinishedView` hands them a study whose ``_get_trials`` passes their states to
-the storage instead (memoised for the trial), so TPE, random, NSGA-II and QMC read no RUNNING trial.
+the storage instead (memoised for the trial), so random, NSGA-II and QMC read no RUNNING trial and
+TPE only the running trials its constant liar asks for.
 
 Private Optuna names, and why: there is no public way to change what the RDB storage's cache
 reads; ``optuna.storages._CachedStorage`` (exported in ``optuna.storages.__all__``) is extended
@@ -45,8 +49,13 @@ from optuna.trial import FrozenTrial, TrialState
 from search.store.trial_rows import read_finished, read_trials
 
 FINISHED = frozenset((TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+LISTED = FINISHED | {TrialState.RUNNING}  # what get_all_trials answers itself (and WAITING alone)
 _FINISHED_ROWS = sqlalchemy.text(
     "SELECT trial_id, state FROM trials WHERE study_id = :sid AND state IN ('COMPLETE', 'PRUNED', 'FAIL')"
+).columns(sqlalchemy.column("trial_id", sqlalchemy.Integer), sqlalchemy.column("state", sqlalchemy.String))
+_LISTED_ROWS = sqlalchemy.text(
+    "SELECT trial_id, state FROM trials WHERE study_id = :sid"
+    " AND state IN ('COMPLETE', 'PRUNED', 'FAIL', 'RUNNING')"
 ).columns(sqlalchemy.column("trial_id", sqlalchemy.Integer), sqlalchemy.column("state", sqlalchemy.String))
 _WAITING_IDS = sqlalchemy.text(
     "SELECT trial_id FROM trials WHERE study_id = :sid AND state = 'WAITING' ORDER BY trial_id"
@@ -64,8 +73,8 @@ def _wanted(states: Container[TrialState] | None) -> frozenset[TrialState] | Non
 
 
 class StudyStorage(_CachedStorage):
-    """Optuna's cached RDB storage, except that calls asking only for finished or WAITING trials
-    read what they ask for (see the module's docstring). ``rdb``: the storage underneath."""
+    """Optuna's cached RDB storage, except that calls asking only for finished (and RUNNING) or
+    WAITING trials read what they ask for (see the module's docstring). ``rdb``: the storage underneath."""
 
     def __init__(self, rdb: RDBStorage) -> None:
         super().__init__(rdb)
@@ -95,27 +104,33 @@ class StudyStorage(_CachedStorage):
         self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
     ) -> list[FrozenTrial]:
         wanted = _wanted(states)
-        if wanted is not None and wanted <= FINISHED:
-            trials = self._finished_trials(study_id, wanted)
+        if wanted is not None and wanted <= LISTED:
+            trials = self._listed_trials(study_id, wanted)
         elif wanted == frozenset((TrialState.WAITING,)):
             trials = self._waiting_trials(study_id)
         else:
             return super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
         return copy.deepcopy(trials) if deepcopy else trials
 
-    def _finished_trials(self, study_id: int, wanted: frozenset[TrialState]) -> list[FrozenTrial]:
-        names = {s.name for s in wanted}
+    def _listed_trials(self, study_id: int, wanted: frozenset[TrialState]) -> list[FrozenTrial]:
+        """The study's trials in ``wanted`` (finished states, and RUNNING): finished ones this
+        process has not seen yet and every RUNNING one (it changes) are read, the rest known."""
+        query = _LISTED_ROWS if TrialState.RUNNING in wanted else _FINISHED_ROWS
         with self.rdb.engine.connect() as conn:
-            rows = [(int(tid), str(state)) for tid, state in conn.execute(_FINISHED_ROWS, {"sid": study_id})]
+            rows = [(int(tid), str(state)) for tid, state in conn.execute(query, {"sid": study_id})]
+        running = [tid for tid, state in rows if state == TrialState.RUNNING.name]
         with self._guard:
-            unseen = [tid for tid, _ in rows if tid not in self._finished]
+            unseen = [
+                tid for tid, state in rows if state != TrialState.RUNNING.name and tid not in self._finished
+            ]
+            read: list[FrozenTrial] = []
             if len(unseen) > max(BULK, len(rows) // 2):  # a new worker on a large study: in SQL
-                read = read_finished(self.rdb.engine, study_id)
-            else:  # those finished since this process last looked
-                read = read_trials(self.rdb.engine, unseen)
+                read, unseen = read_finished(self.rdb.engine, study_id), []
+            read += read_trials(self.rdb.engine, unseen + running)  # since this process last looked
             self._finished.update((t._trial_id, t) for t in read if t.state.is_finished())
-            trials = [self._finished[tid] for tid, state in rows if state in names and tid in self._finished]
-        return sorted(trials, key=lambda t: t.number)
+            now = {t._trial_id: t for t in read if not t.state.is_finished()}
+            trials = [now.get(tid) or self._finished.get(tid) for tid, _ in rows]
+        return sorted((t for t in trials if t is not None and t.state in wanted), key=lambda t: t.number)
 
     def _waiting_trials(self, study_id: int) -> list[FrozenTrial]:
         with self.rdb.engine.connect() as conn:

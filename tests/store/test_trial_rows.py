@@ -58,21 +58,28 @@ def test_plain_sql_reads_equal_optunas(storage_url: str) -> None:  # noqa: F811
     storage = make_storage(storage_url, heartbeat=False)
     study = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "minimize"])
     study.add_trials(_trials())
-    running = study.ask()  # unfinished: never returned
+    running = study.ask()  # RUNNING: not one of the study's finished trials
     sid = study._study_id
     ids = [t._trial_id for t in study.get_trials(deepcopy=False)]
     finished = [storage.get_trial(tid) for tid in ids if tid != running._trial_id]
-    reads = [
-        read_trials(storage.engine, ids),
-        read_trials(storage.engine, ids[:2]),
-        read_finished(storage.engine, sid),
-    ]
+    ids.remove(running._trial_id)
+    engine = storage.engine
+    reads = [read_trials(engine, ids), read_trials(engine, ids[:2]), read_finished(engine, sid)]
     for read in reads:  # in one read, one by one, the study's
         assert [t._trial_id for t in read] == [t._trial_id for t in finished][: len(read)]
         for ours, optunas in zip(read, finished[: len(read)], strict=True):
             _same(ours, storage.get_trial(optunas._trial_id))
-    assert len(read_finished(storage.engine, sid)) == 5
-    assert read_trials(storage.engine, [running._trial_id, 10_000]) == []  # unfinished, unknown
+    assert len(read_finished(engine, sid)) == 5
+    running.suggest_float("lr", 1e-4, 1e-1, log=True)
+    running.set_user_attr("pid", 7)
+    storage.set_trial_intermediate_value(running._trial_id, 0, 0.5)  # (report() is single-objective)
+    [read] = read_trials(engine, [running._trial_id, 10_000])  # RUNNING, and an unknown id
+    _same(read, storage.get_trial(running._trial_id))
+    assert (
+        read.state == TrialState.RUNNING
+        and set(read.params) == {"lr"}
+        and read.intermediate_values == {0: 0.5}
+    )
 
 
 def test_only_the_studys_trials_are_read(storage_url: str) -> None:  # noqa: F811

@@ -156,3 +156,30 @@ def test_a_worker_joining_a_large_study_reads_its_finished_trials_in_one_go(
     assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 20
     assert sorted(ids) == sorted(t._trial_id for t in other.get_trials() if t.state.is_finished())
     assert reads == [trial_rows.STUDY_FINISHED]  # one read of the study's finished trials
+
+
+def test_running_trials_are_read_afresh_each_time_and_finished_ones_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TPE's constant liar (on by default in Optuna 5) asks for RUNNING trials too: each call reads
+    them again (their params change), with plain SQL, not through Optuna's cache."""
+    other, study, storage = _two_views(tmp_path)
+    done = []
+    for x in (1.0, 2.0):
+        t = other.ask()
+        other.tell(t, x)
+        done.append(t._trial_id)
+    running = other.ask()
+    ids, _ = _counting(storage, monkeypatch)
+    monkeypatch.setattr(storage.rdb, "_get_trials", lambda *a, **k: pytest.fail("read by Optuna's cache"))
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    first = study.get_trials(deepcopy=False, states=states)
+    assert [t.state for t in first] == [TrialState.COMPLETE] * 2 + [TrialState.RUNNING]
+    assert first[2].params == {}
+    running.suggest_float("x", 0.0, 1.0)
+    again = study.get_trials(deepcopy=False, states=states)
+    assert list(again[2].params) == ["x"]  # as it is now
+    assert sorted(ids) == sorted([*done, running._trial_id, running._trial_id])  # finished: once
+    other.tell(running, 3.0)
+    assert [t.value for t in study.get_trials(deepcopy=False, states=states)] == [1.0, 2.0, 3.0]
+    assert len(ids) == 5  # the trial that ended, read once more
