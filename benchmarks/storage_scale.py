@@ -5,7 +5,8 @@ window: TPE with 5 params, 15 user attrs, 10 report + should_prune (median prune
 heartbeats, on a study that already holds ``--prefill`` finished trials. On SQLite and PostgreSQL
 (direct and through PgBouncer in transaction pooling mode) a trial makes the calls the tool's study
 loop makes, through the study layer's own functions: ``--pattern new`` is this tool's loop
-(:class:`search.study.tally.StudyReader` counts and heartbeats, the COMPLETE-trials pruner),
+(:class:`search.study.tally.StudyReader` counts and heartbeats, the study on
+:class:`search.study.cached.StudyStorage`, the tool's sampler),
 ``--pattern today`` the snapshot-per-turn loop it replaced (a full ``study.get_trials`` each turn,
 in the exact-total check and each epoch). Optuna's journal file storage and its gRPC proxy (in front
 of PostgreSQL) run plain Optuna (``study.optimize``) for the record: the tool does not use them.
@@ -16,7 +17,7 @@ the database's CPU per trial (PostgreSQL's processes, plus PgBouncer or the gRPC
 /proc). On a shared machine the CPU figures are the ones that hold still: wall times and trials/s
 move with the other processes' load. Then TPE's ``ask()`` (and
 its 5 suggestions) at 100, 1,000 and 3,000 finished trials, and a new worker's first read of that
-study, on PostgreSQL. Every process shares this machine's cores: compare within one run.
+study (through the tool's storage, and Optuna's), on PostgreSQL. Every process shares this machine's cores: compare within one run.
 
     python benchmarks/storage_scale.py [--workers 1 4 16 32 64] [--window 20] [--backends ...]
     python benchmarks/storage_scale.py --quick   # 2 workers, 2 s windows: does it still run
@@ -274,6 +275,24 @@ def run_cell(
     }
 
 
+def _first_read(url: str, name: str, ours: bool) -> tuple[int, float]:
+    """(finished trials, seconds) of a new process's first read of them: through the tool's
+    ``StudyStorage`` (plain SQL) or Optuna's own RDB storage (its ORM)."""
+    import optuna
+
+    from search.store.storage import make_storage
+    from search.study.cached import FINISHED, StudyStorage
+
+    fresh = make_storage(url, heartbeat=False)
+    storage = StudyStorage(fresh) if ours else fresh
+    study = optuna.load_study(study_name=name, storage=storage)
+    t0 = time.perf_counter()
+    n_read = len(study.get_trials(deepcopy=False, states=tuple(FINISHED)))
+    seconds = time.perf_counter() - t0
+    fresh.engine.dispose()
+    return n_read, seconds
+
+
 def ask_times(url: str, sizes: list[int]) -> list[str]:
     """TPE's ask() with 5 suggestions at each size (median of 5), and a new worker's first read."""
     import optuna
@@ -298,14 +317,12 @@ def ask_times(url: str, sizes: list[int]) -> list[str]:
                 trial.suggest_float(f"x{k}", 0.0, 1.0)
             times.append(time.perf_counter() - t0)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)  # not finished: the size stays
-        fresh = make_storage(url, heartbeat=False)
-        t0 = time.perf_counter()
-        n_read = len(optuna.load_study(study_name=name, storage=fresh).get_trials(deepcopy=False))
-        first = time.perf_counter() - t0
-        fresh.engine.dispose()
+        n_read, optunas = _first_read(url, name, False)
+        _, ours = _first_read(url, name, True)
         lines.append(
             f"TPE ask() + 5 suggestions at {size} finished trials: {1000 * statistics.median(times):.0f} ms; "
-            f"a new worker's first read ({n_read} trials): {1000 * first:.0f} ms"
+            f"a new worker's first read ({n_read} trials): {1000 * ours:.0f} ms "
+            f"(Optuna's own storage: {1000 * optunas:.0f} ms)"
         )
     storage.engine.dispose()
     return lines
