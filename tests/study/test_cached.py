@@ -56,13 +56,24 @@ def _two_views(tmp_path: Path) -> tuple[optuna.Study, optuna.Study, StudyStorage
     return other, optuna.load_study(study_name="s", storage=mine), mine
 
 
+def _finish(other: optuna.Study, values: list[float | None]) -> list[int]:
+    """One trial per value run by another worker: told that value (None: PRUNED); their ids."""
+    ids = []
+    for value in values:
+        trial = other.ask()
+        if value is None:
+            other.tell(trial, state=TrialState.PRUNED)
+        else:
+            other.tell(trial, value)
+        ids.append(trial._trial_id)
+    return ids
+
+
 def test_finished_trials_are_read_once_and_running_ones_only_when_asked_for(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     other, study, storage = _two_views(tmp_path)
-    for x in (1.0, 2.0):
-        t = other.ask()
-        other.tell(t, x)
+    _finish(other, [1.0, 2.0])
     running = other.ask()  # another worker's trial, still running
     reads, queries = _counting(storage, monkeypatch)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -127,13 +138,9 @@ def test_trials_many_workers_finished_since_are_read_in_one_go(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     other, study, storage = _two_views(tmp_path)
-    for x in range(20):
-        t = other.ask()
-        other.tell(t, float(x))
+    _finish(other, [float(x) for x in range(20)])
     assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 20  # seen
-    for x in range(6):  # six finished elsewhere since: more than a few, not most of the study
-        t = other.ask()
-        other.tell(t, 100.0 + x)
+    _finish(other, [100.0 + x for x in range(6)])  # six since: more than a few, not most of the study
     ids, reads = _counting(storage, monkeypatch)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     assert [t.value for t in complete][-6:] == [100.0 + x for x in range(6)]
@@ -146,9 +153,7 @@ def test_a_worker_joining_a_large_study_reads_its_finished_trials_in_one_go(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     other, study, storage = _two_views(tmp_path)
-    for x in range(30):
-        t = other.ask()
-        other.tell(t, float(x)) if x % 3 else other.tell(t, state=TrialState.PRUNED)
+    _finish(other, [float(x) if x % 3 else None for x in range(30)])
     other.ask()  # running elsewhere: not read
     ids, reads = _counting(storage, monkeypatch)
     pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
@@ -164,11 +169,7 @@ def test_running_trials_are_read_afresh_each_time_and_finished_ones_once(
     """TPE's constant liar (on by default in Optuna 5) asks for RUNNING trials too: each call reads
     them again (their params change), with plain SQL, not through Optuna's cache."""
     other, study, storage = _two_views(tmp_path)
-    done = []
-    for x in (1.0, 2.0):
-        t = other.ask()
-        other.tell(t, x)
-        done.append(t._trial_id)
+    done = _finish(other, [1.0, 2.0])
     running = other.ask()
     ids, _ = _counting(storage, monkeypatch)
     monkeypatch.setattr(storage.rdb, "_get_trials", lambda *a, **k: pytest.fail("read by Optuna's cache"))
