@@ -34,6 +34,7 @@ FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 # Up to this many trials: one read each by its id (index reads); beyond, one read of them all.
 # On PostgreSQL an IN list over a small table is planned as a scan of the whole table.
 BY_ID = 4
+CHUNK = 1000
 
 _INF = {"INF_POS": float("inf"), "INF_NEG": float("-inf"), "NAN": float("nan")}
 _COLUMNS = {
@@ -143,8 +144,9 @@ def read_trials(engine: sqlalchemy.Engine, trial_ids: Iterable[int]) -> list[Fro
         if len(ids) <= BY_ID:
             for tid in ids:
                 _fetch(conn, "trial_id = :tid", {"tid": tid}, rows)
-        elif ids:
-            _fetch(conn, "trial_id IN :ids", {"ids": ids}, rows)
+        else:  # in chunks: SQLite takes at most 32,766 bound values a statement
+            for start in range(0, len(ids), CHUNK):
+                _fetch(conn, "trial_id IN :ids", {"ids": ids[start : start + CHUNK]}, rows)
     return _built(rows)
 
 

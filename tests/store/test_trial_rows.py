@@ -5,12 +5,15 @@ intermediate values, params of every distribution, attrs as JSON, both datetimes
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from search.store import trial_rows
 from search.store.storage import make_storage
 from search.store.trial_rows import read_finished, read_trials
 from tests.pg import postgres_server, storage_url  # noqa: F401  (fixtures)
@@ -80,6 +83,15 @@ def test_plain_sql_reads_equal_optunas(storage_url: str) -> None:  # noqa: F811
         and set(read.params) == {"lr"}
         and read.intermediate_values == {0: 0.5}
     )
+
+
+def test_many_trials_are_read_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = make_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=False)
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.add_trials([optuna.trial.create_trial(value=float(v)) for v in range(25)])
+    monkeypatch.setattr(trial_rows, "CHUNK", 10)
+    ids = [t._trial_id for t in study.get_trials()]
+    assert [t.value for t in read_trials(storage.engine, ids)] == [float(v) for v in range(25)]
 
 
 def test_only_the_studys_trials_are_read(storage_url: str) -> None:  # noqa: F811
