@@ -15,9 +15,10 @@ Printed per backend, pattern and N: trials/s, the p50 / p95 time a worker spends
 it storage work and Python: the trial trains nothing), errors, the workers' own CPU per trial, and
 the database's CPU per trial (PostgreSQL's processes, plus PgBouncer or the gRPC proxy, from
 /proc). On a shared machine the CPU figures are the ones that hold still: wall times and trials/s
-move with the other processes' load. Then TPE's ``ask()`` (and
-its 5 suggestions) at 100, 1,000 and 3,000 finished trials, and a new worker's first read of that
-study (through the tool's storage, and Optuna's), on PostgreSQL. Every process shares this machine's cores: compare within one run.
+move with the other processes' load. Then TPE's ``ask()`` (and its 5 suggestions) at 100, 1,000
+and 3,000 finished trials, and a new worker's first read of that study (through the tool's
+storage, and Optuna's), on PostgreSQL. Every process shares this machine's cores: compare within
+one run.
 
     python benchmarks/storage_scale.py [--workers 1 4 16 32 64] [--window 20] [--backends ...]
     python benchmarks/storage_scale.py --quick   # 2 workers, 2 s windows: does it still run
