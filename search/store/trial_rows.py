@@ -1,4 +1,4 @@
-"""Finished trials read from Optuna's RDB schema with plain SQL, straight into ``FrozenTrial``.
+"""Trials read from Optuna's RDB schema with plain SQL, straight into ``FrozenTrial``.
 
 Optuna's ``RDBStorage`` reads a trial through its SQLAlchemy ORM models: a set of trials costs
 about 3 ms of client CPU per trial (5 params, 15 user attrs, 10 intermediate values; 105 trials
@@ -8,8 +8,9 @@ trials, and a worker joining a large study reads all of them first, so that cost
 Here each of the trial tables is one ``SELECT`` of plain rows, and the ``FrozenTrial`` is built
 the way Optuna's ``RDBStorage._build_frozen_trial_from_trial_model`` builds it (values by
 objective, infinities and NaN from their stored type, params in insertion order through their
-distribution's ``to_external_repr``, attrs as JSON); ``tests/store/test_trial_rows.py`` checks
-the two give equal trials on SQLite and PostgreSQL.
+distribution's ``to_external_repr``, attrs as JSON, times stored in UTC handed back in local
+time); ``tests/store/test_trial_rows.py`` checks the two give equal trials on SQLite and
+PostgreSQL, away from UTC.
 
 A finished trial never changes (Optuna refuses writes to it), so the six reads need not share one
 snapshot; a RUNNING trial read here may gain a param, a step or its end between them, as with
@@ -24,6 +25,7 @@ import functools
 import json
 from collections import defaultdict
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy
@@ -92,6 +94,12 @@ def _distribution(distribution_json: str) -> BaseDistribution:
     return json_to_distribution(distribution_json)
 
 
+def _local(utc: datetime | None) -> datetime | None:
+    """A stored time as Optuna 5.1's models return it: stored as naive UTC, handed back as naive
+    local time (``TrialModel.datetime_start``)."""
+    return None if utc is None else utc.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)
+
+
 def _stored(value: float | None, kind: str) -> float:
     """A value from its stored form: a finite number, or None and the kind (INF_POS, INF_NEG, NAN)."""
     return float(value) if kind == "FINITE" and value is not None else _INF[kind]
@@ -114,8 +122,8 @@ def _frozen(trial: Any, rows: Rows) -> FrozenTrial:
         state=TrialState[trial.state],
         value=None,
         values=values,
-        datetime_start=trial.datetime_start,
-        datetime_complete=trial.datetime_complete,
+        datetime_start=_local(trial.datetime_start),
+        datetime_complete=_local(trial.datetime_complete),
         params=params,
         distributions=distributions,
         user_attrs={row.key: json.loads(row.value_json) for row in rows["trial_user_attributes"][tid]},

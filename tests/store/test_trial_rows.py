@@ -5,6 +5,9 @@ intermediate values, params of every distribution, attrs as JSON, both datetimes
 from __future__ import annotations
 
 import math
+import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,21 @@ DISTRIBUTIONS = {
     "l1": IntDistribution(16, 512, log=True),
     "act": CategoricalDistribution(["relu", "gelu", None, 3]),
 }
+
+
+@pytest.fixture
+def away_from_utc() -> Iterator[None]:
+    """Local time 5:30 ahead of UTC (a POSIX zone: no tz database needed). Optuna stores UTC and
+    hands back local time; on a machine in UTC, as CI's, a mix-up of the two cannot show."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "XYZ-5:30"
+    time.tzset()
+    yield
+    if before is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = before
+    time.tzset()
 
 
 def _trials() -> list[FrozenTrial]:
@@ -57,6 +75,7 @@ def _same(ours: FrozenTrial, optunas: FrozenTrial) -> None:
     assert list(ours.params) == list(optunas.params)  # and in the order they were suggested
 
 
+@pytest.mark.usefixtures("away_from_utc")
 def test_plain_sql_reads_equal_optunas(storage_url: str) -> None:  # noqa: F811
     storage = make_storage(storage_url, heartbeat=False)
     study = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "minimize"])
