@@ -117,8 +117,9 @@ def _sampled(study: optuna.Study, n: int) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("sampler", ["tpe", "random"])
 def test_samples_are_the_same_as_through_optunas_own_storage(tmp_path: Path, sampler: str) -> None:
-    """The sampler sees only finished trials through StudyStorage: with another worker's trial
-    RUNNING throughout, the same seed gives the same params as through Optuna's storage."""
+    """The sampler sees through StudyStorage what it sees through Optuna's storage: with another
+    worker's trial RUNNING throughout (TPE's constant liar lies about it), the same seed gives the
+    same params."""
     sampling = {"name": sampler, "n_startup_trials": 3}
     cfg = config_from_dict({"name": "s", "seed": 7, "search": {"sampler": sampling}})
     params = []
@@ -128,7 +129,13 @@ def test_samples_are_the_same_as_through_optunas_own_storage(tmp_path: Path, sam
         storage: optuna.storages.BaseStorage = rdb if storage_kind == "optuna" else StudyStorage(rdb)
         study = optuna.create_study(study_name="s", storage=storage, sampler=make_sampler(cfg))
         stuck = optuna.load_study(study_name="s", storage=url, sampler=optuna.samplers.RandomSampler(0))
-        stuck.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
+        stuck.ask(  # every param: TPE's constant liar ignores a running trial that lacks one
+            {
+                "lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+                "c1": optuna.distributions.IntDistribution(4, 32),
+                "act": optuna.distributions.CategoricalDistribution(["relu", "gelu"]),
+            }
+        )
         params.append(_sampled(study, 10))
     assert params[0] == params[1]
     assert len({p["c1"] for p in params[0]}) > 3  # sampled, not one point over and over
