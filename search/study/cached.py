@@ -10,11 +10,11 @@ sampler's snapshot) and every pruner call; on PostgreSQL those reads of several 
 with the number of workers. :class:`StudyStorage` answers the calls that ask only for finished
 trials (COMPLETE, PRUNED, FAIL: the samplers' and pruners' reads) and the WAITING queue from:
 
-- one query listing the study's finished trials (id and state, no attrs), then a read of the ones
-  this process has not seen, once (a finished trial never changes; Optuna refuses writes to it),
-  with plain SQL (:mod:`search.store.trial_rows`: a tenth of the ORM's CPU): each by its id when
-  they are few, in one read when many workers finished trials since, all at once when most are
-  unseen (a worker joining a study);
+- one query listing the study's trials in the states asked for (id and state, no attrs), then a
+  read of the finished ones this process has not seen, once (a finished trial never changes;
+  Optuna refuses writes to it), with plain SQL (:mod:`search.store.trial_rows`: a tenth of the
+  ORM's CPU): each by its id when they are few, in one read when many workers finished trials
+  since, all at once when most are unseen (a worker joining a study);
 - when RUNNING trials are asked for too (TPE's constant liar, on by default in Optuna 5, lies
   about the other workers' running trials): the same list with their ids, and those read afresh
   at each call (a running trial changes), with plain SQL too;
@@ -37,6 +37,7 @@ own samplers call. The trial lists name the storage schema's ``trials`` table an
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 from collections.abc import Container, Iterable
 from typing import Any
@@ -50,13 +51,19 @@ from search.store.trial_rows import read_finished, read_trials
 
 FINISHED = frozenset((TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
 LISTED = FINISHED | {TrialState.RUNNING}  # what get_all_trials answers itself (and WAITING alone)
-_FINISHED_ROWS = sqlalchemy.text(
-    "SELECT trial_id, state FROM trials WHERE study_id = :sid AND state IN ('COMPLETE', 'PRUNED', 'FAIL')"
-).columns(sqlalchemy.column("trial_id", sqlalchemy.Integer), sqlalchemy.column("state", sqlalchemy.String))
-_LISTED_ROWS = sqlalchemy.text(
-    "SELECT trial_id, state FROM trials WHERE study_id = :sid"
-    " AND state IN ('COMPLETE', 'PRUNED', 'FAIL', 'RUNNING')"
-).columns(sqlalchemy.column("trial_id", sqlalchemy.Integer), sqlalchemy.column("state", sqlalchemy.String))
+
+
+@functools.cache
+def _listing(states: tuple[str, ...]) -> sqlalchemy.TextClause | sqlalchemy.TextualSelect:
+    """The ids and states of the study's trials in ``states`` (TrialState names: no user text)."""
+    names = ", ".join(f"'{name}'" for name in states)
+    return sqlalchemy.text(
+        f"SELECT trial_id, state FROM trials WHERE study_id = :sid AND state IN ({names})"
+    ).columns(
+        sqlalchemy.column("trial_id", sqlalchemy.Integer), sqlalchemy.column("state", sqlalchemy.String)
+    )
+
+
 _WAITING_IDS = sqlalchemy.text(
     "SELECT trial_id FROM trials WHERE study_id = :sid AND state = 'WAITING' ORDER BY trial_id"
 ).columns(sqlalchemy.column("trial_id", sqlalchemy.Integer))
@@ -115,7 +122,7 @@ class StudyStorage(_CachedStorage):
     def _listed_trials(self, study_id: int, wanted: frozenset[TrialState]) -> list[FrozenTrial]:
         """The study's trials in ``wanted`` (finished states, and RUNNING): finished ones this
         process has not seen yet and every RUNNING one (it changes) are read, the rest known."""
-        query = _LISTED_ROWS if TrialState.RUNNING in wanted else _FINISHED_ROWS
+        query = _listing(tuple(sorted(state.name for state in wanted)))
         with self.rdb.engine.connect() as conn:
             rows = [(int(tid), str(state)) for tid, state in conn.execute(query, {"sid": study_id})]
         running = [tid for tid, state in rows if state == TrialState.RUNNING.name]

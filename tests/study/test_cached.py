@@ -180,6 +180,9 @@ def test_running_trials_are_read_afresh_each_time_and_finished_ones_once(
     running = other.ask()
     ids, _ = _counting(storage, monkeypatch)
     monkeypatch.setattr(storage.rdb, "_get_trials", lambda *a, **k: pytest.fail("read by Optuna's cache"))
+    only_running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    assert [t._trial_id for t in only_running] == ids == [running._trial_id]  # no finished one read
+    ids.clear()
     states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
     first = study.get_trials(deepcopy=False, states=states)
     assert [t.state for t in first] == [TrialState.COMPLETE] * 2 + [TrialState.RUNNING]
