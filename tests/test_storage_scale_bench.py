@@ -37,6 +37,6 @@ def test_storage_scale_quick(tmp_path: Path) -> None:
     ask = next(line for line in out if line.startswith("TPE ask()"))
     assert re.fullmatch(
         r"TPE ask\(\) \+ 5 suggestions at 20 finished trials: \d+ ms; "
-        r"a new worker's first read \(\d+ trials\): \d+ ms",
+        r"a new worker's first read \(\d+ trials\): \d+ ms \(Optuna's own storage: \d+ ms\)",
         ask,
     )

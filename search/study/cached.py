@@ -12,7 +12,7 @@ trials (COMPLETE, PRUNED, FAIL: the samplers' and pruners' reads) and the WAITIN
 
 - one query listing the study's trials in the states asked for (id and state, no attrs), then a
   read of the finished ones this process has not seen, once (a finished trial never changes;
-  Optuna refuses writes to it), with plain SQL (:mod:`search.store.trial_rows`: a tenth of the
+  Optuna refuses writes to it), with plain SQL (:mod:`search.store.trial_rows`: an eighth of the
   ORM's CPU): each by its id when they are few, in one read when many workers finished trials
   since, all at once when most are unseen (a worker joining a study);
 - when RUNNING trials are asked for too (TPE's constant liar, on by default in Optuna 5, lies
