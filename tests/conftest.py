@@ -32,6 +32,13 @@ def _writes_only_to_temporary_directories() -> Iterator[None]:
     assert not added, f"the test wrote into the repository (use tmp_path / workdir): {added}"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _trial_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Finished trials shared between processes (search/store/trial_cache.py) in the session's
+    temporary folder, not the machine's, for the tests and the workers they start."""
+    os.environ["SEARCH_TRIAL_CACHE"] = str(tmp_path_factory.mktemp("trial-cache"))
+
+
 def cli_env() -> dict[str, str]:
     """Environment for CLI subprocesses: this checkout's package first, few threads, no colour."""
     env = dict(os.environ)

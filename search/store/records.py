@@ -58,3 +58,7 @@ WARM_START_ATTR = "warm_start_from"  # "<study>#<trial>": enqueued by --warm-sta
 # --------------------------------------------------------------------------- Optuna's system attrs (read)
 
 RETRY_HISTORY_SYSTEM_ATTR = "retry_history"  # numbers of the attempts a retried trial repeats
+
+# --------------------------------------------------------------------------- our study system attrs
+
+TRIAL_CACHE_SYSTEM_ATTR = "search_trial_cache"  # a random token: the study's folder of shared trials

@@ -1,4 +1,4 @@
-"""The storage a running study reads through: finished trials read once per process, and only the
+"""The storage a running study reads through: finished trials read once per machine, and only the
 trials a caller asks for read at all.
 
 Optuna wraps an RDB storage in a cache (``_CachedStorage``) that keeps finished trials but, on
@@ -10,11 +10,15 @@ sampler's snapshot) and every pruner call; on PostgreSQL those reads of several 
 with the number of workers. :class:`StudyStorage` answers the calls that ask only for finished
 trials (COMPLETE, PRUNED, FAIL: the samplers' and pruners' reads) and the WAITING queue from:
 
-- one query listing the study's trials in the states asked for (id and state, no attrs), then a
-  read of the finished ones this process has not seen, once (a finished trial never changes;
-  Optuna refuses writes to it), with plain SQL (:mod:`search.store.trial_rows`: an eighth of the
-  ORM's CPU): each by its id when they are few, in one read when many workers finished trials
-  since, all at once when most are unseen (a worker joining a study);
+- one query listing the study's trials from the first one this process does not know finished
+  (id and state, no attrs: the running and recent trials, not the whole study; every trial below
+  it is finished and known, a finished trial never changes and new trials get higher ids), then a
+  read of the finished ones this process has not seen, once (Optuna refuses writes to a finished
+  trial): first from this machine's shared folder (:mod:`search.store.trial_cache`, where the
+  worker that ran a trial, or the first to read it, left it), the rest with plain SQL
+  (:mod:`search.store.trial_rows`: an eighth of the ORM's CPU), each by its id when they are few,
+  in one read when many workers finished trials since, all at once when most are unseen (a
+  worker joining a study);
 - when RUNNING trials are asked for too (TPE's constant liar, on by default in Optuna 5, lies
   about the other workers' running trials): the same list with their ids, and those read afresh
   at each call (a running trial changes), with plain SQL too;
@@ -29,16 +33,19 @@ TPE only the running trials its constant liar asks for.
 Private Optuna names, and why: there is no public way to change what the RDB storage's cache
 reads; ``optuna.storages._CachedStorage`` (exported in ``optuna.storages.__all__``) is extended
 here rather than copied, so heartbeats (its ``BaseHeartbeat`` half) and the param-distribution
-cache stay Optuna's. ``Study._get_trials`` and ``Study._storage`` / ``_study_id`` are what Optuna's
-own samplers call. The trial lists name the storage schema's ``trials`` table and its columns
-(unchanged since Optuna 2.x), as :mod:`search.study.tally` does.
+cache stay Optuna's; its ``_trial_id_to_study_id_and_number`` tells which study a trial this
+process ran belongs to (shared as soon as it finished), its ``_add_trials_to_cache`` makes a
+WAITING trial taken from the queue known to it, as its own read of the queue would. ``Study._get_trials`` and
+``Study._storage`` / ``_study_id`` are what Optuna's own samplers call. The trial lists name the
+storage schema's ``trials`` table and its columns (unchanged since Optuna 2.x), as
+:mod:`search.study.tally` does.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import threading
+import uuid
 from collections.abc import Container, Iterable
 from typing import Any
 
@@ -47,23 +54,31 @@ import sqlalchemy
 from optuna.storages import RDBStorage, _CachedStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from search.store.records import TRIAL_CACHE_SYSTEM_ATTR
+from search.store.trial_cache import TrialCache
 from search.store.trial_rows import read_finished, read_trials
 
 FINISHED = frozenset((TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
 LISTED = FINISHED | {TrialState.RUNNING}  # what get_all_trials answers itself (and WAITING alone)
 
 
-@functools.cache
-def _listing(states: tuple[str, ...]) -> sqlalchemy.TextClause | sqlalchemy.TextualSelect:
-    """The ids and states of the study's trials in ``states`` (TrialState names: no user text)."""
-    names = ", ".join(f"'{name}'" for name in states)
-    return sqlalchemy.text(
-        f"SELECT trial_id, state FROM trials WHERE study_id = :sid AND state IN ({names})"
-    ).columns(
-        sqlalchemy.column("trial_id", sqlalchemy.Integer), sqlalchemy.column("state", sqlalchemy.String)
-    )
-
-
+# The study's trials (id and state, no attrs): all of them (through its index), then from ``:low``
+# on. Every trial below a worker's ``low`` is finished and known to it (a finished trial never
+# changes; new trials get higher ids), so a listing reads the running, waiting and recent trials,
+# not the whole study: through the primary key's range (``study_id + 0`` keeps PostgreSQL, before
+# it has statistics, and SQLite from reading the study's whole index instead).
+_IDS: list[sqlalchemy.ColumnClause[Any]] = [
+    sqlalchemy.column("trial_id", sqlalchemy.Integer),
+    sqlalchemy.column("state", sqlalchemy.String),
+]
+_STUDY = sqlalchemy.text(
+    "SELECT trial_id, state FROM trials WHERE study_id = :sid ORDER BY trial_id"
+).columns(*_IDS)
+_RECENT = sqlalchemy.text(
+    "SELECT trial_id, state FROM trials WHERE study_id + 0 = :sid"
+    " AND trial_id BETWEEN :low AND 2147483647 ORDER BY trial_id"
+).columns(*_IDS)
+_FINISHED_NAMES = frozenset(state.name for state in FINISHED)
 _WAITING_IDS = sqlalchemy.text(
     "SELECT trial_id FROM trials WHERE study_id = :sid AND state = 'WAITING' ORDER BY trial_id"
 ).columns(sqlalchemy.column("trial_id", sqlalchemy.Integer))
@@ -87,6 +102,8 @@ class StudyStorage(_CachedStorage):
         super().__init__(rdb)
         self.rdb = rdb
         self._finished: dict[int, FrozenTrial] = {}  # by trial id: read once, never changes
+        self._below: dict[int, list[int]] = {}  # by study id: its first trial ids, all in _finished
+        self._shared: dict[int, TrialCache | None] = {}  # by study id: this machine's finished trials
         self._guard = threading.Lock()
 
     def __getstate__(self) -> dict[Any, Any]:
@@ -105,6 +122,11 @@ class StudyStorage(_CachedStorage):
         trial = super().get_trial(trial_id)
         if trial.state.is_finished():
             self._finished[trial_id] = trial
+            # one of this process's trials (Optuna's cache knows its study): shared at once
+            study = self._trial_id_to_study_id_and_number.get(trial_id)
+            cache = self._shared.get(study[0]) if study is not None else None
+            if cache is not None:
+                cache.put([trial])
         return trial
 
     def get_all_trials(
@@ -122,28 +144,66 @@ class StudyStorage(_CachedStorage):
     def _listed_trials(self, study_id: int, wanted: frozenset[TrialState]) -> list[FrozenTrial]:
         """The study's trials in ``wanted`` (finished states, and RUNNING): finished ones this
         process has not seen yet and every RUNNING one (it changes) are read, the rest known."""
-        query = _listing(tuple(sorted(state.name for state in wanted)))
-        with self.rdb.engine.connect() as conn:
-            rows = [(int(tid), str(state)) for tid, state in conn.execute(query, {"sid": study_id})]
-        running = [tid for tid, state in rows if state == TrialState.RUNNING.name]
         with self._guard:
-            unseen = [
-                tid for tid, state in rows if state != TrialState.RUNNING.name and tid not in self._finished
-            ]
+            below = self._below.setdefault(study_id, [])
+            low = below[-1] + 1 if below else 0
+            with self.rdb.engine.connect() as conn:
+                listed = conn.execute(_RECENT if low else _STUDY, {"sid": study_id, "low": low})
+                rows = [(int(tid), str(state)) for tid, state in listed]
+            names = {state.name for state in wanted}
+            unseen: list[int] = []
+            if names & _FINISHED_NAMES:  # every finished trial not seen yet (each is read once
+                # whichever call reads it, and ``low`` moves past it), first from this machine's
+                new = [t for t, state in rows if state in _FINISHED_NAMES and t not in self._finished]
+                unseen = self._from_machine(study_id, new)
+            running = [t for t, state in rows if state == "RUNNING" and "RUNNING" in names]
             read: list[FrozenTrial] = []
             if len(unseen) > max(BULK, len(rows) // 2):  # a new worker on a large study: in SQL
                 read, unseen = read_finished(self.rdb.engine, study_id), []
             read += read_trials(self.rdb.engine, unseen + running)  # since this process last looked
             self._finished.update((t._trial_id, t) for t in read if t.state.is_finished())
+            if (cache := self._shared.get(study_id)) is not None:  # read here, or this process's
+                cache.put(self._finished[tid] for tid, _ in rows if tid in self._finished)
             now = {t._trial_id: t for t in read if not t.state.is_finished()}
-            trials = [now.get(tid) or self._finished.get(tid) for tid, _ in rows]
+            for tid, state in rows:  # move ``low`` past the leading finished trials it knows
+                if state not in _FINISHED_NAMES or tid not in self._finished:
+                    break
+                below.append(tid)
+            trials: list[FrozenTrial | None] = [self._finished[tid] for tid in below if tid < low]
+            trials += [now.get(tid) or self._finished.get(tid) for tid, _ in rows]
         return sorted((t for t in trials if t is not None and t.state in wanted), key=lambda t: t.number)
 
+    def _from_machine(self, study_id: int, unseen: list[int]) -> list[int]:
+        """Take the ``unseen`` finished trials another process of this machine left in the shared
+        folder (:mod:`search.store.trial_cache`); the ones still to read from the database."""
+        if study_id not in self._shared:  # opened at the first read of finished trials
+            self._shared[study_id] = TrialCache.open(self._token(study_id))
+        cache = self._shared[study_id]
+        found = cache.get(unseen) if cache is not None and unseen else {}
+        self._finished.update(found)
+        return [tid for tid in unseen if tid not in found]
+
+    def _token(self, study_id: int) -> str:
+        """The study's shared-folder token (set now when it has none: two processes that set it at
+        once each keep theirs, sharing less until they restart, never another study's trials)."""
+        token = self.rdb.get_study_system_attrs(study_id).get(TRIAL_CACHE_SYSTEM_ATTR)
+        if not isinstance(token, str):
+            token = uuid.uuid4().hex
+            self.rdb.set_study_system_attr(study_id, TRIAL_CACHE_SYSTEM_ATTR, token)
+        return token
+
     def _waiting_trials(self, study_id: int) -> list[FrozenTrial]:
+        """The study's WAITING trials (the queue ``ask()`` takes from), each read now and known to
+        Optuna's cache (its ``set_trial_param`` looks up the study of the trial it writes to: a
+        trial enqueued by another process after this one opened the study is otherwise unknown)."""
         with self.rdb.engine.connect() as conn:
             ids = [int(tid) for (tid,) in conn.execute(_WAITING_IDS, {"sid": study_id})]
-        trials = [self.rdb.get_trial(tid) for tid in ids]
-        return [t for t in trials if t.state == TrialState.WAITING]
+        trials = [t for t in (self.rdb.get_trial(tid) for tid in ids) if t.state == TrialState.WAITING]
+        if trials:
+            self.get_study_directions(study_id)  # Optuna's cache now holds the study
+            with self._lock:
+                self._add_trials_to_cache(study_id, trials)
+        return trials
 
 
 class FinishedView:

@@ -10,6 +10,7 @@ from typing import Any
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import config_from_dict
@@ -194,3 +195,76 @@ def test_running_trials_are_read_afresh_each_time_and_finished_ones_once(
     other.tell(running, 3.0)
     assert [t.value for t in study.get_trials(deepcopy=False, states=states)] == [1.0, 2.0, 3.0]
     assert len(ids) == 5  # the trial that ended, read once more
+
+
+def test_a_listing_reads_from_the_first_trial_not_known_finished(tmp_path: Path) -> None:
+    """Once a worker knows a study's first trials finished, its listings start after them: their
+    rows are not read again however large the study grows (and a trial that finishes late, below
+    newer ones, is still found)."""
+    other, study, storage = _two_views(tmp_path)
+    _finish(other, [float(x) for x in range(20)])
+    late = other.ask()  # running elsewhere, below the next ones
+    after = _finish(other, [50.0, 51.0])
+    lows: list[int] = []
+
+    def listed(_conn: Any, _cursor: Any, statement: str, params: Any, _ctx: Any, _many: bool) -> None:
+        if statement.startswith("SELECT trial_id, state FROM trials WHERE study_id"):  # (sid[, low])
+            lows.append(int(params[1]) if len(params) > 1 else 0)
+
+    sqlalchemy.event.listen(storage.rdb.engine, "after_cursor_execute", listed)
+    assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 22
+    other.tell(late, 7.0)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert [t.value for t in complete][20:] == [7.0, 50.0, 51.0]
+    assert study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) == []
+    assert lows == [0, late._trial_id, max(after) + 1]  # the whole study once, then the rest
+
+
+def test_workers_of_one_machine_read_each_finished_trial_from_the_database_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers of one machine on one study: the trials one ran and the ones it read from the
+    database are left in the machine's shared folder, where the other finds them."""
+    monkeypatch.setenv("SEARCH_TRIAL_CACHE", str(tmp_path / "shared"))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    elsewhere = optuna.create_study(study_name="s", storage=make_storage(url, heartbeat=False))
+    first = optuna.load_study(study_name="s", storage=StudyStorage(make_storage(url, heartbeat=False)))
+    second_storage = StudyStorage(make_storage(url, heartbeat=False))
+    second = optuna.load_study(study_name="s", storage=second_storage)
+    _finish(elsewhere, [1.0, 2.0])  # another machine's: the first worker reads them
+    assert len(first.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 2
+    _finish(first, [3.0, None])  # its own
+    assert len(first.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 3
+    ids, reads = _counting(second_storage, monkeypatch)
+    seen = second.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert (ids, reads) == ([], [])  # none from the database
+    assert seen == [t for t in elsewhere.get_trials() if t.state.is_finished()]
+    assert [t.value for t in seen] == [1.0, 2.0, 3.0, None]
+    recreated = _recreate(url, "s")  # the same name (and ids, SQLite): not the old study's trials
+    _finish(recreated, [9.0])
+    again = StudyStorage(make_storage(url, heartbeat=False))
+    assert [t.value for t in again.get_all_trials(recreated._study_id, states=(TrialState.COMPLETE,))] == [
+        9.0
+    ]
+
+
+def _recreate(url: str, name: str) -> optuna.Study:
+    optuna.delete_study(study_name=name, storage=url)
+    return optuna.create_study(study_name=name, storage=make_storage(url, heartbeat=False))
+
+
+def test_a_trial_another_process_enqueued_after_this_one_opened_the_study_runs_here(
+    tmp_path: Path,
+) -> None:
+    """The WAITING queue: a retry or an enqueued trial written by another worker is taken by this
+    one, and its params (fixed or sampled) are written through Optuna's cache."""
+    other, study, _ = _two_views(tmp_path)
+    _finish(other, [1.0])
+    assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 1
+    other.enqueue_trial({"lr": 0.01})
+    trial = study.ask()
+    lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+    width = trial.suggest_int("c1", 4, 8)
+    study.tell(trial, 0.5)
+    assert trial.number == 1 and lr == 0.01
+    assert other.trials[1].params == {"lr": 0.01, "c1": width} and other.trials[1].value == 0.5

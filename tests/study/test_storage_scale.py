@@ -131,13 +131,15 @@ def test_trials_read_per_trial_do_not_grow_with_the_workers(
         where == "sampler" and state == "RUNNING" for reads in three for where, state, _ in reads
     )
     assert 0 < lied_about <= 3 * (len(running_three) - 2), three
-    finished_reads = []
+    readers: Counter[int] = Counter()  # finished trial id: the processes that read it from the database
     for reads in three:  # a finished trial is read at most once by each process while trials run
         finished_ids = [tid for where, state, tid in reads if where == "loop" and state in FINISHED]
         assert len(finished_ids) == len(set(finished_ids)), reads
-        assert len(finished_ids) <= n_three + 1  # + a trial ended as surplus
-        finished_reads.append(len(finished_ids))
-    assert max(finished_reads) >= n_three  # counted: search run follows (and prints) every one
+        readers.update(finished_ids)
+    assert len(readers) >= n_three  # counted: the worker that ran it, or the first to see it
+    # the others took it from the machine's shared folder (search/store/trial_cache.py): without
+    # it, each of the 3 workers but its own and search run read each one (3 each)
+    assert readers.total() <= 1.5 * len(readers), three
 
 
 def test_two_workers_run_a_study_through_pgbouncer_in_transaction_mode(
