@@ -38,11 +38,11 @@ HEARTBEAT_INTERVAL_S: int = default_of(SearchConfig, "heartbeat_interval_s")
 GRACE_PERIOD_S: int = default_of(SearchConfig, "grace_period_s")
 MAX_RETRY: int = default_of(SearchConfig, "max_retry")
 # Server databases whose tables this process has created or checked: opening one again skips both
-# (each costs a dozen catalog queries and a second connection that every worker would repeat).
+# (each costs a dozen catalog queries that every worker would repeat).
 _READY: set[str] = set()
 # One connection pool per server database and process: every storage this process opens on it
 # (a worker reads the study's config, then runs it with heartbeats) shares its connections, so a
-# worker holds one or two server connections, not one or two per storage it opened.
+# worker holds one server connection, not one or two per storage it opened.
 _POOLS: dict[str, sqlalchemy.pool.Pool] = {}
 
 
@@ -112,12 +112,14 @@ def make_storage(
             check_storage(url, what, create=create)  # again, under the lock: another process may have made it
             _sqlite_wal(db)
             engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-        else:
-            engine_kwargs = _server_options(url, create, kwargs)
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8; we rely on them
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                if db is None:
+                    engine_kwargs = _server_options(url, create, kwargs)
                 storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            if db is None and url not in _READY:
+                _check_schema(storage)
         except (
             sqlalchemy.exc.SQLAlchemyError,
             optuna.exceptions.StorageInternalError,
@@ -135,21 +137,66 @@ def make_storage(
 
 
 def _server_options(url: str, create: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The engine options of a server database's storage (adding RDBStorage's to ``kwargs``)."""
-    if url in _READY:
-        kwargs.update(skip_table_creation=True, skip_compatibility_check=True)
-    elif not create:  # a reader: the tables must exist (the schema is checked)
+    """The engine options of a server database's storage (adding RDBStorage's to ``kwargs``).
+
+    One connection per process: its heartbeat thread waits for the main thread's short
+    transactions instead of opening a second server connection (a backend that fills its catalog
+    caches again, about 2,200 rows read, and a slot of the server's or PgBouncer's).
+    """
+    kwargs.update(skip_compatibility_check=True)  # checked by _check_schema, on one connection
+    if url in _READY or not create:  # a reader: the tables must exist (the schema is checked)
         kwargs.update(skip_table_creation=True)
     if url in _POOLS:
         return {"pool": _POOLS[url]}
-    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    connect_args: dict[str, Any] = {}
     if _driver(url) == "psycopg":
         # psycopg 3 prepares a statement on the server after its 5th use, under a name unique
         # per connection only; behind PgBouncer in transaction pooling mode the next transaction
         # may land on a server connection that already holds that name
         # (DuplicatePreparedStatement). Off: a few % more parsing on the server, PgBouncer works.
-        engine_kwargs["connect_args"] = {"prepare_threshold": None}
-    return engine_kwargs
+        connect_args["prepare_threshold"] = None
+    engine = sqlalchemy.create_engine(
+        url, pool_size=1, max_overflow=0, pool_pre_ping=True, connect_args=connect_args
+    )
+    if create and url not in _READY and not _has_schema(engine):
+        # Optuna creates the tables on two connections at once (a session inside another): on
+        # two throwaway ones, closed after
+        pair = {"pool_size": 2, "max_overflow": 0, "connect_args": connect_args}
+        RDBStorage(url, engine_kwargs=pair, skip_compatibility_check=True).engine.dispose()
+        kwargs.update(skip_table_creation=True)
+    return {"pool": engine.pool}
+
+
+def _has_schema(engine: sqlalchemy.engine.Engine) -> bool:
+    """Whether Optuna's tables are there, stamped with their schema revision."""
+    try:
+        with engine.connect() as conn:
+            return (
+                conn.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).first() is not None
+            )
+    except sqlalchemy.exc.ProgrammingError:  # no such table
+        return False
+
+
+def _check_schema(storage: RDBStorage) -> None:
+    """Optuna's table schema check (its message), reading the schema's revision on one connection.
+
+    Optuna's own (``check_table_schema_compatibility``) reads it while a session holds another, so
+    every process opened two server connections, each a backend filling its catalog caches (about
+    2,200 rows read, issue 31), and kept both for its life; here a worker holds one.
+    """
+    current, head = storage.get_current_version(), storage.get_head_version()
+    if current == head:
+        return
+    fix = (
+        "Please execute `$ optuna storage upgrade --storage $STORAGE_URL` for upgrading the storage."
+        if current in storage.get_all_versions()
+        else "Please try updating optuna to the latest version by `$ pip install -U optuna`."
+    )
+    raise RuntimeError(
+        f"The runtime optuna version {optuna.__version__} is no longer compatible with the table "
+        f"schema (revision {current}, this version's {head}). {fix}"
+    )
 
 
 def _open_error(exc: Exception, url: str, what: str) -> StorageError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import optuna
@@ -128,7 +129,7 @@ def test_a_worker_on_a_server_database_without_study_tables_says_so_and_creates_
         engine.dispose()
 
 
-def test_storages_a_process_opens_on_one_server_share_its_connections(
+def test_a_process_holds_one_server_connection_with_its_heartbeats(
     postgres_server: PostgresServer,  # noqa: F811
 ) -> None:
     from search.store.storage import make_storage
@@ -136,12 +137,41 @@ def test_storages_a_process_opens_on_one_server_share_its_connections(
     url = postgres_server.new_database()
     writer = make_storage(url, heartbeat=False)
     optuna.create_study(study_name="s", storage=writer)
-    reader = make_storage(url, create=False)  # as a worker: read the config, then run with heartbeats
-    assert optuna.load_study(study_name="s", storage=reader).study_name == "s"
+    # as a worker: read the config, then run with heartbeats (a thread writing every second)
+    reader = make_storage(url, create=False, heartbeat_interval_s=1, grace_period_s=5)
+    study = optuna.load_study(study_name="s", storage=reader)
     assert reader.engine.pool is writer.engine.pool
-    # both storages were served by the writer's connections (its table creation opens two at once)
-    assert writer.engine.pool.checkedin() <= 2
-    assert _connections(postgres_server, url) == writer.engine.pool.checkedin()
+
+    def busy(trial: optuna.Trial) -> float:  # the main thread writes while the heartbeat does
+        for i in range(60):
+            trial.set_user_attr(f"a{i}", i)
+            time.sleep(0.03)
+        return 1.0
+
+    study.optimize(busy, n_trials=2)
+    assert len(reader.get_trial(study.trials[-1]._trial_id).user_attrs) == 60
+    assert _connections(postgres_server, url) == 1  # table creation's two are closed
+    assert writer.engine.pool.checkedin() == 1
+
+
+def test_a_table_schema_of_another_optuna_is_refused_with_the_fix(
+    postgres_server: PostgresServer,  # noqa: F811
+) -> None:
+    import sqlalchemy
+
+    from search.store import storage
+    from search.store.storage import StorageError, make_storage
+
+    url = postgres_server.new_database()
+    optuna.create_study(study_name="s", storage=make_storage(url, heartbeat=False))
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("UPDATE alembic_version SET version_num = 'v3.0.0.a'"))
+    engine.dispose()
+    storage._READY.discard(url)  # as another process would
+    storage._POOLS.pop(url).dispose()
+    with pytest.raises(StorageError, match="optuna storage upgrade --storage"):
+        make_storage(url, create=False)
 
 
 def _connections(server: PostgresServer, url: str) -> int:
