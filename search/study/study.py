@@ -107,7 +107,9 @@ def open_study(
             f"{len(cfg.search.objectives)} (search.objectives {list(cfg.search.objectives)}). Fix: restore "
             "the study's search.objectives, or pass --study-name NEW_NAME or --fresh"
         )
-    n_existing = len(study.get_trials(deepcopy=False))
+    from search.study.tally import StudyReader  # it imports this module
+
+    n_existing = sum(StudyReader(storage).counts(cfg.name).values())  # one count, no trial read
     if n_existing:
         log.info("resuming study %s (%d trials so far)", cfg.name, n_existing)
     if study.metric_names is None:  # the dashboard's plots and best-trial card name the objectives

@@ -189,9 +189,9 @@ def run_parallel(
     """
     if storage is None:
         storage = make_storage(cfg.storage, create=False, heartbeat=False)
-    study = optuna.load_study(study_name=cfg.name, storage=storage)
-    seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-    reader = StudyReader(storage)
+    finished = StudyStorage(storage)
+    sid = StudyReader(storage).study_id(cfg.name)
+    seen = {t.number for t in finished.get_all_trials(sid, deepcopy=False, states=FINISHED)}
     env = _workers_env(cfg, len(devices), threads)
     stop = StopRequest()
     procs: list[subprocess.Popen[bytes]] = []
@@ -214,7 +214,7 @@ def run_parallel(
             cmd, worker_env = worker_process(cfg, device, i, env, shared_gpu=shared)
             procs.append(subprocess.Popen(cmd, env=worker_env, stdout=subprocess.DEVNULL))
             log.info("worker %d: pid %d on %s%s", i, procs[-1].pid, device, " (shared)" if shared else "")
-        _follow(study, reader, procs, seen, on_trial)
+        _follow(finished, sid, procs, seen, on_trial)
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
@@ -239,30 +239,27 @@ def _workers_env(cfg: StudyConfig, n_workers: int, threads: int | None) -> dict[
 
 
 def _follow(
-    study: optuna.Study,
-    reader: StudyReader,
+    finished: StudyStorage,
+    sid: int,
     procs: Sequence[subprocess.Popen[bytes]],
     seen: set[int],
     on_trial: Callable[[FrozenTrial], None],
 ) -> None:
     """Pass each newly finished trial to ``on_trial`` (adding it to ``seen``) until every worker exited.
 
-    Each poll counts the study's trials by state (one query); only the trials that finished since
-    are read, each once (:class:`search.study.cached.StudyStorage`), so following costs the
-    database next to nothing however many workers run.
+    Each poll lists the study's trials from the first one this process has not seen finished
+    (:class:`search.study.cached.StudyStorage`: the running and recent ones, not the whole study)
+    and reads the ones that finished since, each once, so following costs the database next to
+    nothing however many workers run and however large the study grows.
     """
-    finished = StudyStorage(reader.storage)
-    sid = reader.study_id(study.study_name)
 
-    def new() -> list[FrozenTrial]:
-        trials = finished.get_all_trials(sid, deepcopy=False, states=FINISHED)
-        return [t for t in trials if t.number not in seen]
+    def trials() -> list[FrozenTrial]:
+        return finished.get_all_trials(sid, deepcopy=False, states=FINISHED)
 
     while True:
         alive = [p for p in procs if p.poll() is None]
-        counts = retrying("polling trials", lambda: reader.counts(study.study_name))
-        if sum(n for state, n in counts.items() if state.is_finished()) > len(seen):
-            for t in retrying("polling trials", new):
+        for t in retrying("polling trials", trials):
+            if t.number not in seen:
                 seen.add(t.number)
                 on_trial(t)
         if not alive:
