@@ -12,6 +12,8 @@ caches, and the study's first read) times the connections the run opened (its wo
 trial and their ratio to N = 1 at the same size, with and without that start-up cost, and the rows
 read from the study's own tables alone (``pg_stat_user_tables``).
 
+The server runs without autovacuum (``AUTOVACUUM_OFF``: its ANALYZE at a random moment turned the
+small trials table's index reads into whole-table scans in some runs, doubling their rows read).
 With ``--bouncer`` the runs connect through PgBouncer in transaction pooling mode (the cluster
 set-up docs/scale-out.md recommends; ``tests/bouncer.py``, a pool of 20 server connections per
 database), the counters are read at the server as before: a worker's connection then reuses a
@@ -43,6 +45,10 @@ sys.path.insert(0, str(REPO))
 from tests.conftest import tiny_config  # noqa: E402
 from tests.pg import PostgresServer, postgres  # noqa: E402
 
+# Autovacuum's ANALYZE, at a moment that differs from run to run, lets the planner scan the small
+# trials table whole (a page or two) instead of through its indexes: the same work, but every row
+# of the table counted, up to 2x a run's rows. Off, every run is planned alike.
+AUTOVACUUM_OFF = "-c autovacuum=off"
 FLUSH_S = 1.5  # backends send their counters at exit or at most once a second
 COUNTERS = ("rows", "commits", "sessions")
 CONNECT = "import psycopg, sys; psycopg.connect(sys.argv[1]).execute('SELECT 1').fetchall()"
@@ -215,7 +221,7 @@ def main() -> None:
     print("study: digits, 2 epochs, TPE, median pruner asked every epoch, 1 OpenMP thread per process")
     results: dict[tuple[int, int], dict[str, float]] = {}
     with ExitStack() as stack:
-        server = stack.enter_context(postgres())
+        server = stack.enter_context(postgres(AUTOVACUUM_OFF))
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="pg-reads-"))
         via: Callable[[str], str] = str
         if args.bouncer:

@@ -44,8 +44,9 @@ def _free_port() -> int:
 class PostgresServer:
     """Start with :meth:`start`, stop with :meth:`stop`; :meth:`new_database` gives a fresh URL."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, options: str = "") -> None:
         self.bindir = bindir
+        self.options = options  # more server settings, e.g. "-c autovacuum=off"
         self.as_root = os.geteuid() == 0
         self.dir = Path(tempfile.mkdtemp(prefix="convnet-search-pg-", dir="/tmp"))
         self.data = self.dir / "data"
@@ -66,7 +67,7 @@ class PostgresServer:
         self._run("initdb", "-D", str(self.data), "-U", self.user, "-A", "trust", "-E", "UTF8", "--no-sync")
         options = (
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 {self.options}"
         )
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-o", options, "start")
         return self
@@ -92,12 +93,13 @@ class PostgresServer:
 
 
 @contextlib.contextmanager
-def postgres() -> Iterator[PostgresServer]:
-    """A running server for the duration of the block (RuntimeError when it cannot start)."""
+def postgres(options: str = "") -> Iterator[PostgresServer]:
+    """A running server for the duration of the block (RuntimeError when it cannot start);
+    ``options``: more server settings."""
     bindir = pg_bin()
     if bindir is None:
         raise RuntimeError("no PostgreSQL server binaries (initdb, pg_ctl); apt-get install postgresql")
-    server = PostgresServer(bindir)
+    server = PostgresServer(bindir, options)
     try:
         yield server.start()
     finally:
