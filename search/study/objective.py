@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
-from optuna.trial import TrialState
 from torch import nn
 
 from search.config import (
@@ -86,11 +85,9 @@ class TrialInterrupted(Exception):  # control flow (the loop stops and re-queues
 
 def retry_history(trial: optuna.Trial) -> list[int]:
     """Numbers of the earlier attempts this trial repeats (oldest first; empty for a fresh trial)."""
-    # the trial is RUNNING while it asks: reading only RUNNING trials spares a whole-study scan
-    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.number == trial.number:
-            return [int(n) for n in t.system_attrs.get(RETRY_HISTORY_SYSTEM_ATTR, [])]
-    return []
+    # its own record only (the other workers' RUNNING trials are not read)
+    own = trial.storage.get_trial(trial._trial_id)
+    return [int(n) for n in own.system_attrs.get(RETRY_HISTORY_SYSTEM_ATTR, [])]
 
 
 def device_label(device: torch.device) -> str:
