@@ -44,6 +44,7 @@ _READY: set[str] = set()
 # (a worker reads the study's config, then runs it with heartbeats) shares its connections, so a
 # worker holds one server connection, not one or two per storage it opened.
 _POOLS: dict[str, sqlalchemy.pool.Pool] = {}
+POOL_WAIT_S = 300
 
 
 # mask_url lives in config (the lowest floor); the attribute names in records, the URL checks in
@@ -130,7 +131,8 @@ def make_storage(
             raise _open_error(exc, url, what) from exc
     if db is None:
         _READY.add(url)
-        _POOLS.setdefault(url, storage.engine.pool)
+        if url.startswith("postgresql"):
+            _POOLS.setdefault(url, storage.engine.pool)
     if db is not None:
         _sqlite_fast_commits(storage.engine)
     return storage
@@ -148,6 +150,8 @@ def _server_options(url: str, create: bool, kwargs: dict[str, Any]) -> dict[str,
         kwargs.update(skip_table_creation=True)
     if url in _POOLS:
         return {"pool": _POOLS[url]}
+    if not url.startswith("postgresql"):  # MySQL: Optuna's own engine (it sets its options)
+        return {}
     connect_args: dict[str, Any] = {}
     if _driver(url) == "psycopg":
         # psycopg 3 prepares a statement on the server after its 5th use, under a name unique
@@ -155,8 +159,15 @@ def _server_options(url: str, create: bool, kwargs: dict[str, Any]) -> dict[str,
         # may land on a server connection that already holds that name
         # (DuplicatePreparedStatement). Off: a few % more parsing on the server, PgBouncer works.
         connect_args["prepare_threshold"] = None
+    # a heartbeat waits for the main thread's transaction (Optuna's heartbeat thread ends at the
+    # first error, so not after SQLAlchemy's default 30 s: a slow read is not a dead worker)
     engine = sqlalchemy.create_engine(
-        url, pool_size=1, max_overflow=0, pool_pre_ping=True, connect_args=connect_args
+        url,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=POOL_WAIT_S,
+        pool_pre_ping=True,
+        connect_args=connect_args,
     )
     if create and url not in _READY and not _has_schema(engine):
         # Optuna creates the tables on two connections at once (a session inside another): on

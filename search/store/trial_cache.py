@@ -10,18 +10,24 @@ machine a finished trial is read from the database about once, however many work
 The folder: ``$SEARCH_TRIAL_CACHE`` (``off``: no sharing), by default ``convnet-search-<uid>/trials``
 under the system's temporary folder (node-local, emptied by the system). It must be this user's
 and writable by no one else (a trial is a pickle: loading one runs code), else it is not used,
-with a warning. Under it, one folder per study (a random token kept on the study, so a study
-recreated under the same name or id never reads another's trials) and Optuna version; a trial is
-written to a temporary name and renamed, so a reader never sees half of one. A file that cannot be
+with a warning (the default's parent folder too: its name is predictable), and a file in it that
+is not this user's, or others can write, is never loaded. Under it, one folder per study and
+database (a random token kept on the study, so a study recreated under the same name or id never
+reads another's trials, with the database's identity, so a copy of the database that carries the
+token does not either) and Optuna version; a trial is written to a temporary name and renamed, so
+a reader never sees half of one. A file that cannot be
 read (cut short, another Optuna) is ignored and the trial read from the database.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
+import stat
 import tempfile
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -39,24 +45,34 @@ def cache_root() -> Path | None:
     value = os.environ.get(CACHE_ENV, "").strip()
     if value.lower() == "off":
         return None
-    root = Path(value) if value else Path(tempfile.gettempdir()) / f"convnet-search-{os.getuid()}" / "trials"
-    try:
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = root.stat()
-    except OSError as exc:
-        log.warning("finished trials are not shared: cannot use %s (%s)", root, exc)
-        return None
-    if info.st_uid != os.getuid() or info.st_mode & 0o022:
-        log.warning(
-            "finished trials are not shared between processes: %s is not a folder only this user "
-            "can write (owner uid %d, mode %o). Fix: set %s to a private folder, or to 'off'",
-            root,
-            info.st_uid,
-            info.st_mode & 0o777,
-            CACHE_ENV,
-        )
-        return None
-    return root
+    if value:
+        folders = [Path(value)]
+    else:  # both levels private: the first one's name is predictable, anyone could make it first
+        base = Path(tempfile.gettempdir()) / f"convnet-search-{os.getuid()}"
+        folders = [base, base / "trials"]
+    for folder in folders:
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            info = folder.lstat()
+        except OSError as exc:
+            log.warning("finished trials are not shared: cannot use %s (%s)", folder, exc)
+            return None
+        if not _private(info) or not stat.S_ISDIR(info.st_mode):
+            log.warning(
+                "finished trials are not shared between processes: %s is not a folder only this "
+                "user can write (owner uid %d, mode %o). Fix: set %s to a private folder, or to 'off'",
+                folder,
+                info.st_uid,
+                info.st_mode & 0o777,
+                CACHE_ENV,
+            )
+            return None
+    return folders[-1]
+
+
+def _private(info: os.stat_result) -> bool:
+    """Owned by this user and writable by no one else."""
+    return info.st_uid == os.getuid() and not info.st_mode & 0o022
 
 
 class TrialCache:
@@ -66,12 +82,15 @@ class TrialCache:
         self.folder = folder
 
     @classmethod
-    def open(cls, token: str) -> TrialCache | None:
-        """The cache of the study whose token is ``token`` (None: sharing is off or unusable)."""
+    def open(cls, token: str, database: str = "") -> TrialCache | None:
+        """The cache of the study whose token is ``token`` in ``database`` (its identity: a copy of
+        the database carries the token, and its trial ids mean other trials once the copies
+        diverge). None: sharing is off or unusable."""
         root = cache_root()
         if root is None:
             return None
-        folder = root / f"{token}-optuna{optuna.__version__}"
+        where = hashlib.sha256(f"{database}|{token}".encode()).hexdigest()[:32]
+        folder = root / f"{where}-optuna{optuna.__version__}"
         try:
             folder.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
@@ -90,6 +109,9 @@ class TrialCache:
         for trial_id in ids:
             try:
                 with self._path(trial_id).open("rb") as file:
+                    if not _private(os.fstat(file.fileno())):  # not this user's: never unpickled
+                        log.warning("shared trial %s is not this user's: ignored", file.name)
+                        continue
                     trial = pickle.load(file)
             except FileNotFoundError:
                 continue
@@ -106,11 +128,11 @@ class TrialCache:
             path = self._path(trial._trial_id)
             if not trial.state.is_finished() or path.exists():
                 continue
-            part = path.with_name(f".{path.name}.{os.getpid()}")
+            part = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
             try:
                 with part.open("wb") as file:
                     pickle.dump(trial, file, protocol=pickle.HIGHEST_PROTOCOL)
                 os.replace(part, path)
-            except OSError as exc:  # a full disk: the others read it from the database
+            except (OSError, pickle.PicklingError) as exc:  # a full disk: read from the database
                 log.debug("cannot share trial %d (%s)", trial._trial_id, exc)
                 part.unlink(missing_ok=True)

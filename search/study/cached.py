@@ -57,6 +57,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.store.records import TRIAL_CACHE_SYSTEM_ATTR
 from search.store.trial_cache import TrialCache
 from search.store.trial_rows import read_finished, read_trials
+from search.store.urls import StorageError, parse_storage_url
 
 FINISHED = frozenset((TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
 LISTED = FINISHED | {TrialState.RUNNING}  # what get_all_trials answers itself (and WAITING alone)
@@ -177,19 +178,30 @@ class StudyStorage(_CachedStorage):
         """Take the ``unseen`` finished trials another process of this machine left in the shared
         folder (:mod:`search.store.trial_cache`); the ones still to read from the database."""
         if study_id not in self._shared:  # opened at the first read of finished trials
-            self._shared[study_id] = TrialCache.open(self._token(study_id))
+            token = self._token(study_id)
+            self._shared[study_id] = None if token is None else TrialCache.open(token, self._database())
         cache = self._shared[study_id]
         found = cache.get(unseen) if cache is not None and unseen else {}
         self._finished.update(found)
         return [tid for tid in unseen if tid not in found]
 
-    def _token(self, study_id: int) -> str:
+    def _database(self) -> str:
+        """The identity of the database (an SQLite file's real path; a server's host, port, name)."""
+        try:
+            return str(parse_storage_url(self.rdb.url).identity)
+        except StorageError:
+            return self.rdb.url
+
+    def _token(self, study_id: int) -> str | None:
         """The study's shared-folder token (set now when it has none: two processes that set it at
         once each keep theirs, sharing less until they restart, never another study's trials)."""
         token = self.rdb.get_study_system_attrs(study_id).get(TRIAL_CACHE_SYSTEM_ATTR)
         if not isinstance(token, str):
             token = uuid.uuid4().hex
-            self.rdb.set_study_system_attr(study_id, TRIAL_CACHE_SYSTEM_ATTR, token)
+            try:
+                self.rdb.set_study_system_attr(study_id, TRIAL_CACHE_SYSTEM_ATTR, token)
+            except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError):
+                return None  # a role that cannot write (a read-only follower): nothing shared
         return token
 
     def _waiting_trials(self, study_id: int) -> list[FrozenTrial]:

@@ -22,6 +22,7 @@ next run resumes it from its checkpoint. This module logs; it never prints.
 from __future__ import annotations
 
 import contextlib
+import copy
 import enum
 import logging
 import time
@@ -490,5 +491,7 @@ def _requeue(study: optuna.Study, storage: RDBStorage, number: int | None, retry
         storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, "interrupted")
         study.tell(number, state=TrialState.FAIL)
         trial = storage.get_trial(trial_id)
-    if trial.state == TrialState.FAIL and retry.retry(study, trial):
+    # a copy: Optuna's retry callback appends to the trial's retry history in place, and this one
+    # may be the storage's cached (and shared, search/store/trial_cache.py) record
+    if trial.state == TrialState.FAIL and retry.retry(study, copy.deepcopy(trial)):
         log.info("trial %d re-queued; the next run resumes it from its last epoch", number)

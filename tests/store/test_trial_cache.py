@@ -83,3 +83,44 @@ def test_by_default_a_private_folder_under_the_temporary_one(
     root = cache_root()
     assert root == tmp_path / f"convnet-search-{os.getuid()}" / "trials"
     assert root.is_dir() and root.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_default_folder_someone_else_made_first_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The default's first level has a predictable name: made by another user (here: writable by
+    others) before this one, the trials below it could be swapped for a pickle of theirs."""
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setattr(trial_cache.tempfile, "tempdir", str(tmp_path))
+    planted = tmp_path / f"convnet-search-{os.getuid()}"
+    planted.mkdir()
+    os.chmod(planted, 0o777)
+    with caplog.at_level(logging.WARNING, logger=trial_cache.__name__):
+        assert cache_root() is None
+    assert str(planted) in caplog.text and "mode 777" in caplog.text
+
+
+def test_a_file_others_can_write_is_never_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "shared"))
+    done, pruned, _ = _trials()
+    cache = TrialCache.open("t")
+    assert cache is not None
+    cache.put([done, pruned])
+    os.chmod(cache.folder / f"{done._trial_id}.pkl", 0o666)
+    with caplog.at_level(logging.WARNING, logger=trial_cache.__name__):
+        assert cache.get([done._trial_id, pruned._trial_id]) == {pruned._trial_id: pruned}
+    assert "is not this user's: ignored" in caplog.text
+
+
+def test_a_copy_of_the_database_keeps_its_own_trials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The token travels with a copied database; its trial ids then name other trials."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "shared"))
+    done, _, _ = _trials()
+    original = TrialCache.open("token", "('sqlite', '/data/studies.db')")
+    copy = TrialCache.open("token", "('sqlite', '/data/branch.db')")
+    assert original is not None and copy is not None
+    original.put([done])
+    assert copy.get([done._trial_id]) == {}
+    assert original.get([done._trial_id]) == {done._trial_id: done}
