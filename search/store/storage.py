@@ -148,10 +148,13 @@ def _server_options(url: str, create: bool, kwargs: dict[str, Any]) -> dict[str,
     kwargs.update(skip_compatibility_check=True)  # checked by _check_schema, on one connection
     if url in _READY or not create:  # a reader: the tables must exist (the schema is checked)
         kwargs.update(skip_table_creation=True)
-    if url in _POOLS:
-        return {"pool": _POOLS[url]}
     if not url.startswith("postgresql"):  # MySQL: Optuna's own engine (it sets its options)
         return {}
+    # SQLAlchemy looks up the hstore type on each engine's first connection (Optuna's tables have
+    # none): a query on pg_type that costs a new backend about 500 catalog rows read (issue 31)
+    dialect = {"use_native_hstore": False} if _driver(url) in ("psycopg", "psycopg2") else {}
+    if url in _POOLS:
+        return {"pool": _POOLS[url], **dialect}
     connect_args: dict[str, Any] = {}
     if _driver(url) == "psycopg":
         # psycopg 3 prepares a statement on the server after its 5th use, under a name unique
@@ -168,14 +171,15 @@ def _server_options(url: str, create: bool, kwargs: dict[str, Any]) -> dict[str,
         pool_timeout=POOL_WAIT_S,
         pool_pre_ping=True,
         connect_args=connect_args,
+        **dialect,
     )
     if create and url not in _READY and not _has_schema(engine):
         # Optuna creates the tables on two connections at once (a session inside another): on
         # two throwaway ones, closed after
-        pair = {"pool_size": 2, "max_overflow": 0, "connect_args": connect_args}
+        pair = {"pool_size": 2, "max_overflow": 0, "connect_args": connect_args, **dialect}
         RDBStorage(url, engine_kwargs=pair, skip_compatibility_check=True).engine.dispose()
         kwargs.update(skip_table_creation=True)
-    return {"pool": engine.pool}
+    return {"pool": engine.pool, **dialect}
 
 
 def _has_schema(engine: sqlalchemy.engine.Engine) -> bool:
