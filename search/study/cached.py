@@ -51,7 +51,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna.storages import RDBStorage, _CachedStorage
+from optuna.storages import BaseStorage, RDBStorage, _CachedStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from search.store.records import TRIAL_CACHE_SYSTEM_ATTR
@@ -141,6 +141,13 @@ class StudyStorage(_CachedStorage):
         else:
             return super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
         return copy.deepcopy(trials) if deepcopy else trials
+
+    def get_best_trial(self, study_id: int) -> FrozenTrial:
+        """The best COMPLETE trial among the study's finished trials this process reads anyway
+        (each once; Optuna's storage-independent rule), not Optuna's SQL over every value of the
+        study: rows read at each call that grow with the study, and about 230 catalog rows in a
+        new backend (issue 31)."""
+        return BaseStorage.get_best_trial(self, study_id)
 
     def _listed_trials(self, study_id: int, wanted: frozenset[TrialState]) -> list[FrozenTrial]:
         """The study's trials in ``wanted`` (finished states, and RUNNING): finished ones this
