@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 # A trial state is stored by its name (SQLAlchemy's Enum): 'RUNNING', 'COMPLETE', ... One row of
 # the counts (no trial id), then one per RUNNING trial, from one statement (one snapshot: a trial
 # finishing meanwhile is counted once). Sums, not ``GROUP BY state``: grouping by PostgreSQL's enum
-# type makes each new backend look up its sort and hash operators, about 300 catalog rows read
-# per worker process (issue 31).
+# type makes each new backend look up its sort and hash operators, about 150 more catalog rows
+# read per worker process (issue 31).
 _COUNTED = ("COMPLETE", "PRUNED", "FAIL", "WAITING")
 _TALLY = sqlalchemy.text(
     "SELECT NULL, NULL, NULL, NULL, "
