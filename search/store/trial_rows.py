@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,6 +60,10 @@ _TYPES = {  # by name; SQLite hands datetimes back as text: SQLAlchemy's DateTim
 }
 STUDY_FINISHED = f"study_id = :sid AND state IN {FINISHED_STATES!r}"
 
+# What a sampler reads of a RUNNING trial: TPE's constant liar its params, Optuna's grid sampler its
+# grid id (a system attr); not its user attrs and steps, which grow as it trains (issue 31).
+SAMPLED = ("trials", "trial_params", "trial_system_attributes")
+
 Rows = dict[str, dict[int, list[Any]]]  # table -> trial id -> its rows
 
 
@@ -83,9 +87,16 @@ def _queries(where: str, expanding: bool) -> dict[str, sqlalchemy.TextClause | s
     return queries
 
 
-def _fetch(conn: sqlalchemy.Connection, where: str, params: dict[str, Any], rows: Rows) -> None:
-    for table, clause in _queries(where, "ids" in params).items():
-        for row in conn.execute(clause, params):
+def _fetch(
+    conn: sqlalchemy.Connection,
+    where: str,
+    params: dict[str, Any],
+    rows: Rows,
+    tables: Iterable[str] = _COLUMNS,
+) -> None:
+    queries = _queries(where, "ids" in params)
+    for table in tables:
+        for row in conn.execute(queries[table], params):
             rows[table][int(row[0])].append(row)
 
 
@@ -144,17 +155,24 @@ def _empty() -> Rows:
     return {table: defaultdict(list) for table in _COLUMNS}
 
 
-def read_trials(engine: sqlalchemy.Engine, trial_ids: Iterable[int]) -> list[FrozenTrial]:
-    """The trials of ``trial_ids`` (an unknown id is left out), by id."""
+def read_trials(
+    engine: sqlalchemy.Engine, trial_ids: Iterable[int], sampled: Collection[int] = ()
+) -> list[FrozenTrial]:
+    """The trials of ``trial_ids`` (an unknown id is left out), by id; those also in ``sampled``
+    as a sampler sees them (:data:`SAMPLED`: no user attrs, values or steps)."""
     ids = sorted(set(trial_ids))
     rows = _empty()
+    rest = [t for t in _COLUMNS if t not in SAMPLED]
     with engine.connect() as conn:
         if len(ids) <= BY_ID:
             for tid in ids:
-                _fetch(conn, "trial_id = :tid", {"tid": tid}, rows)
+                _fetch(conn, "trial_id = :tid", {"tid": tid}, rows, SAMPLED if tid in sampled else _COLUMNS)
         else:  # in chunks: SQLite takes at most 32,766 bound values a statement
-            for start in range(0, len(ids), CHUNK):
-                _fetch(conn, "trial_id IN :ids", {"ids": ids[start : start + CHUNK]}, rows)
+            full = [tid for tid in ids if tid not in sampled]
+            groups = ((ids, SAMPLED), (full, rest)) if len(full) < len(ids) else ((ids, tuple(_COLUMNS)),)
+            for chunk, tables in groups:
+                for start in range(0, len(chunk), CHUNK):
+                    _fetch(conn, "trial_id IN :ids", {"ids": chunk[start : start + CHUNK]}, rows, tables)
     return _built(rows)
 
 

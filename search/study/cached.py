@@ -149,9 +149,19 @@ class StudyStorage(_CachedStorage):
         new backend (issue 31)."""
         return BaseStorage.get_best_trial(self, study_id)
 
-    def _listed_trials(self, study_id: int, wanted: frozenset[TrialState]) -> list[FrozenTrial]:
+    def sampled_trials(self, study_id: int, wanted: frozenset[TrialState]) -> list[FrozenTrial]:
+        """``get_all_trials`` as a sampler sees the study (``wanted`` within :data:`LISTED`): its
+        RUNNING trials with their params and system attrs only (TPE's constant liar uses their
+        params, Optuna's grid sampler their grid id), not the user attrs and steps that grow as
+        they train: with N workers each trial reads N - 1 running trials (issue 31)."""
+        return self._listed_trials(study_id, wanted, sampled=True)
+
+    def _listed_trials(
+        self, study_id: int, wanted: frozenset[TrialState], sampled: bool = False
+    ) -> list[FrozenTrial]:
         """The study's trials in ``wanted`` (finished states, and RUNNING): finished ones this
-        process has not seen yet and every RUNNING one (it changes) are read, the rest known."""
+        process has not seen yet and every RUNNING one (it changes) are read, the rest known;
+        ``sampled``: the RUNNING ones as a sampler sees them (:meth:`sampled_trials`)."""
         with self._guard:
             below = self._below.setdefault(study_id, [])
             low = below[-1] + 1 if below else 0
@@ -168,7 +178,11 @@ class StudyStorage(_CachedStorage):
             read: list[FrozenTrial] = []
             if len(unseen) > max(BULK, len(rows) // 2):  # a new worker on a large study: in SQL
                 read, unseen = read_finished(self.rdb.engine, study_id), []
-            read += read_trials(self.rdb.engine, unseen + running)  # since this process last looked
+            if unseen or running:  # since this process last looked
+                read += read_trials(self.rdb.engine, unseen + running, sampled=running if sampled else ())
+            late = {t._trial_id for t in read if sampled and t._trial_id in running and t.state.is_finished()}
+            if late:  # a running trial that finished before it was read: whole, as every finished one
+                read = [t for t in read if t._trial_id not in late] + read_trials(self.rdb.engine, late)
             self._finished.update((t._trial_id, t) for t in read if t.state.is_finished())
             if (cache := self._shared.get(study_id)) is not None:  # read here, or this process's
                 cache.put(self._finished[tid] for tid, _ in rows if tid in self._finished)
@@ -246,6 +260,15 @@ class FinishedView:
         wanted = _wanted(states)
         if wanted is None and self.finished_snapshot:
             wanted = FINISHED
+        storage = self.study._storage
+        if (
+            wanted is not None
+            and wanted <= LISTED
+            and not wanted <= FINISHED
+            and isinstance(storage, StudyStorage)
+        ):
+            trials = storage.sampled_trials(self.study._study_id, wanted)  # TPE's constant liar
+            return copy.deepcopy(trials) if deepcopy else trials
         if wanted is None or not wanted <= FINISHED:
             return self.study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
         if wanted not in self._memo:

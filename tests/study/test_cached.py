@@ -16,7 +16,8 @@ from optuna.trial import FrozenTrial, TrialState
 from search.config import config_from_dict
 from search.store import trial_rows
 from search.store.storage import make_storage
-from search.study.cached import StudyStorage
+from search.study import cached
+from search.study.cached import FinishedView, StudyStorage
 from search.study.sampling import make_sampler
 
 Reads = tuple[list[int], list[str]]
@@ -39,9 +40,11 @@ def _counting(storage: StudyStorage, monkeypatch: pytest.MonkeyPatch) -> Reads:
         ids.append(trial._trial_id)
         return trial
 
-    def counted_fetch(conn: Any, where: str, params: dict[str, Any], rows: trial_rows.Rows) -> None:
+    def counted_fetch(
+        conn: Any, where: str, params: dict[str, Any], rows: trial_rows.Rows, *tables: Any
+    ) -> None:
         reads.append(where)
-        fetch(conn, where, params, rows)
+        fetch(conn, where, params, rows, *tables)
 
     monkeypatch.setattr(storage.rdb, "get_trial", counted)
     monkeypatch.setattr(trial_rows, "_frozen", counted_frozen)
@@ -121,10 +124,7 @@ def test_the_best_trial_is_optunas_read_from_the_finished_trials_it_knows(
     assert expected.value == (0.9 if direction == "maximize" else 0.1)
     study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))  # what a sampler reads anyway
     reads, _ = _counting(storage, monkeypatch)
-    sql: list[str] = []
-    sqlalchemy.event.listen(
-        storage.rdb.engine, "before_cursor_execute", lambda _c, _cur, statement, *_: sql.append(statement)
-    )
+    sql = _statements(storage)
     assert study.best_trial.number == expected.number and study.best_trial.value == expected.value
     assert reads == []  # no trial read again
     assert sql and not [q for q in sql if "trial_values" in q]  # nor Optuna's query over every value
@@ -225,6 +225,62 @@ def test_running_trials_are_read_afresh_each_time_and_finished_ones_once(
     other.tell(running, 3.0)
     assert [t.value for t in study.get_trials(deepcopy=False, states=states)] == [1.0, 2.0, 3.0]
     assert len(ids) == 5  # the trial that ended, read once more
+
+
+def _statements(storage: StudyStorage) -> list[str]:
+    """From now on: the SQL ``storage`` sends to its database."""
+    sql: list[str] = []
+    sqlalchemy.event.listen(
+        storage.rdb.engine, "before_cursor_execute", lambda _c, _cur, statement, *_: sql.append(statement)
+    )
+    return sql
+
+
+LIAR = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)  # what TPE's constant liar asks
+
+
+def test_a_sampler_reads_running_trials_params_not_their_attrs_or_steps(tmp_path: Path) -> None:
+    other, study, storage = _two_views(tmp_path)
+    _finish(other, [1.0])
+    study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))  # known: not read again
+    running = other.ask()
+    x = running.suggest_float("x", 0.0, 1.0)
+    running.set_user_attr("host", "node-7")
+    other._storage.set_trial_system_attr(running._trial_id, "grid_id", 3)
+    running.report(0.5, step=1)
+    sql = _statements(storage)
+    seen = FinishedView(study, number=2)._get_trials(deepcopy=False, states=LIAR)
+    assert [t.state for t in seen] == [TrialState.COMPLETE, TrialState.RUNNING]
+    lied = seen[1]
+    assert lied.params == {"x": x} and list(lied.distributions) == ["x"]
+    assert lied.system_attrs == {"grid_id": 3}
+    assert lied.user_attrs == {} and lied.intermediate_values == {}
+    assert sql and not [q for q in sql if "trial_user_attributes" in q or "trial_intermediate_values" in q]
+    # everyone else (search status, the run loop) still reads a running trial whole
+    whole = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    assert whole[0].user_attrs == {"host": "node-7"} and whole[0].intermediate_values == {1: 0.5}
+
+
+def test_a_running_trial_that_ends_before_the_sampler_reads_it_is_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other, study, storage = _two_views(tmp_path)
+    running = other.ask()
+    running.set_user_attr("host", "node-7")
+    real = cached.read_trials
+
+    def ending_first(engine: Any, ids: Any, sampled: Any = ()) -> list[FrozenTrial]:
+        if sampled and other.get_trials()[0].state == TrialState.RUNNING:
+            other.tell(running, 2.0)  # listed RUNNING, COMPLETE by the time it is read
+        return real(engine, ids, sampled)
+
+    monkeypatch.setattr(cached, "read_trials", ending_first)
+    seen = storage.sampled_trials(study._study_id, frozenset(LIAR))
+    assert [(t.state, t.value, t.user_attrs) for t in seen] == [
+        (TrialState.COMPLETE, 2.0, {"host": "node-7"})
+    ]
+    monkeypatch.setattr(cached, "read_trials", lambda *a, **k: pytest.fail("read again"))
+    assert study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))[0].user_attrs == {"host": "node-7"}
 
 
 def test_a_listing_reads_from_the_first_trial_not_known_finished(tmp_path: Path) -> None:
