@@ -21,7 +21,9 @@ trials (COMPLETE, PRUNED, FAIL: the samplers' and pruners' reads) and the WAITIN
   worker joining a study);
 - when RUNNING trials are asked for too (TPE's constant liar, on by default in Optuna 5, lies
   about the other workers' running trials): the same list with their ids, and those read afresh
-  at each call (a running trial changes), with plain SQL too;
+  at each call (a running trial changes), with plain SQL too; for a sampler
+  (:class:`FinishedView`) only their params and system attrs, not the user attrs and steps that
+  grow as they train;
 - one query listing the WAITING trials (usually none), each then read (it may be taken meanwhile).
 
 Every other call (every state, or WAITING with others) is Optuna's own. Samplers ask through
