@@ -60,8 +60,8 @@ _TYPES = {  # by name; SQLite hands datetimes back as text: SQLAlchemy's DateTim
 }
 STUDY_FINISHED = f"study_id = :sid AND state IN {FINISHED_STATES!r}"
 
-# What a sampler reads of a RUNNING trial: TPE's constant liar its params, Optuna's grid sampler its
-# grid id (a system attr); not its user attrs and steps, which grow as it trains (issue 31).
+# What a sampler reads of a RUNNING trial (TPE's constant liar, the GP sampler): its params and
+# system attrs; not its user attrs and steps, which grow as it trains (issue 31).
 SAMPLED = ("trials", "trial_params", "trial_system_attributes")
 
 Rows = dict[str, dict[int, list[Any]]]  # table -> trial id -> its rows

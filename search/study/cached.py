@@ -53,7 +53,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna.storages import BaseStorage, RDBStorage, _CachedStorage
+from optuna.storages import RDBStorage, _CachedStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from search.store.records import TRIAL_CACHE_SYSTEM_ATTR
@@ -144,18 +144,11 @@ class StudyStorage(_CachedStorage):
             return super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
         return copy.deepcopy(trials) if deepcopy else trials
 
-    def get_best_trial(self, study_id: int) -> FrozenTrial:
-        """The best COMPLETE trial among the study's finished trials this process reads anyway
-        (each once; Optuna's storage-independent rule), not Optuna's SQL over every value of the
-        study: rows read at each call that grow with the study, and about 230 catalog rows in a
-        new backend (issue 31)."""
-        return BaseStorage.get_best_trial(self, study_id)
-
     def sampled_trials(self, study_id: int, wanted: frozenset[TrialState]) -> list[FrozenTrial]:
         """``get_all_trials`` as a sampler sees the study (``wanted`` within :data:`LISTED`): its
-        RUNNING trials with their params and system attrs only (TPE's constant liar uses their
-        params, Optuna's grid sampler their grid id), not the user attrs and steps that grow as
-        they train: with N workers each trial reads N - 1 running trials (issue 31)."""
+        RUNNING trials with their params and system attrs only (what TPE's constant liar and the GP
+        sampler read of them), not the user attrs and steps that grow as they train: with N
+        workers each trial reads N - 1 running trials (issue 31)."""
         return self._listed_trials(study_id, wanted, sampled=True)
 
     def _listed_trials(

@@ -106,33 +106,6 @@ def test_the_waiting_queue_is_read_as_it_is_now(tmp_path: Path) -> None:
     assert study.ask().number == 1
 
 
-@pytest.mark.parametrize("direction", ["maximize", "minimize"])
-def test_the_best_trial_is_optunas_read_from_the_finished_trials_it_knows(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direction: str
-) -> None:
-    url = f"sqlite:///{tmp_path / 's.db'}"
-    other = optuna.create_study(
-        study_name="s", storage=make_storage(url, heartbeat=False), direction=direction
-    )
-    storage = StudyStorage(make_storage(url, heartbeat=False))
-    study = optuna.load_study(study_name="s", storage=storage)
-    with pytest.raises(ValueError, match="No trials are completed yet"):
-        _ = study.best_trial
-    _finish(other, [0.3, None, 0.9, 0.1, 0.5])
-    other.ask()  # running: never the best
-    expected = other.best_trial  # Optuna's own storage: its SQL over the study's values
-    assert expected.value == (0.9 if direction == "maximize" else 0.1)
-    study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))  # what a sampler reads anyway
-    reads, _ = _counting(storage, monkeypatch)
-    sql = _statements(storage)
-    assert study.best_trial.number == expected.number and study.best_trial.value == expected.value
-    assert reads == []  # no trial read again
-    assert sql and not [q for q in sql if "trial_values" in q]  # nor Optuna's query over every value
-    _finish(other, [0.95 if direction == "maximize" else 0.05])  # a better one, finished since
-    assert study.best_trial.number == other.best_trial.number == 6
-    assert reads == [study.best_trial._trial_id]  # read once, the new one only
-
-
 def _sampled(study: optuna.Study, n: int) -> list[dict[str, Any]]:
     """Run ``n`` trials of a deterministic objective; their params."""
 
