@@ -143,7 +143,7 @@ def _server_options(url: str, create: bool, kwargs: dict[str, Any]) -> dict[str,
 
     One connection per process: its heartbeat thread waits for the main thread's short
     transactions instead of opening a second server connection (a backend that fills its catalog
-    caches again, about 2,000 rows read, and a slot of the server's or PgBouncer's).
+    caches again, about 2,300 rows read, and a slot of the server's or PgBouncer's).
     """
     kwargs.update(skip_compatibility_check=True)  # checked by _check_schema, on one connection
     if url in _READY or not create:  # a reader: the tables must exist (the schema is checked)
@@ -198,7 +198,7 @@ def _check_schema(storage: RDBStorage) -> None:
 
     Optuna's own (``check_table_schema_compatibility``) reads it while a session holds another, so
     every process opened two server connections, each a backend filling its catalog caches (about
-    2,000 rows read, issue 31), and kept both for its life; here a worker holds one.
+    2,300 rows read, issue 31), and kept both for its life; here a worker holds one.
     """
     current, head = storage.get_current_version(), storage.get_head_version()
     if current == head:
